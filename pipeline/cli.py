@@ -1,0 +1,141 @@
+"""The `render` command line: a front end over the core. Nothing in the core imports it.
+
+Every error a user can cause is one line on stderr ("error: field = value: what is
+allowed") and exit status 2; a failed run exits 1; an interrupted one 130 (Ctrl-C)
+or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import EXIT_BAD_INPUT, FramefarmError, VerifyFailed
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="framefarm")
+def cli() -> None:
+    """framefarm: render generative video shots into frames and video on a GPU (or CPU).
+
+    A job file (TOML) describes one shot: frames, resolution, latent source, VAE,
+    outputs. See the README for a complete commented example.
+    """
+
+
+@cli.command()
+@click.argument("job_file", metavar="JOB.toml", type=click.Path(path_type=Path))
+@click.option("--device", metavar="DEVICE", default=None,
+              help="cuda, cuda:N or cpu. Default: the first GPU if there is one, else the CPU.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the job and print the plan (frames, tiles, batches, outputs); render nothing.")
+@click.option("--resume", is_flag=True,
+              help="Skip frames whose manifest record matches the file on disk; render the rest.")
+@click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), default=None,
+              help="Write under DIR instead of the job's output.root.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
+        output_root: Path | None, quiet: bool) -> None:
+    """Render the shot described by JOB.toml.
+
+    Frames are published atomically (a temporary file, fsynced, renamed) and recorded in
+    OUTPUT_ROOT/manifest.jsonl; an interrupted run leaves no partial file and can be
+    continued with --resume.
+    """
+    from .device import pick_device
+    from .job import load_job
+    from .plan import make_plan
+
+    job = load_job(job_file, output_root=output_root)
+    plan = make_plan(job, pick_device(device), resume=resume)
+    if dry_run:
+        click.echo(plan.describe())
+        return
+    if not plan.todo and plan.video_path is None:
+        click.echo(f"nothing to render: all {len(job.shot.frames)} frame(s) of {job.shot.name} "
+                   f"are finished and match the manifest in {plan.root}")
+        return
+
+    from .run import run_plan
+    from .summary import format_summary
+
+    started = time.perf_counter()
+    show = not quiet and len(plan.todo) > 0
+    with click.progressbar(length=len(plan.todo), label=f"{job.shot.name}", file=sys.stderr,
+                           show_pos=True, show_eta=True, hidden=not show) as bar:
+        report = run_plan(plan, on_frame=lambda frame: bar.update(1))
+    click.echo(format_summary(plan, report, time.perf_counter() - started))
+
+
+@cli.command()
+@click.argument("outdir", metavar="OUTDIR", type=click.Path(path_type=Path))
+def verify(outdir: Path) -> None:
+    """Check every output recorded in OUTDIR/manifest.jsonl against the file on disk.
+
+    Exits 0 when every file is present with its recorded size and SHA-256, 1 otherwise.
+    """
+    from .errors import JobError
+    from .manifest import MANIFEST_NAME
+    from .manifest import verify as verify_outputs
+
+    if not (outdir / MANIFEST_NAME).is_file():
+        raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
+    checked, problems = verify_outputs(outdir)
+    for problem in problems:
+        click.echo(f"MISMATCH {problem}")
+    if problems:
+        raise VerifyFailed(problems)
+    click.echo(f"ok: {checked} output(s) match the manifest")
+
+
+@cli.group()
+def watermark() -> None:
+    """Inspect the invisible watermark."""
+
+
+@watermark.command("verify")
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", default="framefarm", show_default=True, help="The watermark key the job used.")
+def watermark_verify(files: tuple[Path, ...], key: str) -> None:
+    """Look for the watermark in PNG files; exit 1 if any file lacks it."""
+    from .errors import JobError
+    from .png import read_png
+    from .watermark import detect
+
+    missing = 0
+    for path in files:
+        if not path.is_file():
+            raise JobError("FILE", str(path), "no such file")
+        try:
+            pixels = read_png(path)
+        except Exception as err:
+            raise JobError("FILE", str(path), f"cannot be read as an image ({err})") from None
+        found = detect(pixels, key)
+        if found.found:
+            click.echo(f"{path}: watermark found, payload {found.payload!r} (score {found.score:.1f})")
+        else:
+            missing += 1
+            click.echo(f"{path}: no watermark (score {found.score:.1f})")
+    if missing:
+        raise FramefarmError(f"{missing} of {len(files)} file(s) carry no watermark for this key")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False, prog_name="render")
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()} (see 'render --help')", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except FramefarmError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

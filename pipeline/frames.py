@@ -1,0 +1,36 @@
+"""What flows between the stages: one frame at each step of its way to disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .device import Event
+
+
+@dataclass
+class LatentFrame:
+    """Source -> decode: latents in host memory, as the pipeline that made them left them."""
+    frame: int
+    seed: int
+    latents: torch.Tensor          # (C, h, w)
+
+
+@dataclass
+class DeviceFrame:
+    """Decode -> watermark -> transfer: final pixels on the device, valid once `ready` passes."""
+    frame: int
+    seed: int
+    pixels: torch.Tensor           # (H, W, 3) uint8 on the device
+    ready: Event
+
+
+@dataclass
+class HostFrame:
+    """Transfer -> write: pixels in a ring slot, which the writers give back when done."""
+    frame: int
+    seed: int
+    slot: int
+    pixels: np.ndarray             # (H, W, 3) uint8 view of the ring slot

@@ -1,0 +1,175 @@
+"""The job (a shot) as read from its TOML file: parsed, typed and checked field by field.
+
+Checks that need the model or the latent files (resolution, channels, shapes) live in
+`pipeline.plan`, which sees those too. Relative input paths (model, latents, preset)
+are resolved against the job file's folder; a relative output root against the
+working directory, so the same job renders wherever it is run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import patterns
+from .errors import JobError
+from .schema import Table, read_toml
+from .tuning import Tuning, load_tuning
+
+SOURCE_KINDS = ("latents", "noise")
+DTYPES = ("float32", "float16", "bfloat16")
+FORMATS = ("png", "mp4")
+_SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_FRAMES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str
+    frame_start: int
+    frame_end: int      # inclusive, as in every VFX tool
+    fps: int
+    width: int
+    height: int
+
+    @property
+    def frames(self) -> range:
+        return range(self.frame_start, self.frame_end + 1)
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str                 # "latents" | "noise"
+    path: str | None          # latents: absolute pattern with {frame}
+    tensor: str               # tensor name inside a safetensors file
+
+
+@dataclass(frozen=True)
+class Model:
+    path: Path
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Output:
+    root: Path
+    frames: str               # pattern under root, without extension
+    video: str                # pattern under root, ending in .mp4
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    enabled: bool
+    payload: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Job:
+    file: Path
+    seed: int
+    preset: str
+    shot: Shot
+    source: Source
+    model: Model
+    output: Output
+    watermark: Watermark
+    tuning: Tuning
+
+
+def load_job(path: Path, *, output_root: Path | None = None) -> Job:
+    data = read_toml(path, "job file")
+    return parse_job(data, job_dir=path.resolve().parent, file=path, output_root=output_root)
+
+
+def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
+              output_root: Path | None = None) -> Job:
+    top = Table(data, "")
+    seed = top.integer("seed", 0, lo=0, hi=2**63 - 1)
+    preset = top.string("preset", "default")
+    shot = _shot(top.table("shot"))
+    source = _source(top.table("source"), job_dir)
+    model = _model(top.table("model"), job_dir)
+    output = _output(top.table("output"), shot, output_root)
+    watermark = _watermark(top.table("watermark", required=False))
+    overrides = top.table("tuning", required=False).data
+    top.done()
+    tuning = load_tuning(preset, job_dir, overrides)
+    return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
+               output=output, watermark=watermark, tuning=tuning)
+
+
+def _shot(t: Table) -> Shot:
+    name = t.string("name", max_len=100)
+    if not _SHOT_NAME.match(name):
+        raise JobError("shot.name", name, "expected letters, digits, '.', '_' or '-' (it names files)")
+    start = t.integer("frame_start", lo=0)
+    end = t.integer("frame_end", lo=0)
+    if end < start:
+        raise JobError("shot.frame_end", end, f"expected a frame >= shot.frame_start ({start}); "
+                       "the range is inclusive, so frame_end = frame_start renders one frame")
+    if end - start + 1 > MAX_FRAMES:
+        raise JobError("shot.frame_end", end, f"at most {MAX_FRAMES} frames per job")
+    shot = Shot(name=name, frame_start=start, frame_end=end, fps=t.integer("fps", lo=1, hi=240),
+                width=t.integer("width", lo=8, hi=16384), height=t.integer("height", lo=8, hi=16384))
+    t.done()
+    return shot
+
+
+def _source(t: Table, job_dir: Path) -> Source:
+    kind = t.string("kind", choices=SOURCE_KINDS)
+    if kind == "latents":
+        pattern = t.string("path")
+        patterns.check_pattern("source.path", pattern, needs_frame=True)
+        if not pattern.endswith((".safetensors", ".npy")):
+            raise JobError("source.path", pattern, "expected a .safetensors or .npy file pattern")
+        path = pattern if Path(pattern).is_absolute() else str(job_dir / pattern)
+        source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
+    else:
+        source = Source(kind=kind, path=None, tensor="latents")
+    t.done()
+    return source
+
+
+def _model(t: Table, job_dir: Path) -> Model:
+    raw = Path(t.string("path"))
+    model = Model(path=raw if raw.is_absolute() else job_dir / raw,
+                  dtype=t.string("dtype", "float32", choices=DTYPES))
+    t.done()
+    return model
+
+
+def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
+    root = root_override or Path(t.string("root"))
+    if root_override is not None:
+        t.used.add("root")
+    frames = t.string("frames", "{shot}/{shot}.{frame:04d}")
+    video = t.string("video", "{shot}.mp4")
+    formats = t.string_list("formats", ["png"], choices=FORMATS)
+    t.done()
+    patterns.check_pattern("output.frames", frames, needs_frame=True)
+    first = patterns.fill(frames, shot=shot.name, frame=shot.frame_start)
+    patterns.check_relative("output.frames", frames, first)
+    patterns.check_pattern("output.video", video, needs_frame=False, allow_frame=False)
+    patterns.check_relative("output.video", video, patterns.fill(video, shot=shot.name))
+    if not video.endswith(".mp4"):
+        raise JobError("output.video", video, "expected a file name ending in .mp4")
+    if "mp4" in formats and (shot.width % 2 or shot.height % 2):
+        raise JobError("shot.width" if shot.width % 2 else "shot.height",
+                       shot.width if shot.width % 2 else shot.height,
+                       "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
+                       "output.formats or choose an even size")
+    return Output(root=root.absolute(), frames=frames, video=video, formats=formats)
+
+
+def _watermark(t: Table) -> Watermark:
+    enabled = t.boolean("enabled", False)
+    payload = t.string("payload", "ffarm")
+    if len(payload.encode()) > 8:
+        raise JobError("watermark.payload", payload, "expected at most 8 bytes of UTF-8 text")
+    mark = Watermark(enabled=enabled, payload=payload, key=t.string("key", "framefarm"))
+    t.done()
+    return mark

@@ -1,0 +1,118 @@
+"""The VAE a job decodes with: a local diffusers folder, checked before it is loaded.
+
+`inspect_vae` reads only config.json (cheap, for planning and for the errors a user
+must see before anything runs); `load_vae` loads the weights, from safetensors only,
+since a pickled checkpoint could run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import JobError
+
+SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class VaeInfo:
+    path: Path
+    class_name: str
+    latent_channels: int
+    scale: int                 # output pixels per latent cell, per axis
+    scaling_factor: float      # latents arrive multiplied by this (diffusers convention)
+    shift_factor: float        # ... and shifted by this
+    force_upcast: bool         # float16 overflows in this VAE: decode in float32
+    sample_size: int           # diffusers' tile size in pixels when tiling
+
+
+def inspect_vae(path: Path) -> VaeInfo:
+    field = "model.path"
+    if not path.exists():
+        raise JobError(field, str(path), "no such folder; expected a local diffusers VAE folder "
+                       "(config.json and diffusion_pytorch_model.safetensors)")
+    if not path.is_dir():
+        raise JobError(field, str(path), "is a file; expected a diffusers VAE folder")
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(field, str(path), "has no config.json; expected a folder written by "
+                       "save_pretrained()") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise JobError(field, str(path), f"config.json is not valid JSON ({err})") from None
+    class_name = config.get("_class_name") if isinstance(config, dict) else None
+    if class_name not in SUPPORTED_CLASSES:
+        raise JobError(field, str(path), f"holds a {class_name or 'model of unknown class'}; "
+                       f"supported VAEs: {', '.join(SUPPORTED_CLASSES)}")
+    if not list(path.glob("*.safetensors")):
+        raise JobError(field, str(path), "has no .safetensors weights (pickled .bin checkpoints "
+                       "are refused: they can run code); re-save with safe_serialization=True")
+    try:
+        return _info(path, class_name, config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise JobError(field, str(path), f"config.json lacks a usable {err} for a {class_name}") from None
+
+
+def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
+    if class_name == "AutoencoderKL":
+        blocks = config.get("block_out_channels", [64])
+        scale = 2 ** (len(blocks) - 1)
+        sample_size = config.get("sample_size", 32)
+        return VaeInfo(
+            path=path, class_name=class_name,
+            latent_channels=int(config.get("latent_channels", 4)), scale=scale,
+            scaling_factor=float(config.get("scaling_factor", 0.18215)),
+            shift_factor=float(config.get("shift_factor") or 0.0),
+            force_upcast=bool(config.get("force_upcast", True)),
+            sample_size=int(sample_size[0] if isinstance(sample_size, list) else sample_size),
+        )
+    blocks = config.get("decoder_block_out_channels", [64, 64, 64, 64])
+    scale = int(config.get("upsampling_scaling_factor", 2)) ** (len(blocks) - 1)
+    return VaeInfo(
+        path=path, class_name=class_name,
+        latent_channels=int(config.get("latent_channels", 4)), scale=scale,
+        scaling_factor=float(config.get("scaling_factor", 1.0)),
+        shift_factor=float(config.get("shift_factor") or 0.0),
+        force_upcast=bool(config.get("force_upcast", False)),
+        sample_size=512,
+    )
+
+
+def effective_dtype(info: VaeInfo, dtype: str, device: torch.device) -> str:
+    """float16 overflows in VAEs whose config says force_upcast (diffusers upcasts them too)."""
+    if dtype == "float16" and info.force_upcast:
+        return "float32"
+    if device.type == "cpu" and dtype == "float16":
+        return "float32"  # CPU kernels for half are slow or missing; bfloat16 works there
+    return dtype
+
+
+def load_vae(info: VaeInfo, dtype: str, device: torch.device, tiling: bool) -> torch.nn.Module:
+    import diffusers  # deferred: importing diffusers costs seconds, not needed to plan
+
+    cls = getattr(diffusers, info.class_name)
+    # low_cpu_mem_usage=False: the default wants `accelerate` and warns without it
+    vae = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True,
+                              low_cpu_mem_usage=False)
+    vae = vae.to(device).eval().requires_grad_(False)
+    if tiling:
+        vae.enable_tiling()
+    return vae
+
+
+def model_hash(path: Path) -> str:
+    """Content hash of the config and weights: a frame records exactly what made it."""
+    digest = hashlib.sha256()
+    for file in sorted([path / "config.json", *path.glob("*.safetensors")]):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,169 @@
+"""From a job to a plan: every check that needs the model, the latents or the disk, and
+the list of frames to render (all, or those a resumed run still lacks).
+
+Planning writes nothing. A resolution the VAE cannot produce is rejected with the
+nearest sizes it can (no silent pad and crop: the frame you asked for is the frame
+you get).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import patterns
+from .errors import JobError
+from .job import Job
+from .manifest import check_record, latest_by_path, read_records
+from .model import VaeInfo, effective_dtype, inspect_vae, model_hash
+from .stages.source import check_latent_files
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: Job
+    vae: VaeInfo
+    device: torch.device
+    dtype: str                        # what the VAE runs in (float16 may be upcast)
+    latent_shape: tuple[int, int, int]
+    todo: tuple[int, ...]             # frames to render, in order
+    skipped: frozenset[int]           # frames a resumed run found finished
+    png_paths: dict[int, Path]
+    video_path: Path | None           # None: no video, or a resumed run found it finished
+    model_hash: str
+    job_hash: str
+
+    @property
+    def root(self) -> Path:
+        return self.job.output.root
+
+    def tiles_per_frame(self) -> int:
+        """Tiles of one frame's decode: 1 untiled; diffusers' grid with tiling on."""
+        if not self.job.tuning.tiling:
+            return 1
+        _, h, w = self.latent_shape
+        tile = max(1, self.vae.sample_size // self.vae.scale)
+        if h <= tile and w <= tile:
+            return 1
+        stride = max(1, int(tile * 0.75))  # diffusers' AutoencoderKL overlap factor: 0.25
+        return len(range(0, h, stride)) * len(range(0, w, stride))
+
+    def describe(self) -> str:
+        job, shot = self.job, self.job.shot
+        c, h, w = self.latent_shape
+        tiles = self.tiles_per_frame()
+        lines = [
+            f"shot {shot.name}: frames {shot.frame_start}-{shot.frame_end} "
+            f"({len(shot.frames)}), {shot.width}x{shot.height} at {shot.fps} fps",
+            f"source: {job.source.kind}" + (f" from {job.source.path}" if job.source.path else
+                                            f" (seeded per frame from seed {job.seed})"),
+            f"model: {self.vae.class_name} at {self.vae.path} ({self.dtype}, hash {self.model_hash}), "
+            f"latents {c}x{h}x{w} -> x{self.vae.scale}",
+            f"device: {self.device}",
+            f"decode: {tiles} tile(s) per frame"
+            + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
+            + f", batches of 1 frame, {len(self.todo)} batch(es)",
+            f"to render: {len(self.todo)} frame(s)"
+            + (f"; {len(self.skipped)} already finished (resume)" if self.skipped else ""),
+            f"outputs under {self.root}:",
+        ]
+        if self.png_paths:
+            first, last = min(self.png_paths), max(self.png_paths)
+            lines.append(f"  png: {self.png_paths[first].relative_to(self.root)} .. "
+                         f"{self.png_paths[last].relative_to(self.root)}")
+        if self.video_path:
+            lines.append(f"  mp4: {self.video_path.relative_to(self.root)} "
+                         f"({job.tuning.video_codec}, crf {job.tuning.video_crf})")
+        elif "mp4" in job.output.formats:
+            lines.append("  mp4: already finished (resume)")
+        lines.append(f"  manifest: {self.root / 'manifest.jsonl'}")
+        lines.append("watermark: " + (f"on, payload {job.watermark.payload!r}"
+                                        if job.watermark.enabled else "off"))
+        lines.append(f"preset: {job.preset}; writers {job.tuning.writers()}, ring "
+                     f"{job.tuning.pinned_buffers} buffers, channel depth {job.tuning.channel_depth}")
+        return "\n".join(lines)
+
+
+def make_plan(job: Job, device: torch.device, *, resume: bool = False) -> Plan:
+    shot = job.shot
+    vae = inspect_vae(job.model.path)
+    _check_resolution(shot.width, shot.height, vae.scale)
+    shape = (vae.latent_channels, shot.height // vae.scale, shot.width // vae.scale)
+    if job.source.kind == "latents":
+        check_latent_files(job.source, shot.frames, shape,
+                           f"for {shot.width}x{shot.height} with this VAE "
+                           f"({vae.latent_channels} channels, {vae.scale}x upscale)")
+    _check_writable(job.output.root)
+    dtype = effective_dtype(vae, job.model.dtype, device)
+    m_hash = model_hash(vae.path)
+    j_hash = job_hash(job, m_hash, dtype)
+
+    root = job.output.root
+    png_paths = {}
+    if "png" in job.output.formats:
+        png_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
+                                                                  frame=frame) + ".png")
+                     for frame in shot.frames}
+    video_path = (patterns.confined(root, patterns.fill(job.output.video, shot=shot.name))
+                  if "mp4" in job.output.formats else None)
+    skipped: set[int] = set()
+    if resume:
+        skipped, video_done = _finished(root, j_hash, png_paths, video_path)
+        if video_done:
+            video_path = None
+        if not png_paths and video_path is not None:
+            skipped = set()  # video only, not finished: every frame is needed again
+    todo = tuple(f for f in shot.frames if f not in skipped) if (png_paths or video_path) else ()
+    return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo,
+                skipped=frozenset(skipped), png_paths=png_paths, video_path=video_path,
+                model_hash=m_hash, job_hash=j_hash)
+
+
+def job_hash(job: Job, m_hash: str, dtype: str) -> str:
+    """What decides the pixels (not the frame range, paths or threads): resume and the
+    farm use it to tell a finished frame of this job from a stale one."""
+    shot, source, mark = job.shot, job.source, job.watermark
+    identity = {
+        "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
+        "source": [source.kind, source.path, source.tensor], "seed": job.seed,
+        "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
+        "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
+        "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _finished(root: Path, j_hash: str, png_paths: dict[int, Path],
+              video_path: Path | None) -> tuple[set[int], bool]:
+    latest = latest_by_path(r for r in read_records(root) if r.get("job_hash") == j_hash)
+
+    def done(path: Path) -> bool:
+        record = latest.get(path.relative_to(root).as_posix())
+        return record is not None and check_record(root, record) is None
+
+    skipped = {frame for frame, path in png_paths.items() if done(path)}
+    return skipped, video_path is not None and done(video_path)
+
+
+def _check_resolution(width: int, height: int, scale: int) -> None:
+    for field, value in (("shot.width", width), ("shot.height", height)):
+        if value % scale:
+            lower, upper = value - value % scale, value - value % scale + scale
+            nearest = f"{lower} or {upper}" if lower else f"{upper}"
+            raise JobError(field, value, f"this VAE makes sizes in multiples of {scale}; "
+                           f"nearest allowed: {nearest}")
+
+
+def _check_writable(root: Path) -> None:
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise JobError("output.root", str(root), f"cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise JobError("output.root", str(root), f"not writable: no write permission on {probe}")

@@ -1,0 +1,101 @@
+"""Atomic publishing: a file appears whole under its final name, or not at all.
+
+Bytes go to a hidden temporary file in the destination folder, are fsynced, and are
+linked into place. `os.link` fails when the name exists, which makes the first writer
+win: a second writer with the same content hash drops its copy, and one with other
+content (a changed job rendered again) replaces the file atomically. The folder is
+fsynced so the new name survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMP_SUFFIX = ".part"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
+
+
+@dataclass(frozen=True)
+class Published:
+    path: Path
+    size: int
+    sha256: str
+    kept_existing: bool    # an identical file was already there (first writer won)
+
+
+def temp_path(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+
+
+def publish_bytes(dest: Path, data: bytes) -> Published:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dest)
+    try:
+        with tmp.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return commit(tmp, dest, hashlib.sha256(data).hexdigest(), len(data))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def commit(tmp: Path, dest: Path, sha256: str, size: int) -> Published:
+    """Move a finished, fsynced temporary file to `dest`; the caller removes `tmp` after."""
+    try:
+        os.link(tmp, dest)
+        kept = False
+    except FileExistsError:
+        kept = file_sha256(dest) == sha256
+        if not kept:
+            os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+    return Published(path=dest, size=size, sha256=sha256, kept_existing=kept)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_temps(folder: Path) -> int:
+    """Remove temporary files left by processes of this host that no longer run (kill -9)."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        match = _TEMP_NAME.match(entry.name)
+        if match and not _alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

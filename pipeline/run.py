@@ -1,0 +1,169 @@
+"""The one place the stages are wired: one trio nursery, bounded channels between them.
+
+    source -> decode -> [watermark] -> transfer -> write (N writers, ordered video)
+
+Load the model, open the outputs, start every stage; the first error cancels the rest
+and comes back as a `StageFailed` naming the stage and frame; Ctrl-C or SIGTERM comes
+back as `RunInterrupted`. In-flight writes finish (threads are never abandoned) and
+an unfinished video is removed, so no partial file is left either way.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .device import DeviceContext
+from .errors import RunInterrupted, StageFailed
+from .manifest import Manifest
+from .model import load_vae
+from .plan import Plan
+from .publish import sweep_stale_temps
+from .ring import HostRing
+from .stages.decode import Decoder, decode_stage
+from .stages.source import source_stage
+from .stages.transfer import transfer_stage
+from .stages.watermark import offsets_for, watermark_stage
+from .stages.write import FrameOutputs, VideoSequencer, read_back_png, write_stage
+from .stats import StageStats
+from .video import VideoFile
+
+
+@dataclass
+class RunReport:
+    frames: int = 0                   # frames rendered and written in this run
+    skipped: int = 0                  # frames a resumed run found finished
+    load_s: float = 0.0               # model load
+    render_s: float = 0.0             # first frame in to last frame out
+    wall_s: float = 0.0               # everything, load included
+    device: str = ""
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.render_s if self.render_s > 0 else 0.0
+
+
+def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None) -> RunReport:
+    """Render a plan; blocking. Raises StageFailed or RunInterrupted."""
+    return trio.run(render, plan, on_frame)
+
+
+async def render(plan: Plan, on_frame: Callable[[int], None]) -> RunReport:
+    started = time.perf_counter()
+    report = RunReport(skipped=len(plan.skipped))
+    job, shot = plan.job, plan.job.shot
+    ctx = DeviceContext(plan.device)
+    report.device = ctx.describe()
+
+    load_start = time.perf_counter()
+    vae = await trio.to_thread.run_sync(load_vae, plan.vae, plan.dtype, plan.device, job.tuning.tiling)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx)
+    report.load_s = time.perf_counter() - load_start
+
+    plan.root.mkdir(parents=True, exist_ok=True)
+    for folder in {p.parent for p in plan.png_paths.values()}:
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(folder)
+    outputs = FrameOutputs(root=plan.root, png_paths=plan.png_paths,
+                           png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
+                           record_base={"shot": shot.name, "model_hash": plan.model_hash,
+                                        "job_hash": plan.job_hash, "device": str(plan.device)})
+    names = ["source", "decode", *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
+    stats = {name: StageStats(name) for name in names}
+    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3))
+    offsets = offsets_for(job.watermark, shot.height, shot.width, ctx) if job.watermark.enabled else None
+    video = None
+    if plan.video_path is not None:
+        sweep_stale_temps(plan.video_path.parent)
+        video = VideoFile(plan.video_path, width=shot.width, height=shot.height, fps=shot.fps,
+                          codec=job.tuning.video_codec, crf=job.tuning.video_crf,
+                          preset=job.tuning.video_preset)
+
+    def frame_written(frame: int) -> None:
+        report.frames += 1
+        on_frame(frame)
+
+    depth = job.tuning.channel_depth
+    render_start = time.perf_counter()
+    try:
+        async with trio.open_nursery() as nursery:
+            if threading.current_thread() is threading.main_thread():
+                nursery.start_soon(_stop_on_signal)
+            rx = _chain_source(nursery, plan, stats, depth)
+            rx = _chain(nursery, depth, rx, lambda r, t: decode_stage(decoder, stats["decode"], r, t))
+            if offsets is not None:
+                rx = _chain(nursery, depth, rx,
+                            lambda r, t: watermark_stage(offsets, ctx, stats["watermark"], r, t))
+            rx = _chain(nursery, depth, rx, lambda r, t: transfer_stage(ring, ctx, stats["transfer"], r, t))
+            sequencer = None if video is None else VideoSequencer(
+                video, shot.frames, plan.skipped, read_back_png(outputs))
+            await write_stage(outputs, sequencer, ring, job.tuning.writers(), stats["write"],
+                              frame_written, rx)
+            nursery.cancel_scope.cancel()  # the signal watcher is all that is left
+    except BaseException as group:
+        if video is not None:
+            video.abort()
+        raise _one_error(group, report.frames) from None
+    report.render_s = time.perf_counter() - render_start
+    report.wall_s = time.perf_counter() - started
+    report.stages = {name: s.as_dict() for name, s in stats.items()}
+    report.stages["transfer"]["event_waits"] = ctx.event_waits
+    return report
+
+
+def _chain_source(nursery: trio.Nursery, plan: Plan, stats: dict[str, StageStats],
+                  depth: int) -> trio.MemoryReceiveChannel:
+    tx, rx = trio.open_memory_channel[Any](depth)
+    job = plan.job
+    nursery.start_soon(source_stage, job.source, list(plan.todo), job.seed, plan.latent_shape,
+                       stats["source"], tx)
+    return rx
+
+
+def _chain(nursery: trio.Nursery, depth: int, rx: trio.MemoryReceiveChannel,
+           stage: Callable[[trio.MemoryReceiveChannel, trio.MemorySendChannel], Any]
+           ) -> trio.MemoryReceiveChannel:
+    tx, next_rx = trio.open_memory_channel[Any](depth)
+    nursery.start_soon(stage, rx, tx)
+    return next_rx
+
+
+class _Stop(Exception):
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            raise _Stop(signal.Signals(signum).name)
+
+
+def _one_error(error: BaseException, frames_done: int) -> BaseException:
+    """The error to report from whatever the nursery raised: a stage's failure first,
+    then a signal, then anything else as it came."""
+    leaves = list(_leaves(error))
+    for leaf in leaves:
+        if isinstance(leaf, StageFailed):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, _Stop):
+            return RunInterrupted(leaf.signal_name, frames_done)
+        if isinstance(leaf, KeyboardInterrupt):
+            return RunInterrupted("SIGINT", frames_done)
+    return leaves[0] if leaves else error
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error

@@ -1,0 +1,51 @@
+"""Decode stage: latents -> final pixels on the device, on the compute stream.
+
+The VAE output is clamped, scaled, quantised to uint8 and laid out HWC on the device,
+so the copy moves final bytes only. Whole-frame decode, or diffusers' own tiling when
+the preset says `tiling = true`; the micro-task decode is a later issue.
+"""
+
+from __future__ import annotations
+
+import torch
+import trio
+
+from ..device import DeviceContext
+from ..flow import map_stage
+from ..frames import DeviceFrame, LatentFrame
+from ..model import DTYPES, VaeInfo
+from ..stats import StageStats
+
+
+def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [-1, 1], any float dtype -> (H, W, 3) uint8, rounded."""
+    scaled = (image.float() * 127.5 + 127.5).clamp_(0, 255).round_()
+    return scaled.to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+class Decoder:
+    def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext) -> None:
+        self.vae = vae
+        self.info = info
+        self.dtype = DTYPES[dtype]
+        self.ctx = ctx
+
+    def decode(self, item: LatentFrame) -> DeviceFrame:
+        """Runs in a worker thread: on a GPU it queues the work and returns at once."""
+        with torch.no_grad(), self.ctx.on(self.ctx.compute):
+            latents = item.latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
+            latents = latents / self.info.scaling_factor + self.info.shift_factor
+            image = self.vae.decode(latents[None]).sample[0]
+            pixels = to_uint8_hwc(image)
+            ready = self.ctx.record(self.ctx.compute)
+        return DeviceFrame(item.frame, item.seed, pixels, ready)
+
+
+async def decode_stage(decoder: Decoder, stats: StageStats, rx: trio.MemoryReceiveChannel,
+                       tx: trio.MemorySendChannel) -> None:
+    limiter = trio.CapacityLimiter(1)  # one decode queued at a time keeps VRAM bounded
+
+    async def work(item: LatentFrame) -> DeviceFrame:
+        return await trio.to_thread.run_sync(decoder.decode, item, limiter=limiter)
+
+    await map_stage(stats, rx, tx, work)

@@ -1,0 +1,46 @@
+"""Transfer stage: device pixels -> a host ring slot, on the copy stream.
+
+Order of a slot's life, by three points: decode (or watermark) done, an event on the
+GPU that the copy stream waits for; copy done, an event trio awaits before handing the
+slot on and dropping the device tensor (so the allocator never reuses memory a copy
+still reads: no reliance on record_stream); host IO done, when the writers give the
+slot back to the ring.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from ..device import DeviceContext, Event
+from ..flow import map_stage
+from ..frames import DeviceFrame, HostFrame
+from ..ring import HostRing
+from ..stats import StageStats
+
+
+async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
+                         rx: trio.MemoryReceiveChannel, tx: trio.MemorySendChannel) -> None:
+    def copy(item: DeviceFrame, slot: int) -> Event:
+        with ctx.on(ctx.copy):
+            ctx.after(ctx.copy, item.ready)
+            ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
+            return ctx.record(ctx.copy)
+
+    async def work(item: DeviceFrame) -> HostFrame:
+        start = time.perf_counter()
+        slot = await ring.acquire()
+        waited = time.perf_counter() - start  # a full ring means the writers are behind:
+        stats.blocked_s += waited             # count it as blocked on output, not busy
+        stats.busy_s -= waited
+        try:
+            done = await trio.to_thread.run_sync(copy, item, slot)
+            await ctx.completed(done)
+        except BaseException:
+            ring.release(slot)
+            raise
+        item.pixels = None  # the copy has finished reading it: the allocator may reuse it
+        return HostFrame(item.frame, item.seed, slot, ring.array(slot))
+
+    await map_stage(stats, rx, tx, work)

@@ -1,0 +1,132 @@
+"""Write stage: encode, publish atomically, record in the manifest, give the slot back.
+
+Several writer tasks share the input channel, each encoding PNGs in a thread (PyAV
+releases the GIL). The video takes frames strictly in order through `VideoSequencer`;
+frames a resumed run skipped are read back from their published PNGs so the video is
+whole. Publishing and its manifest record happen in one thread call, so a cancelled
+run never leaves a published frame without its record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from ..errors import StageFailed
+from ..frames import HostFrame
+from ..manifest import Manifest
+from ..png import encode_png, read_png
+from ..publish import publish_bytes
+from ..ring import HostRing
+from ..stats import StageStats
+from ..video import VideoFile
+
+
+@dataclass
+class FrameOutputs:
+    """Where each frame's PNG goes and what its manifest record says besides."""
+    root: Path
+    png_paths: dict[int, Path]            # empty when PNG is not among the formats
+    png_compression: int
+    manifest: Manifest
+    record_base: dict[str, Any]           # shot, model_hash, job_hash, device
+
+    def publish_png(self, frame: int, seed: int, pixels: np.ndarray) -> None:
+        path = self.png_paths[frame]
+        published = publish_bytes(path, encode_png(pixels, self.png_compression))
+        self.manifest.append({
+            **self.record_base, "kind": "frame", "frame": frame, "format": "png",
+            "path": path.relative_to(self.root).as_posix(), "size": published.size,
+            "sha256": published.sha256, "seed": seed, "time": time.time(),
+        })
+
+
+class VideoSequencer:
+    """Feeds the video encoder frame by frame in shot order, whichever writer is first."""
+
+    def __init__(self, video: VideoFile, frames: range, skipped: frozenset[int],
+                 read_back: Callable[[int], np.ndarray]) -> None:
+        self.video = video
+        self.first = self.next = frames.start
+        self.end = frames.stop
+        self.skipped = skipped
+        self.read_back = read_back
+        self._turn = trio.Condition()
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def put(self, frame: int, pixels: np.ndarray) -> None:
+        async with self._turn:
+            await self._encode_skipped()
+            while self.next != frame:
+                await self._turn.wait()
+            await trio.to_thread.run_sync(self.video.add, pixels, limiter=self._limiter)
+            self.next += 1
+            await self._encode_skipped()
+            self._turn.notify_all()
+
+    async def finish(self) -> None:
+        async with self._turn:
+            await self._encode_skipped()
+        if self.next != self.end:
+            raise RuntimeError(f"video stopped at frame {self.next}, expected {self.end - 1}")
+
+    def _add_from_disk(self, frame: int) -> None:
+        self.video.add(self.read_back(frame))
+
+    async def _encode_skipped(self) -> None:
+        while self.next in self.skipped:
+            await trio.to_thread.run_sync(self._add_from_disk, self.next, limiter=self._limiter)
+            self.next += 1
+
+
+def read_back_png(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
+    return lambda frame: read_png(outputs.png_paths[frame])
+
+
+async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring: HostRing,
+                      writers: int, stats: StageStats, on_done: Callable[[int], None],
+                      rx: trio.MemoryReceiveChannel) -> None:
+    limiter = trio.CapacityLimiter(writers)
+
+    async def writer(channel: trio.MemoryReceiveChannel) -> None:
+        async with channel:
+            while True:
+                try:
+                    item: HostFrame = await stats.receive(channel)
+                except trio.EndOfChannel:
+                    return
+                try:
+                    with stats.busy():
+                        if outputs.png_paths:
+                            await trio.to_thread.run_sync(
+                                outputs.publish_png, item.frame, item.seed, item.pixels,
+                                limiter=limiter)
+                        if video is not None:
+                            await video.put(item.frame, item.pixels)
+                except Exception as err:
+                    raise StageFailed("write", item.frame, err) from err
+                finally:
+                    ring.release(item.slot)
+                stats.items += 1
+                on_done(item.frame)
+
+    async with rx, trio.open_nursery() as nursery:
+        for _ in range(writers):
+            nursery.start_soon(writer, rx.clone())
+    if video is not None:
+        try:
+            await video.finish()
+            published = await trio.to_thread.run_sync(video.video.finish)
+        except Exception as err:
+            raise StageFailed("write", None, err) from err
+        outputs.manifest.append({
+            **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
+            "path": published.path.relative_to(outputs.root).as_posix(),
+            "size": published.size, "sha256": published.sha256, "time": time.time(),
+        })

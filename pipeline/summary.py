@@ -1,0 +1,31 @@
+"""The closing summary of a run: what was made, how fast, and where the time went."""
+
+from __future__ import annotations
+
+from .plan import Plan
+from .run import RunReport
+
+
+def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
+    shot = plan.job.shot
+    lines = [
+        f"rendered {report.frames} frame(s) of {shot.name} ({shot.width}x{shot.height}) on "
+        f"{report.device} in {total_s:.1f} s: {report.fps:.2f} frames/s after a "
+        f"{report.load_s:.1f} s model load"
+        + (f"; {report.skipped} frame(s) already finished" if report.skipped else ""),
+        "stage        busy s   waiting s   blocked s   (waiting: for input; blocked: on output)",
+    ]
+    for name, figures in report.stages.items():
+        lines.append(f"{name:<10} {figures['busy_s']:>8.2f} {figures['waiting_s']:>11.2f} "
+                     f"{figures['blocked_s']:>11.2f}")
+    writers = plan.job.tuning.writers()
+    if writers > 1:
+        lines.append(f"(write times are summed over {writers} writer tasks)")
+    outputs = []
+    if plan.png_paths:
+        outputs.append(f"{len(plan.png_paths)} PNG under {plan.root}")
+    if plan.video_path:
+        outputs.append(f"video {plan.video_path}")
+    outputs.append(f"manifest {plan.root / 'manifest.jsonl'}")
+    lines.append("outputs: " + "; ".join(outputs))
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Tuning knobs: read from a TOML preset under ``configs/`` and the job's [tuning] table.
+
+`configs/default.toml` holds every knob with its documented default; another preset
+lists only what it changes, and a job's [tuning] table overrides the preset.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import JobError
+from .schema import Table, read_toml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+VIDEO_CODECS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mpeg4")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    channel_depth: int      # items buffered between two stages (bounded: 0-4)
+    pinned_buffers: int     # host frame buffers in the ring, allocated once per run
+    writer_threads: int     # PNG encoders working at once; 0 = one per core, at most 8
+    tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
+    png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
+    video_codec: str
+    video_crf: int
+    video_preset: str
+
+    def writers(self) -> int:
+        return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
+
+
+def preset_path(name: str, job_dir: Path) -> Path:
+    """A preset is a name under configs/ or a path to a .toml file (relative to the job)."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        return path if path.is_absolute() else job_dir / path
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise JobError("preset", name, "expected a preset name from configs/ or a path to a .toml file")
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_tuning(preset: str, job_dir: Path, overrides: dict[str, Any]) -> Tuning:
+    default_path = CONFIG_DIR / "default.toml"
+    merged = dict(read_toml(default_path, "configs/default.toml"))
+    if preset != "default":
+        path = preset_path(preset, job_dir)
+        if not path.is_file():
+            raise JobError("preset", preset, "no such preset; available: " + ", ".join(available_presets()))
+        layer = read_toml(path, "preset")
+        _reject_unknown(layer, merged, f"preset {preset}")
+        merged.update(layer)
+    _reject_unknown(overrides, merged, "tuning")
+    merged.update(overrides)
+    return _parse(Table(merged, "tuning"))
+
+
+def _reject_unknown(layer: dict[str, Any], known: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if key not in known:
+            raise JobError(f"{where}.{key}", value, "unknown field; allowed: " + ", ".join(sorted(known)))
+
+
+def _parse(t: Table) -> Tuning:
+    tuning = Tuning(
+        channel_depth=t.integer("channel_depth", lo=0, hi=4),
+        pinned_buffers=t.integer("pinned_buffers", lo=1, hi=64),
+        writer_threads=t.integer("writer_threads", lo=0, hi=64),
+        tiling=t.boolean("tiling"),
+        png_compression=t.integer("png_compression", lo=0, hi=9),
+        video_codec=t.string("video_codec", choices=VIDEO_CODECS),
+        video_crf=t.integer("video_crf", lo=0, hi=51),
+        video_preset=t.string(
+            "video_preset",
+            choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
+        ),
+    )
+    t.done()
+    return tuning

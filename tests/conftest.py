@@ -1,0 +1,143 @@
+"""Fixtures: tiny real diffusers VAEs saved with save_pretrained, latents on disk, and
+job files that point at them. Everything the tests render goes through the same
+from_pretrained and file reads a user's job does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_kl_vae(folder: Path, *, blocks: int = 2, latent_channels: int = 4, seed: int = 0) -> Path:
+    """An AutoencoderKL of a few thousand weights; scale = 2 ** (blocks - 1)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(8,) * blocks, layers_per_block=1, norm_num_groups=4,
+        sample_size=32, scaling_factor=0.5,
+    )
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_tiny_vae(folder: Path, *, seed: int = 0) -> Path:
+    """An AutoencoderTiny (TAESD layout) with 8 channels per block; scale 8."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
+                          decoder_block_out_channels=(8, 8, 8, 8),
+                          num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+                          latent_channels=4)
+    vae.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_latents(folder: Path, frames: range, shape: tuple[int, ...], *, seed: int = 0,
+                  suffix: str = ".safetensors") -> str:
+    """One latent file per frame; returns the job's path pattern for them."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for frame in frames:
+        latents = torch.randn(shape, generator=generator)
+        path = folder / f"frame_{frame:04d}{suffix}"
+        if suffix == ".npy":
+            np.save(path, latents.numpy())
+        else:
+            save_file({"latents": latents}, str(path))
+    return f"{folder.name}/frame_{{frame:04d}}{suffix}"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def job_toml(job: dict[str, Any]) -> str:
+    lines = [f"{k} = {toml_value(v)}" for k, v in job.items() if not isinstance(v, dict)]
+    for table, fields in job.items():
+        if isinstance(fields, dict):
+            lines.append(f"\n[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def kl_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_kl_vae(tmp_path_factory.mktemp("models") / "kl_vae")
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path, kl_vae: Path) -> Path:
+    """A folder with latents for frames 1-6 at 32x24 (latents 4x12x16) beside the job."""
+    write_latents(tmp_path / "latents", range(1, 7), (4, 12, 16))
+    return tmp_path
+
+
+def base_job(vae: Path, **overrides: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "seed": 7,
+        "shot": {"name": "test", "frame_start": 1, "frame_end": 6, "fps": 24,
+                 "width": 32, "height": 24},
+        "source": {"kind": "latents", "path": "latents/frame_{frame:04d}.safetensors"},
+        "model": {"path": str(vae), "dtype": "float32"},
+        "output": {"root": "out", "formats": ["png", "mp4"]},
+        "watermark": {"enabled": False},
+        "tuning": {"writer_threads": 2},
+    }
+    for table, fields in overrides.items():
+        if isinstance(fields, dict) and isinstance(job.get(table), dict):
+            job[table] = {**job[table], **fields}
+        else:
+            job[table] = fields
+    return job
+
+
+@pytest.fixture
+def write_job(job_dir: Path, kl_vae: Path) -> Callable[..., Path]:
+    """write_job(**overrides) -> path of a job file in job_dir; output root job_dir/out."""
+    def write(name: str = "job.toml", **overrides: Any) -> Path:
+        job = base_job(kl_vae, **overrides)
+        if isinstance(job["output"], dict) and job["output"].get("root") == "out":
+            job["output"]["root"] = str(job_dir / "out")
+        path = job_dir / name
+        path.write_text(job_toml(job))
+        return path
+    return write
+
+
+def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """The real `render` CLI in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

@@ -1,0 +1,228 @@
+"""Every bad input: one line naming the field and value, exit status 2, no traceback,
+nothing written. Most cases call the CLI's `main()` in-process (fast); one goes
+through a real subprocess to prove the same holds for the installed command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_kl_vae, render, write_latents
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
+             ) -> tuple[int, str, str]:
+    from pipeline.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["render", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_rejected(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {err!r}"
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+@pytest.fixture
+def reject(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, job_dir: Path
+           ) -> Callable[..., None]:
+    """reject(job_file, *needles, extra=[...]): render run fails as bad input, writes nothing."""
+    def check(job_file: Path, *needles: str, extra: tuple[str, ...] = ()) -> None:
+        before = sorted(p for p in job_dir.rglob("*"))
+        code, _out, err = run_main(monkeypatch, capsys, "run", str(job_file), "--device", "cpu", *extra)
+        assert_rejected(code, err, *needles)
+        assert not (job_dir / "out").exists(), "a rejected job wrote its output root"
+        assert sorted(p for p in job_dir.rglob("*")) == before
+    return check
+
+
+def test_toml_syntax_error_subprocess(job_dir: Path) -> None:
+    job = job_dir / "broken.toml"
+    job.write_text('[shot]\nname = "x\n')
+    result = render("run", str(job), "--device", "cpu")
+    assert_rejected(result.returncode, result.stderr, "job file", "invalid TOML", "line 2")
+    assert not (job_dir / "out").exists()
+
+
+def test_missing_job_file(reject: Callable[..., None], job_dir: Path) -> None:
+    reject(job_dir / "nope.toml", "job file", "no such file")
+
+
+def test_unknown_field(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    job = write_job(shot={"framestart": 1})
+    reject(job, "shot.framestart", "unknown field", "frame_start")
+
+
+def test_unknown_table(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(outputs={"root": "x"}), "outputs", "unknown field")
+
+
+def test_missing_field(reject: Callable[..., None], write_job: Callable[..., Path],
+                       job_dir: Path, kl_vae: Path) -> None:
+    job = write_job()
+    text = job.read_text().replace("frame_end = 6\n", "")
+    job.write_text(text)
+    reject(job, "shot.frame_end is missing")
+
+
+def test_wrong_type(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"fps": "24"}), "shot.fps = '24'", "integer")
+
+
+def test_bool_is_not_an_integer(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"width": True}), "shot.width = True", "integer")
+
+
+def test_reversed_frame_range(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"frame_start": 6, "frame_end": 1}), "shot.frame_end = 1", ">= shot.frame_start")
+
+
+def test_negative_frame(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"frame_start": -1}), "shot.frame_start = -1", ">= 0")
+
+
+def test_resolution_the_vae_cannot_make(reject: Callable[..., None],
+                                        write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"width": 33}, output={"formats": ["png"]}), "shot.width = 33",
+           "multiples of 2", "32 or 34")
+
+
+def test_missing_model_folder(reject: Callable[..., None], write_job: Callable[..., Path],
+                              job_dir: Path) -> None:
+    reject(write_job(model={"path": str(job_dir / "no_model")}), "model.path", "no such folder")
+
+
+def test_model_folder_of_another_class(reject: Callable[..., None], write_job: Callable[..., Path],
+                                       job_dir: Path) -> None:
+    folder = job_dir / "unet"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    reject(write_job(model={"path": str(folder)}), "model.path", "UNet2DConditionModel",
+           "AutoencoderKL")
+
+
+def test_pickled_weights_refused(reject: Callable[..., None], write_job: Callable[..., Path],
+                                 job_dir: Path, kl_vae: Path) -> None:
+    folder = job_dir / "bin_vae"
+    folder.mkdir()
+    (folder / "config.json").write_text((kl_vae / "config.json").read_text())
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    reject(write_job(model={"path": str(folder)}), "model.path", "safetensors")
+
+
+def test_latents_with_wrong_channel_count(reject: Callable[..., None],
+                                          write_job: Callable[..., Path], job_dir: Path) -> None:
+    write_latents(job_dir / "latents16", range(1, 7), (16, 12, 16))
+    job = write_job(source={"path": "latents16/frame_{frame:04d}.safetensors"})
+    reject(job, "source.path", "(16, 12, 16)", "expected (4, 12, 16)")
+
+
+def test_latents_with_wrong_shape(reject: Callable[..., None], write_job: Callable[..., Path],
+                                  job_dir: Path) -> None:
+    write_latents(job_dir / "small", range(1, 7), (4, 12, 12))
+    reject(write_job(source={"path": "small/frame_{frame:04d}.safetensors"}), "source.path",
+           "frame 1", "(4, 12, 12)")
+
+
+def test_missing_latent_file_for_one_frame(reject: Callable[..., None],
+                                           write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"frame_end": 9}), "source.path", "frame_0007", "no latent file for frame 7")
+
+
+def test_pickled_npy_latents_refused(reject: Callable[..., None], write_job: Callable[..., Path],
+                                     job_dir: Path) -> None:
+    folder = job_dir / "objects"
+    folder.mkdir()
+    for frame in range(1, 7):
+        np.save(folder / f"frame_{frame:04d}.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    reject(write_job(source={"path": "objects/frame_{frame:04d}.npy"}), "source.path", "float")
+
+
+def test_output_root_not_writable(reject: Callable[..., None], write_job: Callable[..., Path],
+                                  job_dir: Path) -> None:
+    blocker = job_dir / "a_file"
+    blocker.write_text("x")
+    reject(write_job(output={"root": str(blocker / "out")}), "output.root", "is a file")
+
+
+def test_mp4_with_odd_size(reject: Callable[..., None], write_job: Callable[..., Path],
+                           job_dir: Path) -> None:
+    vae = make_kl_vae(job_dir / "scale1", blocks=1)
+    write_latents(job_dir / "odd", range(1, 7), (4, 25, 32))
+    job = write_job(model={"path": str(vae)}, shot={"height": 25},
+                    source={"path": "odd/frame_{frame:04d}.safetensors"})
+    reject(job, "shot.height = 25", "even")
+
+
+def test_pattern_with_attribute_access(reject: Callable[..., None],
+                                       write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"frames": "{frame.__class__}"}), "output.frames",
+           "{frame.__class__} is not allowed")
+
+
+def test_output_pattern_leaving_root(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"frames": "../escape/{frame:04d}"}), "output.frames", "inside output.root")
+
+
+def test_frames_pattern_without_frame(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"frames": "{shot}/still"}), "output.frames", "{frame}")
+
+
+def test_unknown_format(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"formats": ["png", "gif"]}), "output.formats", "png, mp4")
+
+
+def test_shot_name_with_slash(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(shot={"name": "a/b"}), "shot.name = 'a/b'")
+
+
+def test_unknown_preset(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(preset="fastest"), "preset = 'fastest'", "default")
+
+
+def test_bad_tuning_override(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(tuning={"channel_depth": 9}), "tuning.channel_depth = 9", "0 to 4")
+
+
+def test_unknown_tuning_field(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(tuning={"threads": 9}), "tuning.threads", "unknown field")
+
+
+def test_watermark_payload_too_long(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(watermark={"enabled": True, "payload": "much too long"}),
+           "watermark.payload", "8 bytes")
+
+
+def test_cuda_requested_without_gpu(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    job = write_job()
+    reject(job, "--device = 'cuda:0'", "no CUDA device", extra=("--device", "cuda:0"))
+
+
+def test_bad_device_name(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(), "--device = 'tpu'", extra=("--device", "tpu"))
+
+
+def test_unknown_option(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, _out, err = run_main(monkeypatch, capsys, "run", "--frobnicate")
+    assert_rejected(code, err, "--frobnicate")
+
+
+def test_verify_on_a_folder_without_manifest(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    code, _out, err = run_main(monkeypatch, capsys, "verify", str(tmp_path))
+    assert_rejected(code, err, "OUTDIR", "manifest.jsonl")
