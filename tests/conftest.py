@@ -57,14 +57,22 @@ def make_tiny_vae(folder: Path, *, seed: int = 0) -> Path:
 
 
 def write_latents(folder: Path, frames: range, shape: tuple[int, ...], *, seed: int = 0,
-                  suffix: str = ".safetensors") -> str:
-    """One latent file per frame; returns the job's path pattern for them."""
+                  suffix: str = ".safetensors", smooth: bool = False) -> str:
+    """One latent file per frame; returns the job's path pattern for them.
+
+    `smooth` draws coarse noise and upsamples it, so that even a random VAE decodes
+    it to a picture with large areas rather than pixel noise (as real frames have).
+    """
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     for frame in frames:
-        latents = torch.randn(shape, generator=generator)
+        if smooth:
+            coarse = torch.randn((1, shape[0], 6, 8), generator=generator)
+            latents = torch.nn.functional.interpolate(coarse, size=shape[1:], mode="bicubic")[0]
+        else:
+            latents = torch.randn(shape, generator=generator)
         path = folder / f"frame_{frame:04d}{suffix}"
         if suffix == ".npy":
             np.save(path, latents.numpy())
@@ -116,7 +124,9 @@ def base_job(vae: Path, **overrides: Any) -> dict[str, Any]:
         "tuning": {"writer_threads": 2},
     }
     for table, fields in overrides.items():
-        if isinstance(fields, dict) and isinstance(job.get(table), dict):
+        if table == "source" and fields.get("kind") == "noise":
+            job[table] = fields  # noise takes no path
+        elif isinstance(fields, dict) and isinstance(job.get(table), dict):
             job[table] = {**job[table], **fields}
         else:
             job[table] = fields
