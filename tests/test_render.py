@@ -57,8 +57,8 @@ def manifest(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
 
 
-def test_renders_pngs_equal_to_the_decoder_and_an_mp4(cli: Callable[..., tuple], write_job: Callable[..., Path],
-                                                      job_dir: Path, kl_vae: Path) -> None:
+def test_renders_pngs_equal_to_the_decoder_and_an_mp4(
+        cli: Callable[..., tuple], write_job: Callable[..., Path], job_dir: Path, kl_vae: Path) -> None:
     code, out, err = cli("run", str(write_job()), "--device", "cpu", "-q")
     assert code == 0, err
     assert "rendered 6 frame(s) of test" in out
