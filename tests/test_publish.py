@@ -1,0 +1,68 @@
+"""Atomic publishing and the manifest, at the file level."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.manifest import Manifest, read_records, verify
+from pipeline.publish import publish_bytes, sweep_stale_temps, temp_path
+
+
+def test_publish_writes_whole_file_and_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "a" / "frame.png"
+    published = publish_bytes(dest, b"pixels")
+    assert dest.read_bytes() == b"pixels"
+    assert published.sha256 == hashlib.sha256(b"pixels").hexdigest()
+    assert published.size == 6 and not published.kept_existing
+    assert [p.name for p in dest.parent.iterdir()] == ["frame.png"]
+
+
+def test_first_writer_wins_with_same_content(tmp_path: Path) -> None:
+    dest = tmp_path / "frame.png"
+    publish_bytes(dest, b"same")
+    inode = dest.stat().st_ino
+    second = publish_bytes(dest, b"same")
+    assert second.kept_existing
+    assert dest.stat().st_ino == inode, "the first writer's file must stay in place"
+    assert [p.name for p in tmp_path.iterdir()] == ["frame.png"]
+
+
+def test_other_content_replaces_atomically(tmp_path: Path) -> None:
+    dest = tmp_path / "frame.png"
+    publish_bytes(dest, b"old render")
+    second = publish_bytes(dest, b"new render")
+    assert not second.kept_existing
+    assert dest.read_bytes() == b"new render"
+    assert [p.name for p in tmp_path.iterdir()] == ["frame.png"]
+
+
+def test_sweep_removes_temps_of_dead_processes_only(tmp_path: Path) -> None:
+    dest = tmp_path / "frame.png"
+    mine = temp_path(dest)
+    mine.write_bytes(b"in progress")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".frame.png.{int(dead.stdout)}.{os.urandom(4).hex()}.part"
+    stale.write_bytes(b"left by kill -9")
+    assert sweep_stale_temps(tmp_path) == 1
+    assert mine.exists() and not stale.exists()
+
+
+def test_manifest_skips_a_torn_last_line(tmp_path: Path) -> None:
+    manifest = Manifest(tmp_path)
+    publish_bytes(tmp_path / "f1.png", b"one")
+    manifest.append({"path": "f1.png", "size": 3, "sha256": hashlib.sha256(b"one").hexdigest()})
+    with (tmp_path / "manifest.jsonl").open("a") as handle:
+        handle.write('{"path": "f2.png", "si')  # a crash mid-append
+    assert [r["path"] for r in read_records(tmp_path)] == ["f1.png"]
+    assert verify(tmp_path) == (1, [])
+
+
+def test_verify_flags_records_leaving_the_root(tmp_path: Path) -> None:
+    (tmp_path / "manifest.jsonl").write_text('{"path": "../etc/passwd", "size": 1, "sha256": "x"}\n')
+    _count, problems = verify(tmp_path)
+    assert problems == ["../etc/passwd: path leaves the output root"]
