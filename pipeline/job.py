@@ -120,6 +120,9 @@ def _shot(t: Table) -> Shot:
 
 
 def _source(t: Table, job_dir: Path) -> Source:
+    if t.data.get("kind") == "diffusers":
+        raise JobError("source.kind", "diffusers", "generation with a diffusers pipeline is not "
+                       "available yet; use \"latents\" (decode-only) or \"noise\"")
     kind = t.string("kind", choices=SOURCE_KINDS)
     if kind == "latents":
         pattern = t.string("path")

@@ -78,7 +78,9 @@ async def render(plan: Plan, on_frame: Callable[[int], None]) -> RunReport:
     names = ["source", "decode", *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
     stats = {name: StageStats(name) for name in names}
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3))
-    offsets = offsets_for(job.watermark, shot.height, shot.width, ctx) if job.watermark.enabled else None
+    offsets = None
+    if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
+        offsets = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
     video = None
     if plan.video_path is not None:
         sweep_stale_temps(plan.video_path.parent)

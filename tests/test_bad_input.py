@@ -226,3 +226,8 @@ def test_verify_on_a_folder_without_manifest(monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     code, _out, err = run_main(monkeypatch, capsys, "verify", str(tmp_path))
     assert_rejected(code, err, "OUTDIR", "manifest.jsonl")
+
+
+def test_generation_source_not_yet_available(reject: Callable[..., None],
+                                             write_job: Callable[..., Path]) -> None:
+    reject(write_job(source={"kind": "diffusers"}), "source.kind = 'diffusers'", "latents")

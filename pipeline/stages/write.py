@@ -125,7 +125,7 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
             published = await trio.to_thread.run_sync(video.video.finish)
         except Exception as err:
             raise StageFailed("write", None, err) from err
-        outputs.manifest.append({
+        await trio.to_thread.run_sync(outputs.manifest.append, {
             **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
             "path": published.path.relative_to(outputs.root).as_posix(),
             "size": published.size, "sha256": published.sha256, "time": time.time(),
