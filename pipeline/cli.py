@@ -135,6 +135,9 @@ def main() -> None:
     except FramefarmError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # before the pipeline started: nothing was written yet
+        click.echo("error: interrupted before rendering started; nothing was written", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
                        shot.width if shot.width % 2 else shot.height,
                        "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
                        "output.formats or choose an even size")
-    return Output(root=root.absolute(), frames=frames, video=video, formats=formats)
+    return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats)
 
 
 def _watermark(t: Table) -> Watermark:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,27 @@ def model_hash(path: Path) -> str:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+class ModelCache:
+    """Loaded VAEs kept between runs of one process (a farm worker renders many tasks
+    with the same model): keyed by folder, content hash, dtype, device and tiling."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._models: dict[tuple, torch.nn.Module] = {}
+        self._lock = threading.Lock()  # two tasks in flight must not load the model twice
+        self.loads = 0
+
+    def get(self, info: VaeInfo, content_hash: str, dtype: str, device: torch.device,
+            tiling: bool) -> torch.nn.Module:
+        key = (str(info.path), content_hash, dtype, str(device), tiling)
+        with self._lock:
+            model = self._models.pop(key, None)
+            if model is None:
+                model = load_vae(info, dtype, device, tiling)
+                self.loads += 1
+            self._models[key] = model  # most recently used last
+            while len(self._models) > self.capacity:
+                self._models.pop(next(iter(self._models)))
+            return model

@@ -89,13 +89,19 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(job: Job, device: torch.device, *, resume: bool = False) -> Plan:
+def make_plan(job: Job, device: torch.device, *, resume: bool = False,
+              frames: range | None = None, video: bool = True) -> Plan:
+    """`frames` narrows the plan to part of the shot (a farm task) and `video=False`
+    leaves the video out (the farm encodes it once every frame is published)."""
     shot = job.shot
+    frames = frames if frames is not None else shot.frames
+    if video and "mp4" in job.output.formats and frames != shot.frames:
+        raise ValueError("a plan that writes the video must cover the whole shot")
     vae = inspect_vae(job.model.path)
     _check_resolution(shot.width, shot.height, vae.scale)
     shape = (vae.latent_channels, shot.height // vae.scale, shot.width // vae.scale)
     if job.source.kind == "latents":
-        check_latent_files(job.source, shot.frames, shape,
+        check_latent_files(job.source, frames, shape,
                            f"for {shot.width}x{shot.height} with this VAE "
                            f"({vae.latent_channels} channels, {vae.scale}x upscale)")
     _check_writable(job.output.root)
@@ -108,9 +114,9 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False) -> Plan:
     if "png" in job.output.formats:
         png_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
                                                                   frame=frame) + ".png")
-                     for frame in shot.frames}
+                     for frame in frames}
     video_path = (patterns.confined(root, patterns.fill(job.output.video, shot=shot.name))
-                  if "mp4" in job.output.formats else None)
+                  if video and "mp4" in job.output.formats else None)
     skipped: set[int] = set()
     if resume:
         skipped, video_done = _finished(root, j_hash, png_paths, video_path)
@@ -118,7 +124,7 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False) -> Plan:
             video_path = None
         if not png_paths and video_path is not None:
             skipped = set()  # video only, not finished: every frame is needed again
-    todo = tuple(f for f in shot.frames if f not in skipped) if (png_paths or video_path) else ()
+    todo = tuple(f for f in frames if f not in skipped) if (png_paths or video_path) else ()
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo,
                 skipped=frozenset(skipped), png_paths=png_paths, video_path=video_path,
                 model_hash=m_hash, job_hash=j_hash)

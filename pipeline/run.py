@@ -22,7 +22,7 @@ import trio
 from .device import DeviceContext
 from .errors import RunInterrupted, StageFailed
 from .manifest import Manifest
-from .model import load_vae
+from .model import ModelCache
 from .plan import Plan
 from .publish import sweep_stale_temps
 from .ring import HostRing
@@ -55,7 +55,10 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
     return trio.run(render, plan, on_frame)
 
 
-async def render(plan: Plan, on_frame: Callable[[int], None]) -> RunReport:
+async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
+                 *, handle_signals: bool = True) -> RunReport:
+    """Render a plan inside a trio run. `models` keeps VAEs loaded across calls (farm
+    workers); `handle_signals=False` leaves Ctrl-C and SIGTERM to the caller."""
     started = time.perf_counter()
     report = RunReport(skipped=len(plan.skipped))
     job, shot = plan.job, plan.job.shot
@@ -63,7 +66,9 @@ async def render(plan: Plan, on_frame: Callable[[int], None]) -> RunReport:
     report.device = ctx.describe()
 
     load_start = time.perf_counter()
-    vae = await trio.to_thread.run_sync(load_vae, plan.vae, plan.dtype, plan.device, job.tuning.tiling)
+    models = models or ModelCache(capacity=1)
+    vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
+                                        job.tuning.tiling)
     decoder = Decoder(vae, plan.vae, plan.dtype, ctx)
     report.load_s = time.perf_counter() - load_start
 
@@ -96,7 +101,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None]) -> RunReport:
     render_start = time.perf_counter()
     try:
         async with trio.open_nursery() as nursery:
-            if threading.current_thread() is threading.main_thread():
+            if handle_signals and threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_stop_on_signal)
             rx = _chain_source(nursery, plan, stats, depth)
             rx = _chain(nursery, depth, rx, lambda r, t: decode_stage(decoder, stats["decode"], r, t))
