@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,45 @@ def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproc
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[int]:
+    """A real redis-server on a free loopback port, for the whole session."""
+    import shutil
+    import socket
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it with apt-get")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def redis_url_factory(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """redis_url_factory() -> a URL on a fresh, empty database of the session's server."""
+    def make() -> str:
+        import redis
+
+        port = request.getfixturevalue("redis_server")
+        redis.Redis(port=port, db=3).flushdb()
+        return f"redis://127.0.0.1:{port}/3"
+    return make

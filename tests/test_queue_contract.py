@@ -1,0 +1,195 @@
+"""The queue contract (workers/queue.py), run against every backend: SQLite on disk and
+a real redis-server on a loopback port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from workers.queue import TASK_VIDEO, JobSpec, TaskQueue, open_queue
+
+LEASE_S = 0.4   # short, so expiry tests wait well under a second
+
+
+def spec(job_id: str, *, start: int = 1, end: int = 4, chunk: int = 2, priority: int = 0,
+         video: bool = False, max_attempts: int = 3) -> JobSpec:
+    return JobSpec(job_id=job_id, name=f"shot-{job_id}", toml='seed = 1\n', base_dir="/jobs",
+                   output_root="/renders", frame_start=start, frame_end=end, priority=priority,
+                   chunk=chunk, video=video, max_attempts=max_attempts)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path, redis_url_factory: Callable[[], str]
+          ) -> Iterator[TaskQueue]:
+    url = f"sqlite:///{tmp_path / 'farm.db'}" if request.param == "sqlite" else redis_url_factory()
+    q = open_queue(url)
+    yield q
+    q.close()
+
+
+def drain(q: TaskQueue, worker: str = "w1") -> list:
+    tasks = []
+    while (task := q.lease(worker, 30)) is not None:
+        tasks.append(task)
+    return tasks
+
+
+def test_submit_and_job_round_trip(queue: TaskQueue) -> None:
+    queue.submit(spec("j1"))
+    assert queue.job("j1") == spec("j1")
+    assert queue.job("nope") is None
+
+
+def test_lease_order_priority_then_submission_then_frames(queue: TaskQueue) -> None:
+    queue.submit(spec("low", priority=0))
+    queue.submit(spec("high", priority=5, end=3))
+    queue.submit(spec("low2", priority=0, end=2))
+    order = [(t.job_id, t.first, t.last) for t in drain(queue)]
+    assert order == [("high", 1, 2), ("high", 3, 3), ("low", 1, 2), ("low", 3, 4), ("low2", 1, 2)]
+    assert queue.lease("w1", 30) is None
+
+
+def test_ack_needs_the_current_lease(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2))
+    task = queue.lease("w1", 30)
+    assert task is not None and task.attempt == 1
+    assert queue.renew(task, "w1", 30)
+    assert queue.ack(task, "w1")
+    assert not queue.ack(task, "w1"), "a task is acknowledged once"
+    [status] = queue.status("j1")
+    assert (status.done, status.leased, status.pending, status.failed) == (2, 0, 0, 0)
+    assert status.state == "done"
+
+
+def test_expired_lease_goes_to_another_worker_and_fences_the_first(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2))
+    first = queue.lease("w1", LEASE_S)
+    assert queue.lease("w2", LEASE_S) is None
+    time.sleep(LEASE_S + 0.3)
+    second = queue.lease("w2", 30)
+    assert second is not None and second.task_id == first.task_id
+    assert second.attempt == 2 and second.token != first.token
+    assert not queue.renew(first, "w1", 30)
+    assert not queue.ack(first, "w1")
+    assert not queue.fail(first, "w1", "late")
+    assert queue.ack(second, "w2")
+
+
+def test_renewal_keeps_a_task_from_being_stolen(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2))
+    task = queue.lease("w1", LEASE_S)
+    for _ in range(4):
+        time.sleep(LEASE_S / 2)
+        assert queue.renew(task, "w1", LEASE_S)
+        assert queue.lease("w2", LEASE_S) is None
+    assert queue.ack(task, "w1")
+
+
+def test_failures_retry_then_dead_letter_with_the_error(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2, max_attempts=2))
+    task = queue.lease("w1", 30)
+    assert not queue.fail(task, "w1", "CUDA error: first")
+    retry = queue.lease("w2", 30)
+    assert retry is not None and retry.task_id == task.task_id and retry.attempt == 2
+    assert queue.fail(retry, "w2", "ValueError: poison frame")
+    assert queue.lease("w3", 30) is None
+    [status] = queue.status("j1")
+    assert (status.failed, status.pending, status.done) == (2, 0, 0)
+    assert status.errors == [{"first": 1, "last": 2, "error": "ValueError: poison frame"}]
+
+
+def test_a_task_that_keeps_losing_its_worker_is_dead_lettered(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=1, max_attempts=2))
+    assert queue.lease("w1", LEASE_S) is not None
+    time.sleep(LEASE_S + 0.3)
+    assert queue.lease("w2", LEASE_S) is not None       # attempt 2
+    time.sleep(LEASE_S + 0.3)
+    assert queue.lease("w3", LEASE_S) is None           # would be attempt 3: dead
+    [status] = queue.status("j1")
+    assert status.failed == 1
+    assert "lease expired" in status.errors[0]["error"]
+
+
+def test_release_gives_back_without_counting_an_attempt(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2))
+    task = queue.lease("w1", 30)
+    queue.release(task, "w1")
+    again = queue.lease("w2", 30)
+    assert again.task_id == task.task_id and again.attempt == 1
+
+
+def test_video_task_follows_the_last_frames(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=4, video=True))
+    a, b = queue.lease("w1", 30), queue.lease("w2", 30)
+    assert queue.lease("w3", 30) is None
+    assert queue.ack(b, "w2")
+    assert queue.lease("w3", 30) is None, "no video before every frame is done"
+    assert queue.ack(a, "w1")
+    video = queue.lease("w3", 30)
+    assert video is not None and video.kind == TASK_VIDEO and (video.first, video.last) == (1, 4)
+    assert queue.ack(video, "w3")
+    [status] = queue.status("j1")
+    assert status.state == "done" and status.done == 4
+
+
+def test_cancel_drops_pending_and_fences_leased(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=6))
+    leased = queue.lease("w1", 30)
+    assert queue.cancel("j1") >= 2
+    assert queue.lease("w2", 30) is None
+    assert not queue.renew(leased, "w1", 30)
+    assert not queue.ack(leased, "w1")
+    [status] = queue.status("j1")
+    assert status.state == "cancelled"
+
+
+def test_requeue_failed(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2, max_attempts=1))
+    assert queue.fail(queue.lease("w1", 30), "w1", "boom")
+    assert queue.requeue("j1", failed_only=True) == 1
+    task = queue.lease("w2", 30)
+    assert task is not None and task.attempt == 1
+    assert queue.ack(task, "w2")
+
+
+def test_status_counts_frames_and_skip_jobs(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=6, chunk=2))
+    queue.submit(spec("b", end=3, chunk=3))
+    first = queue.lease("w1", 30, skip_jobs=frozenset({"a"}))
+    assert first.job_id == "b"
+    t = queue.lease("w1", 30)
+    queue.ack(t, "w1")
+    queue.lease("w1", 30)
+    by_id = {s.job_id: s for s in queue.status()}
+    assert (by_id["a"].done, by_id["a"].leased, by_id["a"].pending) == (2, 2, 2)
+    assert (by_id["b"].leased, by_id["b"].pending) == (3, 0)
+
+
+def test_heartbeats_list_workers(queue: TaskQueue) -> None:
+    queue.heartbeat("host-1/gpu0", {"device": "cuda:0", "frames_done": 3})
+    [worker] = queue.workers()
+    assert worker.name == "host-1/gpu0" and worker.info["frames_done"] == 3
+    assert abs(worker.heartbeat - time.time()) < 5
+
+
+def test_concurrent_leases_never_share_a_task(queue: TaskQueue, tmp_path) -> None:
+    queue.submit(spec("j1", end=40, chunk=1))
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        q = queue  # backends are safe to share between threads
+        while (task := q.lease(name, 30)) is not None:
+            with lock:
+                got.append(task.task_id)
+            assert q.ack(task, name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 40 and len(set(got)) == 40
