@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from pipeline.errors import JobError
 
+
 class QueueUnavailable(Exception):
     """The queue cannot be reached right now (Redis restarting, network down): the
     worker backs off and tries again; nothing is lost, leases simply run on."""
