@@ -123,6 +123,102 @@ def watermark_verify(files: tuple[Path, ...], key: str) -> None:
         raise FramefarmError(f"{missing} of {len(files)} file(s) carry no watermark for this key")
 
 
+QUEUE_OPTION = click.option(
+    "--queue", "queue_url", metavar="URL", envvar="FRAMEFARM_QUEUE", required=True,
+    help="sqlite:///path/farm.db (one host) or redis://[:password@]host:port/db, rediss://... "
+         "(default: $FRAMEFARM_QUEUE).")
+
+
+@cli.command()
+@click.argument("job_file", metavar="JOB.toml", type=click.Path(path_type=Path))
+@QUEUE_OPTION
+@click.option("--chunk", default=1, show_default=True, type=click.IntRange(1, 10_000),
+              help="Frames per task.")
+@click.option("--priority", default=0, show_default=True, type=click.IntRange(-100, 100),
+              help="Higher runs first.")
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Leases of a task (failures and lost workers) before it is dead-lettered.")
+def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int) -> None:
+    """Check JOB.toml like `render run` does, store it and queue its frames; print the job id."""
+    from workers.submit import submit_job
+
+    click.echo(submit_job(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts))
+
+
+@cli.command()
+@QUEUE_OPTION
+@click.option("--device", metavar="DEVICE", default=None, help="cuda:N or cpu (default: first GPU, else CPU).")
+@click.option("--gpus", type=click.Choice(["all"]), default=None,
+              help="Start one worker process per GPU (spawned, one device each).")
+@click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), required=True,
+              help="Refuse jobs whose outputs fall outside DIR.")
+@click.option("--model-root", "model_roots", metavar="DIR", type=click.Path(path_type=Path), multiple=True,
+              required=True, help="Refuse jobs whose model lies outside DIR (repeatable).")
+@click.option("--slots", default=2, show_default=True, type=click.IntRange(1, 8),
+              help="Tasks in flight at once, so the GPU has work while a task's last frames are written.")
+@click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Lease length in seconds; renewed every third of it while a task renders.")
+@click.option("--max-job-failures", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Stop taking a job after it failed this many times on this worker.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--exit-when-idle", is_flag=True, help="Stop once the queue has no task left.")
+@click.option("--name", default="", help="Worker name in status output (default: host/pid/device).")
+def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Path, model_roots: tuple[Path, ...],
+           slots: int, lease_s: float, max_job_failures: int, metrics_port: int | None, exit_when_idle: bool,
+           name: str) -> None:
+    """Consume frame tasks until told to stop. SIGTERM drains: frames in flight finish,
+    the rest of their tasks is released to other workers at once."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if gpus == "all":
+        from workers.gpus import run_per_gpu
+
+        sys.exit(run_per_gpu(sys.argv[1:]))
+    from workers.worker import WorkerConfig, run_worker
+
+    run_worker(WorkerConfig(queue_url=queue_url, output_root=output_root, model_roots=model_roots,
+                            device=device, name=name, lease_s=lease_s, slots=slots,
+                            max_job_failures=max_job_failures, metrics_port=metrics_port,
+                            exit_when_idle=exit_when_idle))
+
+
+@cli.command()
+@click.argument("job_id", metavar="[JOB]", required=False)
+@QUEUE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(job_id: str | None, queue_url: str, as_json: bool) -> None:
+    """Frames done, leased, pending and failed per job; failed frames with their last
+    error; workers with their last heartbeat."""
+    from workers.status import show_status
+
+    click.echo(show_status(queue_url, job_id, as_json=as_json))
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@QUEUE_OPTION
+@click.option("--failed", is_flag=True, help="Only failed (dead-lettered) tasks; default: every unfinished task.")
+def requeue(job_id: str, queue_url: str, failed: bool) -> None:
+    """Queue a job's failed (or all unfinished) tasks again, with fresh attempts."""
+    from workers.status import existing_job
+
+    queue = existing_job(queue_url, job_id)
+    click.echo(f"requeued {queue.requeue(job_id, failed_only=failed)} task(s) of {job_id}")
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@QUEUE_OPTION
+def cancel(job_id: str, queue_url: str) -> None:
+    """Drop a job's pending tasks; workers stop its leased ones at their next renewal."""
+    from workers.status import existing_job
+
+    queue = existing_job(queue_url, job_id)
+    click.echo(f"cancelled {queue.cancel(job_id)} task(s) of {job_id}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False, prog_name="render")

@@ -6,6 +6,7 @@ else reaches the user as a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -74,6 +75,24 @@ class VerifyFailed(FramefarmError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__(f"{len(problems)} output(s) do not match the manifest")
+
+
+def leaves(error: BaseException) -> Iterator[BaseException]:
+    """The single exceptions inside (possibly nested) exception groups, in order."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failure: our own errors as worded, anything else with its type."""
+    if isinstance(error, BaseExceptionGroup):
+        error = next(iter(leaves(error)), error)
+    if isinstance(error, FramefarmError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _show(value: Any) -> str:

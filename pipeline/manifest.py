@@ -37,6 +37,11 @@ class Manifest:
                 os.close(fd)
 
 
+    def has(self, relative_path: str, sha256: str) -> bool:
+        """Whether a record of this exact file exists (a rare check: it reads the file)."""
+        return any(r["path"] == relative_path and r.get("sha256") == sha256 for r in read_records(self.root))
+
+
 def read_records(root: Path) -> list[dict[str, Any]]:
     path = root / MANIFEST_NAME
     if not path.is_file():

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .device import DeviceContext
-from .errors import RunInterrupted, StageFailed
+from .errors import RunInterrupted, StageFailed, leaves
 from .manifest import Manifest
 from .model import ModelCache
 from .plan import Plan
@@ -56,9 +56,10 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
 
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
-                 *, handle_signals: bool = True) -> RunReport:
+                 *, handle_signals: bool = True, stop: trio.Event | None = None) -> RunReport:
     """Render a plan inside a trio run. `models` keeps VAEs loaded across calls (farm
-    workers); `handle_signals=False` leaves Ctrl-C and SIGTERM to the caller."""
+    workers); `handle_signals=False` leaves Ctrl-C and SIGTERM to the caller; setting
+    `stop` lets the frames in flight finish and starts no more."""
     started = time.perf_counter()
     report = RunReport(skipped=len(plan.skipped))
     job, shot = plan.job, plan.job.shot
@@ -103,7 +104,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         async with trio.open_nursery() as nursery:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_stop_on_signal)
-            rx = _chain_source(nursery, plan, stats, depth)
+            rx = _chain_source(nursery, plan, stats, depth, stop)
             rx = _chain(nursery, depth, rx, lambda r, t: decode_stage(decoder, stats["decode"], r, t))
             if offsets is not None:
                 rx = _chain(nursery, depth, rx,
@@ -126,11 +127,11 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
 
 
 def _chain_source(nursery: trio.Nursery, plan: Plan, stats: dict[str, StageStats],
-                  depth: int) -> trio.MemoryReceiveChannel:
+                  depth: int, stop: trio.Event | None) -> trio.MemoryReceiveChannel:
     tx, rx = trio.open_memory_channel[Any](depth)
     job = plan.job
     nursery.start_soon(source_stage, job.source, list(plan.todo), job.seed, plan.latent_shape,
-                       stats["source"], tx)
+                       stats["source"], tx, stop)
     return rx
 
 
@@ -156,21 +157,13 @@ async def _stop_on_signal() -> None:
 def _one_error(error: BaseException, frames_done: int) -> BaseException:
     """The error to report from whatever the nursery raised: a stage's failure first,
     then a signal, then anything else as it came."""
-    leaves = list(_leaves(error))
-    for leaf in leaves:
+    found = list(leaves(error))
+    for leaf in found:
         if isinstance(leaf, StageFailed):
             return leaf
-    for leaf in leaves:
+    for leaf in found:
         if isinstance(leaf, _Stop):
             return RunInterrupted(leaf.signal_name, frames_done)
         if isinstance(leaf, KeyboardInterrupt):
             return RunInterrupted("SIGINT", frames_done)
-    return leaves[0] if leaves else error
-
-
-def _leaves(error: BaseException):
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
+    return found[0] if found else error

@@ -119,8 +119,10 @@ class SqliteQueue:
                     WHERE j.state = 'active'
                       AND (t.state = 'pending' OR (t.state = 'leased' AND t.lease_until < ?))
                       AND t.job_id NOT IN ({','.join('?' * len(skip))})
-                    ORDER BY j.priority DESC, j.seq, t.kind = 'video', t.first LIMIT 1""",
-                (now, *skip)).fetchone()
+                    ORDER BY j.priority DESC,
+                             t.worker = ? AND t.error IS NOT NULL,  -- a retry goes to another worker first
+                             j.seq, t.kind = 'video', t.first LIMIT 1""",
+                (now, *skip, worker)).fetchone()
             if row is None:
                 return None
             db.execute("""UPDATE tasks SET state = 'leased', attempts = attempts + 1, token = token + 1,

@@ -90,7 +90,9 @@ def noise_latents(seed: int, shape: tuple[int, int, int]) -> torch.Tensor:
 
 async def source_stage(source: Source, frames: list[int], job_seed: int,
                        shape: tuple[int, int, int], stats: StageStats,
-                       tx: trio.MemorySendChannel) -> None:
+                       tx: trio.MemorySendChannel, stop: trio.Event | None = None) -> None:
+    """Emit each frame's latents in order; once `stop` is set, emit no more (frames
+    already on their way still finish: a draining farm worker)."""
     def load(frame: int) -> LatentFrame:
         seed = frame_seed(job_seed, frame)
         if source.kind == "noise":
@@ -99,6 +101,8 @@ async def source_stage(source: Source, frames: list[int], job_seed: int,
 
     async with tx:
         for frame in frames:
+            if stop is not None and stop.is_set():
+                return
             try:
                 with stats.busy():
                     item = await trio.to_thread.run_sync(load, frame)

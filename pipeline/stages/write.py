@@ -40,9 +40,12 @@ class FrameOutputs:
     def publish_png(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         path = self.png_paths[frame]
         published = publish_bytes(path, encode_png(pixels, self.png_compression))
+        relative = path.relative_to(self.root).as_posix()
+        if published.kept_existing and self.manifest.has(relative, published.sha256):
+            return  # another writer published this very frame first, and recorded it
         self.manifest.append({
             **self.record_base, "kind": "frame", "frame": frame, "format": "png",
-            "path": path.relative_to(self.root).as_posix(), "size": published.size,
+            "path": relative, "size": published.size,
             "sha256": published.sha256, "seed": seed, "time": time.time(),
         })
 

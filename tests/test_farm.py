@@ -1,0 +1,238 @@
+"""The render farm end to end, with real worker processes on both queue backends:
+normal runs, kill -9 mid-frame, SIGTERM drain, a poison task, a Redis restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import render, write_latents
+
+from pipeline.video import read_video_info
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path, redis_url_factory: Callable[[], str]) -> str:
+    return f"sqlite:///{tmp_path / 'farm.db'}" if request.param == "sqlite" else redis_url_factory()
+
+
+def start_worker(queue_url: str, job_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "worker", "--queue", queue_url, "--device", "cpu",
+         "--output-root", str(job_dir), "--model-root", str(job_dir.parent), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def submit(job: Path, queue_url: str, *extra: str) -> str:
+    result = render("submit", str(job), "--queue", queue_url, *extra)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def status(queue_url: str, job_id: str) -> dict:
+    result = render("status", job_id, "--queue", queue_url, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["jobs"][0]
+
+
+def records(root: Path) -> list[dict]:
+    path = root / "manifest.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_records(root: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(records(root)) < count:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+
+
+def assert_every_frame_once(root: Path, frames: range) -> None:
+    pngs = sorted(root.rglob("*.png"))
+    assert len(pngs) == len(frames)
+    frame_records = Counter(r["frame"] for r in records(root) if r["kind"] == "frame")
+    assert set(frame_records) == set(frames)
+    assert max(frame_records.values()) == 1, f"a frame was recorded twice: {frame_records}"
+    assert not list(root.rglob("*.part")), "a partial file was left"
+    assert render("verify", str(root)).returncode == 0
+
+
+@pytest.fixture
+def farm_job(write_job: Callable[..., Path]) -> Callable[..., Path]:
+    def make(**overrides) -> Path:
+        return write_job("farm.toml", **overrides)
+    return make
+
+
+def test_two_workers_render_a_job(queue_url: str, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    job_id = submit(farm_job(), queue_url, "--chunk", "2")
+    assert status(queue_url, job_id)["pending"] == 6
+    workers = [start_worker(queue_url, job_dir, "--exit-when-idle") for _ in range(2)]
+    for worker in workers:
+        _out, err = worker.communicate(timeout=180)
+        assert worker.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["leased"], final["pending"], final["failed"]) == (6, 0, 0, 0)
+    assert final["state"] == "done"
+    root = job_dir / "out"
+    assert_every_frame_once(root, range(1, 7))
+    assert read_video_info(root / "test.mp4") == (6, 32, 24)
+    listing = render("status", "--queue", queue_url)
+    assert job_id in listing.stdout and "worker " in listing.stdout
+
+
+def test_kill_9_mid_frame_loses_nothing(queue_url: str, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    job = farm_job(source={"kind": "noise"}, shot={"frame_end": 120, "width": 64, "height": 48})
+    job_id = submit(job, queue_url, "--chunk", "40")
+    victim = start_worker(queue_url, job_dir, "--lease", "2", "--slots", "1")
+    root = job_dir / "out"
+    wait_for_records(root, 3, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    survivor = start_worker(queue_url, job_dir, "--lease", "2", "--exit-when-idle")
+    _out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["failed"]) == (120, 0)
+    assert_every_frame_once(root, range(1, 121))
+    assert read_video_info(root / "test.mp4") == (120, 64, 48)
+
+
+def test_sigterm_drains_and_releases(queue_url: str, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    job = farm_job(source={"kind": "noise"}, shot={"frame_end": 400, "width": 64, "height": 48},
+                   output={"formats": ["png"]})
+    job_id = submit(job, queue_url, "--chunk", "400")
+    worker = start_worker(queue_url, job_dir, "--slots", "1")
+    root = job_dir / "out"
+    wait_for_records(root, 3, worker)
+    worker.send_signal(signal.SIGTERM)
+    _out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "released after" in err
+    drained = status(queue_url, job_id)
+    assert (drained["leased"], drained["failed"], drained["pending"]) == (0, 0, 400)
+    published = len(records(root))
+    assert 3 <= published < 400
+    assert not list(root.rglob("*.part"))
+    finisher = start_worker(queue_url, job_dir, "--exit-when-idle")
+    _out, err = finisher.communicate(timeout=300)
+    assert finisher.returncode == 0, err
+    assert f"{400 - published} frame(s)" in err, "the finisher re-rendered frames already published"
+    assert_every_frame_once(root, range(1, 401))
+
+
+def test_poison_task_is_dead_lettered_with_its_error(queue_url: str, farm_job: Callable[..., Path],
+                                                     job_dir: Path) -> None:
+    write_latents(job_dir / "npy", range(1, 7), (4, 12, 16), suffix=".npy")
+    poison = job_dir / "npy" / "frame_0003.npy"
+    poison.write_bytes(poison.read_bytes()[:-64])
+    job = farm_job(source={"path": "npy/frame_{frame:04d}.npy"}, output={"formats": ["png"]})
+    job_id = submit(job, queue_url, "--chunk", "1", "--max-attempts", "2")
+    workers = [start_worker(queue_url, job_dir, "--exit-when-idle") for _ in range(2)]
+    for worker in workers:
+        _out, err = worker.communicate(timeout=180)
+        assert worker.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["failed"], final["pending"]) == (5, 1, 0)
+    [error] = final["errors"]
+    assert (error["first"], error["last"]) == (3, 3)
+    assert "stage 'source' on frame 3 failed" in error["error"]
+    assert_every_frame_once(job_dir / "out", [1, 2, 4, 5, 6])
+    requeued = render("requeue", job_id, "--queue", queue_url, "--failed")
+    assert requeued.returncode == 0 and "requeued 1 task(s)" in requeued.stdout
+
+
+def test_cancel_and_unknown_job(queue_url: str, farm_job: Callable[..., Path]) -> None:
+    job_id = submit(farm_job(), queue_url)
+    assert "cancelled 6 task(s)" in render("cancel", job_id, "--queue", queue_url).stdout
+    assert status(queue_url, job_id)["state"] == "cancelled"
+    missing = render("cancel", "nope", "--queue", queue_url)
+    assert missing.returncode == 2 and "JOB = 'nope': no such job" in missing.stderr
+
+
+def test_worker_refuses_outputs_outside_its_root(queue_url: str, farm_job: Callable[..., Path],
+                                                 job_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    job_id = submit(farm_job(output={"root": str(elsewhere / "out")}), queue_url, "--chunk", "6",
+                    "--max-attempts", "1")
+    worker = start_worker(queue_url, job_dir, "--exit-when-idle")
+    _out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert final["failed"] == 6 and "outside this worker's output root" in final["errors"][0]["error"]
+    assert not (elsewhere / "out").exists()
+
+
+def test_submit_rejects_bad_jobs_like_run(queue_url: str, farm_job: Callable[..., Path]) -> None:
+    result = render("submit", str(farm_job(shot={"fps": 0})), "--queue", queue_url)
+    assert result.returncode == 2 and "shot.fps = 0" in result.stderr
+    result = render("submit", str(farm_job(output={"formats": ["mp4"]})), "--queue", queue_url)
+    assert result.returncode == 2 and "output.formats" in result.stderr
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None]]]:
+    """A redis-server with an fsynced append-only file, and a function that restarts it."""
+    import shutil
+    import socket
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+               "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    server = {"process": subprocess.Popen(command, stdout=subprocess.DEVNULL)}
+
+    def wait_up() -> None:
+        import redis
+
+        for _ in range(200):
+            try:
+                redis.Redis(port=port).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+
+    def restart() -> None:
+        server["process"].terminate()
+        server["process"].wait(10)
+        time.sleep(1.0)  # the worker sees the queue gone and backs off
+        server["process"] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_up()
+
+    wait_up()
+    yield port, restart
+    server["process"].terminate()
+    server["process"].wait(10)
+
+
+def test_redis_restart_mid_job(persistent_redis: tuple[int, Callable[[], None]], farm_job: Callable[..., Path],
+                               job_dir: Path) -> None:
+    port, restart = persistent_redis
+    queue_url = f"redis://127.0.0.1:{port}/0"
+    job = farm_job(source={"kind": "noise"}, shot={"frame_end": 60, "width": 64, "height": 48})
+    job_id = submit(job, queue_url, "--chunk", "5")
+    worker = start_worker(queue_url, job_dir, "--lease", "5", "--exit-when-idle")
+    root = job_dir / "out"
+    wait_for_records(root, 3, worker)
+    restart()
+    _out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err
+    assert "queue unavailable" in err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["failed"], final["state"]) == (60, 0, "done")
+    assert_every_frame_once(root, range(1, 61))

@@ -1,0 +1,52 @@
+"""Prometheus metrics of one worker: frames done and failed, task latency, queue depth,
+and the GPU's utilisation and memory through NVML (pynvml, from nvidia-ml-py).
+
+With no port the metrics are still counted (the worker reads them) but not served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class WorkerMetrics:
+    def __init__(self, port: int | None, device: torch.device, queue: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.queue = queue
+        self.frames_done = Counter("framefarm_frames_done", "Frames rendered and published", registry=self.registry)
+        self.tasks_failed = Counter("framefarm_tasks_failed", "Tasks that failed on this worker",
+                                    registry=self.registry)
+        self.task_seconds = Histogram("framefarm_task_seconds", "Wall time of a task, lease to ack",
+                                      buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600), registry=self.registry)
+        self.queue_depth = Gauge("framefarm_queue_pending_frames", "Frames waiting in the queue, all jobs",
+                                 registry=self.registry)
+        self.gpu_utilisation = Gauge("framefarm_gpu_utilisation", "GPU busy fraction (NVML), 0-1",
+                                     registry=self.registry)
+        self.gpu_memory = Gauge("framefarm_gpu_memory_bytes", "GPU memory in use (NVML)", registry=self.registry)
+        self._nvml_handle = _nvml_handle(device)
+        if port is not None:
+            start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def sample(self) -> None:
+        """Refresh the gauges (called with each heartbeat, in a worker thread)."""
+        self.queue_depth.set(sum(status.pending for status in self.queue.status()))
+        if self._nvml_handle is not None:
+            import pynvml
+
+            self.gpu_utilisation.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml_handle).gpu / 100)
+            self.gpu_memory.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
+
+
+def _nvml_handle(device: torch.device) -> Any:
+    if device.type != "cuda":
+        return None
+    with contextlib.suppress(Exception):
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+    return None
