@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipeline.manifest import Manifest, read_records, verify
@@ -66,3 +67,32 @@ def test_verify_flags_records_leaving_the_root(tmp_path: Path) -> None:
     (tmp_path / "manifest.jsonl").write_text('{"path": "../etc/passwd", "size": 1, "sha256": "x"}\n')
     _count, problems = verify(tmp_path)
     assert problems == ["../etc/passwd: path leaves the output root"]
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from pipeline.publish import publish_bytes
+folder, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+for index in range(30):
+    published = publish_bytes(folder / f"frame.{index:04d}.png", bytes([index]) * 200_000)
+    print(index, "kept" if published.kept_existing else "won", flush=True)
+"""
+
+
+def test_two_processes_racing_for_frames_publish_each_once(tmp_path: Path) -> None:
+    start = time.time() + 2.0  # both processes start publishing at the same moment
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(start)], env=env,
+                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes: dict[int, list[str]] = {}
+    for racer in racers:
+        out, _ = racer.communicate(timeout=60)
+        assert racer.returncode == 0
+        for line in out.split("\n"):
+            if line:
+                index, outcome = line.split()
+                outcomes.setdefault(int(index), []).append(outcome)
+    assert all(sorted(o) == ["kept", "won"] for o in outcomes.values()), outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"frame.{i:04d}.png" for i in range(30)]
