@@ -236,3 +236,30 @@ def test_redis_restart_mid_job(persistent_redis: tuple[int, Callable[[], None]],
     final = status(queue_url, job_id)
     assert (final["done"], final["failed"], final["state"]) == (60, 0, "done")
     assert_every_frame_once(root, range(1, 61))
+
+
+def test_worker_serves_prometheus_metrics(tmp_path: Path, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    import socket
+    import urllib.request
+
+    queue_url = f"sqlite:///{tmp_path / 'farm.db'}"
+    job_id = submit(farm_job(output={"formats": ["png"]}), queue_url, "--chunk", "3")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker(queue_url, job_dir, "--metrics-port", str(port))
+    try:
+        from workers.queue import open_queue
+
+        queue = open_queue(queue_url)
+        deadline = time.monotonic() + 120
+        while queue.status(job_id)[0].done < 6:
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert "framefarm_frames_done_total 6.0" in metrics
+    assert "framefarm_task_seconds_count 2.0" in metrics
+    assert "framefarm_queue_pending_frames" in metrics
