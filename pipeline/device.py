@@ -98,6 +98,9 @@ class DeviceContext:
         self.event_waits += 1
         self.event_wait_s += trio.current_time() - start
 
+    def statistics(self) -> dict[str, float]:
+        return {"event_waits": self.event_waits, "event_wait_s": round(self.event_wait_s, 3)}
+
     def host_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A frame buffer in host memory: pinned on a GPU so copies run at full speed."""
         return torch.empty(shape, dtype=torch.uint8, pin_memory=self.is_cuda)

@@ -122,7 +122,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
-    report.stages["transfer"]["event_waits"] = ctx.event_waits
+    report.stages["transfer"].update(ctx.statistics())
+    report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report
 
 
