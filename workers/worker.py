@@ -111,7 +111,8 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
         except QueueUnavailable:
             return  # draining while the queue is down: nothing is leased, nothing to give back
         if task is None:
-            if config.exit_when_idle and not await _retry(lambda: _unfinished(queue), state):
+            unfinished = functools.partial(_unfinished, queue, frozenset(state.skip_jobs))
+            if config.exit_when_idle and not await _retry(unfinished, state):
                 return
             with trio.move_on_after(config.idle_poll_s):
                 await state.draining.wait()
@@ -194,9 +195,10 @@ async def _failed(config: WorkerConfig, queue: TaskQueue, state: WorkerState, me
               " (dead-lettered)" if dead else "", error)
 
 
-def _unfinished(queue: TaskQueue) -> bool:
-    """Tasks pending or leased anywhere (a leased one may come back when its lease expires)."""
-    return any(s.state == "active" and (s.pending or s.leased) for s in queue.status())
+def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str]) -> bool:
+    """Tasks this worker may still get: pending, or leased (back if the lease expires)."""
+    return any(s.state == "active" and (s.pending or s.leased) and s.job_id not in skip_jobs
+               for s in queue.status())
 
 
 def job_from_spec(spec: JobSpec, config: WorkerConfig) -> Job:
