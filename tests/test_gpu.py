@@ -59,3 +59,13 @@ def test_cuda_render_matches_cpu_render(write_job: Callable[..., Path], job_dir:
         b = read_png(job_dir / "gpu" / name).astype(int)
         assert np.abs(a - b).max() <= 2, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
     assert render("verify", str(job_dir / "gpu")).returncode == 0
+
+
+def test_demo_on_the_gpu(tmp_path: Path) -> None:
+    """The README's main job on cuda:0, with its summary (the issue asks how fast)."""
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    result = render("run", str(samples / "demo.toml"), "--device", "cuda:0", "--output-root", str(tmp_path), "-q")
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    assert "rendered 48 frame(s) of demo" in result.stdout and "cuda:0" in result.stdout
+    assert render("verify", str(tmp_path)).returncode == 0
