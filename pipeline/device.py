@@ -1,7 +1,8 @@
 """One device context per run: the streams, events and host buffer ring.
 
 On a GPU: a compute stream at the highest priority the device offers, a copy stream,
-and a watermark stream at priority 0 (the lowest); events order work between them,
+and a watermark stream at priority 0 (the lowest), both levels read from
+`torch.cuda.Stream.priority_range()` and configurable in the preset; events order work between them,
 and trio awaits an event by polling `query()` with short sleeps, so the event loop
 never blocks and no core spins. On the CPU every stream is `None`, every event is
 `None` and already complete: the same stage code runs on both.
@@ -49,8 +50,12 @@ Event = torch.cuda.Event | None
 Stream = torch.cuda.Stream | None
 
 
+PRIORITIES = ("highest", "lowest")
+
+
 class DeviceContext:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, compute_priority: str = "highest",
+                 watermark_priority: str = "lowest") -> None:
         self.device = device
         self.is_cuda = device.type == "cuda"
         self.compute: Stream = None
@@ -58,9 +63,10 @@ class DeviceContext:
         self.watermark: Stream = None
         if self.is_cuda:
             lowest, highest = torch.cuda.Stream.priority_range()  # e.g. (0, -5): lower is higher
-            self.compute = torch.cuda.Stream(device, priority=highest)
-            self.copy = torch.cuda.Stream(device, priority=lowest)
-            self.watermark = torch.cuda.Stream(device, priority=lowest)
+            level = {"highest": highest, "lowest": lowest}
+            self.compute = torch.cuda.Stream(device, priority=level[compute_priority])
+            self.copy = torch.cuda.Stream(device, priority=lowest)  # priority orders kernels, not copies
+            self.watermark = torch.cuda.Stream(device, priority=level[watermark_priority])
         self.event_waits = 0
         self.event_wait_s = 0.0
 

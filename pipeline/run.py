@@ -63,7 +63,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     started = time.perf_counter()
     report = RunReport(skipped=len(plan.skipped))
     job, shot = plan.job, plan.job.shot
-    ctx = DeviceContext(plan.device)
+    ctx = DeviceContext(plan.device, compute_priority=job.tuning.compute_priority,
+                        watermark_priority=job.tuning.watermark_priority)
     report.device = ctx.describe()
 
     load_start = time.perf_counter()
@@ -122,6 +123,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
+    report.stages["decode"].update(await trio.to_thread.run_sync(decoder.busy.statistics))
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report

@@ -18,6 +18,9 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     for name, figures in report.stages.items():
         lines.append(f"{name:<10} {figures['busy_s']:>8.2f} {figures['waiting_s']:>11.2f} "
                      f"{figures['blocked_s']:>11.2f}")
+    busy = report.stages.get("decode", {}).get("gpu_busy_fraction")
+    if busy is not None:
+        lines.append(f"GPU compute stream busy {100 * busy:.1f}% from the first decode to the last")
     writers = plan.job.tuning.writers()
     if writers > 1:
         lines.append(f"(write times are summed over {writers} writer tasks)")

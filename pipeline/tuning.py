@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .device import PRIORITIES
 from .errors import JobError
 from .schema import Table, read_toml
 
@@ -28,6 +29,9 @@ class Tuning:
     video_codec: str
     video_crf: int
     video_preset: str
+    compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
+    watermark_priority: str  # of the watermark stream
+
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
@@ -81,6 +85,8 @@ def _parse(t: Table) -> Tuning:
             "video_preset",
             choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
         ),
+        compute_priority=t.string("compute_priority", choices=PRIORITIES),
+        watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
     )
     t.done()
     return tuning

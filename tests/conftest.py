@@ -151,7 +151,9 @@ def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproc
     """The real `render` CLI in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).resolve().parent.parent),
+                               *filter(None, [os.environ.get("PYTHONPATH")])])})
 
 
 @pytest.fixture(scope="session")

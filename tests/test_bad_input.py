@@ -195,6 +195,10 @@ def test_bad_tuning_override(reject: Callable[..., None], write_job: Callable[..
     reject(write_job(tuning={"channel_depth": 9}), "tuning.channel_depth = 9", "0 to 4")
 
 
+def test_bad_stream_priority(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(tuning={"compute_priority": "max"}), "tuning.compute_priority", "highest, lowest")
+
+
 def test_unknown_tuning_field(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     reject(write_job(tuning={"threads": 9}), "tuning.threads", "unknown field")
 

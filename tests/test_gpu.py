@@ -69,3 +69,33 @@ def test_demo_on_the_gpu(tmp_path: Path) -> None:
     print(result.stdout)
     assert "rendered 48 frame(s) of demo" in result.stdout and "cuda:0" in result.stdout
     assert render("verify", str(tmp_path)).returncode == 0
+
+
+def test_priorities_are_configurable() -> None:
+    ctx = DeviceContext(torch.device("cuda:0"), compute_priority="lowest", watermark_priority="highest")
+    lowest, highest = torch.cuda.Stream.priority_range()
+    assert ctx.compute.priority == lowest and ctx.watermark.priority == highest
+
+
+def test_busy_clock_sees_a_fed_stream_busy_and_a_starved_one_idle() -> None:
+    import time
+
+    from pipeline.busy import BusyClock
+
+    ctx = DeviceContext(torch.device("cuda:0"))
+    x = torch.randn(4096, 4096, device=ctx.device)
+    fed, starved = BusyClock(), BusyClock()
+    with ctx.on(ctx.compute):
+        for _ in range(20):
+            begin = fed.start(ctx.compute)
+            x = (x @ x).tanh_()
+            fed.stop(ctx.compute, begin)
+        ctx.compute.synchronize()
+        for _ in range(5):
+            begin = starved.start(ctx.compute)
+            x = (x @ x).tanh_()
+            starved.stop(ctx.compute, begin)
+            ctx.compute.synchronize()
+            time.sleep(0.05)  # the host does not feed the stream meanwhile
+    assert fed.statistics()["gpu_busy_fraction"] > 0.95
+    assert starved.statistics()["gpu_busy_fraction"] < 0.5
