@@ -383,8 +383,7 @@ def run_case(name: str, kind: str, args: argparse.Namespace, work: Path) -> dict
         "pipeline_mp4_over_gpu_only": round(modes["pipeline_mp4"]["steady_fps"] / gpu, 4),
         "pipeline_eager_over_gpu_only": round(modes["pipeline_eager"]["steady_fps"] / gpu, 4),
         "pipeline_over_naive": round(modes["pipeline"]["steady_fps"] / modes["naive"]["fps"], 3),
-        "gpu_busy_fraction": modes["pipeline"].get("gpu_busy_fraction"),
-        "nvml_util_mean": modes["pipeline"].get("nvml_util_mean"),
+        "gpu_busy_fraction": modes["pipeline"]["gpu_busy_fraction"],
     }
     if kind == "tiny":
         pictures = host_frames(decoder, latents, 8)
