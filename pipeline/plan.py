@@ -67,8 +67,6 @@ class Plan:
             f"device: {self.device}",
             f"decode: {tiles} tile(s) per frame"
             + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
-            + (", one CUDA graph per frame after the first"
-               if self.device.type == "cuda" and job.tuning.cuda_graphs else "")
             + f", batches of 1 frame, {len(self.todo)} batch(es)",
             f"to render: {len(self.todo)} frame(s)"
             + (f"; {len(self.skipped)} already finished (resume)" if self.skipped else ""),

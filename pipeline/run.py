@@ -71,7 +71,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     models = models or ModelCache(capacity=1)
     vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                         job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, cuda_graphs=job.tuning.cuda_graphs)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx)
     report.load_s = time.perf_counter() - load_start
 
     plan.root.mkdir(parents=True, exist_ok=True)
@@ -124,8 +124,6 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
     report.stages["decode"].update(await trio.to_thread.run_sync(decoder.busy.statistics))
-    if ctx.is_cuda:
-        report.stages["decode"]["graph_replays"] = decoder.runner.replays
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report

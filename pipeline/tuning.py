@@ -25,7 +25,6 @@ class Tuning:
     pinned_buffers: int     # host frame buffers in the ring, allocated once per run
     writer_threads: int     # PNG encoders working at once; 0 = one per core, at most 8
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
-    cuda_graphs: bool       # replay each frame's decode as one CUDA graph (GPU only)
     png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
     video_codec: str
     video_crf: int
@@ -79,7 +78,6 @@ def _parse(t: Table) -> Tuning:
         pinned_buffers=t.integer("pinned_buffers", lo=1, hi=64),
         writer_threads=t.integer("writer_threads", lo=0, hi=64),
         tiling=t.boolean("tiling"),
-        cuda_graphs=t.boolean("cuda_graphs"),
         png_compression=t.integer("png_compression", lo=0, hi=9),
         video_codec=t.string("video_codec", choices=VIDEO_CODECS),
         video_crf=t.integer("video_crf", lo=0, hi=51),

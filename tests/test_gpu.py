@@ -14,7 +14,6 @@ import trio
 from conftest import render
 
 from pipeline.device import DeviceContext, pick_device
-from pipeline.frames import LatentFrame
 from pipeline.png import read_png
 
 pytestmark = pytest.mark.gpu
@@ -100,28 +99,3 @@ def test_busy_clock_sees_a_fed_stream_busy_and_a_starved_one_idle() -> None:
             time.sleep(0.05)  # the host does not feed the stream meanwhile
     assert fed.statistics()["gpu_busy_fraction"] > 0.95
     assert starved.statistics()["gpu_busy_fraction"] < 0.5
-
-
-@pytest.mark.parametrize("make", ["kl", "tiny"])
-def test_graph_replay_gives_the_eager_pixels(make: str, tmp_path: Path) -> None:
-    """Frames after the first replay a captured CUDA graph; they must equal eager decode."""
-    from conftest import make_kl_vae, make_tiny_vae
-
-    from pipeline.model import inspect_vae, load_vae
-    from pipeline.stages.decode import Decoder
-
-    folder = (make_kl_vae if make == "kl" else make_tiny_vae)(tmp_path / "vae")
-    info = inspect_vae(folder)
-    vae = load_vae(info, "float32", torch.device("cuda:0"), tiling=False)
-    ctx = DeviceContext(torch.device("cuda:0"))
-    graphed = Decoder(vae, info, "float32", ctx, cuda_graphs=True)
-    eager = Decoder(vae, info, "float32", ctx, cuda_graphs=False)
-    size = (12, 16) if make == "kl" else (6, 8)
-    latents = [torch.randn(4, *size, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    frames = [graphed.decode(LatentFrame(i, 0, lat)) for i, lat in enumerate(latents)]
-    torch.cuda.synchronize()
-    assert graphed.runner.replays == 3  # the first frame warms up, eagerly
-    for i, lat in enumerate(latents):
-        expected = eager.decode(LatentFrame(i, 0, lat))
-        torch.cuda.synchronize()
-        assert torch.equal(frames[i].pixels, expected.pixels), f"frame {i} differs from eager decode"

@@ -1,10 +1,8 @@
 """Decode stage: latents -> final pixels on the device, on the compute stream.
 
 The VAE output is clamped, scaled, quantised to uint8 and laid out HWC on the device,
-so the copy moves final bytes only. On a GPU, from the second frame on, all of it
-replays as one CUDA graph (pipeline.graphs), so busy host cores cannot starve the GPU.
-Whole-frame decode, or diffusers' own tiling when the preset says `tiling = true`; the
-micro-task decode is a later issue.
+so the copy moves final bytes only. Whole-frame decode, or diffusers' own tiling when
+the preset says `tiling = true`; the micro-task decode is a later issue.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from ..busy import BusyClock
 from ..device import DeviceContext
 from ..flow import map_stage
 from ..frames import DeviceFrame, LatentFrame
-from ..graphs import FrameRunner
 from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
 
@@ -28,19 +25,12 @@ def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:
 
 
 class Decoder:
-    def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext, *,
-                 cuda_graphs: bool = True) -> None:
+    def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext) -> None:
         self.vae = vae
         self.info = info
         self.dtype = DTYPES[dtype]
         self.ctx = ctx
         self.busy = BusyClock()  # how busy decode keeps the compute stream
-        self.runner = FrameRunner(self.pixels, ctx.compute, cuda_graphs)
-
-    def pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        """Device latents (C, h, w) in the model's dtype -> (H, W, 3) uint8 on the device."""
-        latents = latents / self.info.scaling_factor + self.info.shift_factor
-        return to_uint8_hwc(self.vae.decode(latents[None]).sample[0])
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
         """Runs in a worker thread: on a GPU it queues the work and returns at once."""
@@ -54,7 +44,9 @@ class Decoder:
                 # and PyTorch's caching host allocator reuses the pinned blocks.
                 latents = latents.pin_memory()
             latents = latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
-            pixels = self.runner(latents)
+            latents = latents / self.info.scaling_factor + self.info.shift_factor
+            image = self.vae.decode(latents[None]).sample[0]
+            pixels = to_uint8_hwc(image)
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
         return DeviceFrame(item.frame, item.seed, pixels, ready)
