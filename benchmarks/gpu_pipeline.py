@@ -18,9 +18,12 @@ Modes per case:
   writer_limit     (tiny_4k) the pipeline's PNG writer alone (encode, atomic publish,
                    manifest) on host frames, same thread count; and PyAV against Pillow
 Figures:
-  fps              frames / seconds; for the pipeline also `steady_fps`, the slope of
-                   frames written against time once the pipeline has filled (fill and
-                   drain excluded), which `pipeline_over_*` use (whole-run ratios too)
+  fps              frames / seconds (for the pipeline: first frame in to last frame out)
+  steady_fps       (pipeline) the lower of `decode_fps`, frames over the GPU span of
+                   their decodes, and `written_fps`, the slope of frames written against
+                   time without the fill and the drain: in steady state the pipeline can
+                   sustain neither more than the GPU decodes nor more than the writers
+                   publish. `pipeline_over_*` use it; `*_whole_run` ratios use `fps`
   gpu_busy_fraction  CUDA timing events around each decode on the compute stream
                    (pipeline.busy.BusyClock): GPU-busy time over the span from the first
                    decode's start to the last one's end; `nvml_util_mean`: pynvml's
@@ -263,7 +266,7 @@ def pipeline(job_path: Path, models: ModelCache) -> dict[str, Any]:
     steady = written[steady_window(written)]
     decode = report.stages["decode"]
     return {"frames": report.frames, "seconds": round(report.render_s, 3), "fps": round(report.fps, 4),
-            "steady_fps": round(steady_rate(written), 4), "peak_vram_gib": peak_gib(),
+            "peak_vram_gib": peak_gib(),
             "peak_reserved_gib": peak_reserved_gib(),
             "gpu_busy_fraction": decode.get("gpu_busy_fraction"),
             "nvml_util_mean": nvml.mean(steady[0], steady[-1]), "stages": report.stages,
@@ -369,26 +372,47 @@ def run_case(name: str, kind: str, args: argparse.Namespace, work: Path) -> dict
     # the GPU alone once more, after everything else: the spread of the two is the noise
     mode("gpu_only_after", lambda: gpu_only(Decoder(vae, plan.vae, plan.dtype, ctx), latents, offsets))
 
-    gpu = max(modes["gpu_only"]["fps"], modes["gpu_only_after"]["fps"])  # the stricter reference
-    case: dict[str, Any] = {
-        "model": plan.vae.class_name, "width": args.width, "height": args.height, "dtype": plan.dtype,
-        "modes": modes,
-        "pipeline_over_gpu_only": round(modes["pipeline"]["steady_fps"] / gpu, 4),
-        "pipeline_over_gpu_only_whole_run": round(modes["pipeline"]["fps"] / gpu, 4),
-        "pipeline_mp4_over_gpu_only": round(modes["pipeline_mp4"]["steady_fps"] / gpu, 4),
-        "pipeline_over_naive": round(modes["pipeline"]["steady_fps"] / modes["naive"]["fps"], 3),
-        "gpu_busy_fraction": modes["pipeline"].get("gpu_busy_fraction"),
-        "nvml_util_mean": modes["pipeline"].get("nvml_util_mean"),
-    }
     if kind == "tiny":
         pictures = host_frames(decoder, latents, 8)
         mode("writer_limit", lambda: writer_limit(pictures, args.tiny_frames, args.writers, work / "writers"))
         mode("mp4_writer_limit", lambda: mp4_writer_limit(pictures, args.tiny_frames, work / "writers"))
-        case["pipeline_over_writer_limit"] = round(
-            modes["pipeline"]["steady_fps"] / modes["writer_limit"]["fps"], 4)
-        case["pipeline_mp4_over_writer_limit"] = round(
-            modes["pipeline_mp4"]["steady_fps"] / modes["mp4_writer_limit"]["fps"], 4)
+    case = {"model": plan.vae.class_name, "width": args.width, "height": args.height, "dtype": plan.dtype,
+            "modes": modes}
+    derive(case)
     return case
+
+
+def derive(case: dict[str, Any]) -> None:
+    """The steady-state rates of the pipeline modes and the ratios, from the measured
+    figures alone (so `--rederive` can recompute them for a saved run)."""
+    modes = case["modes"]
+    for label in ("pipeline", "pipeline_mp4"):
+        m = modes[label]
+        if "error" in m:
+            continue
+        m["written_fps"] = round(steady_rate(m["written_s"]), 4)
+        span = m["stages"]["decode"].get("gpu_span_s")
+        m["decode_fps"] = round(m["frames"] / span, 4) if span else float("nan")
+        m["steady_fps"] = min(m["written_fps"], m["decode_fps"])
+    gpu = max(modes["gpu_only"]["fps"], modes["gpu_only_after"]["fps"])  # the stricter reference
+
+    def ratio(a: float, b: float, digits: int = 4) -> float:
+        return round(a / b, digits)
+
+    case.update({
+        "gpu_only_fps": gpu,
+        "pipeline_over_gpu_only": ratio(modes["pipeline"]["steady_fps"], gpu),
+        "pipeline_over_gpu_only_whole_run": ratio(modes["pipeline"]["fps"], gpu),
+        "pipeline_mp4_over_gpu_only": ratio(modes["pipeline_mp4"]["steady_fps"], gpu),
+        "pipeline_mp4_over_gpu_only_whole_run": ratio(modes["pipeline_mp4"]["fps"], gpu),
+        "pipeline_over_naive": ratio(modes["pipeline"]["steady_fps"], modes["naive"]["fps"], 3),
+        "gpu_busy_fraction": modes["pipeline"].get("gpu_busy_fraction"),
+        "nvml_util_mean": modes["pipeline"].get("nvml_util_mean"),
+    })
+    if "writer_limit" in modes:
+        case["pipeline_over_writer_limit"] = ratio(modes["pipeline"]["steady_fps"], modes["writer_limit"]["fps"])
+        case["pipeline_mp4_over_writer_limit"] = ratio(modes["pipeline_mp4"]["steady_fps"],
+                                                       modes["mp4_writer_limit"]["fps"])
 
 
 def main() -> None:
@@ -405,7 +429,17 @@ def main() -> None:
     parser.add_argument("--cases", default="sd_4k,tiny_4k")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_pipeline.json"))
+    parser.add_argument("--rederive", type=Path, default=None, metavar="JSON",
+                        help="recompute the derived rates and ratios of a saved run into --out; no GPU")
     args = parser.parse_args()
+    if args.rederive is not None:
+        results = json.loads(args.rederive.read_text())
+        for case in results["cases"].values():
+            derive(case)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({name: {k: v for k, v in case.items() if k != "modes"}
+                          for name, case in results["cases"].items()}, indent=2))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("gpu_pipeline.py needs a CUDA GPU")
     work = args.work or Path(tempfile.mkdtemp(prefix="ff-bench-"))
