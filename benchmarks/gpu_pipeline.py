@@ -58,6 +58,7 @@ import torch
 import trio
 
 from pipeline.device import DeviceContext
+from pipeline.formats import FRAME_FORMATS
 from pipeline.frames import LatentFrame
 from pipeline.job import load_job
 from pipeline.manifest import Manifest
@@ -301,13 +302,14 @@ def writer_limit(pictures: list[np.ndarray], frames: int, threads: int, out: Pat
             return round(count / (time.perf_counter() - start), 3)
 
     root = fresh_dir(out)
-    outputs = FrameOutputs(root=root, png_paths={f: root / f"w.{f:04d}.png" for f in range(frames + 1)},
+    outputs = FrameOutputs(root=root, frame_format=FRAME_FORMATS["png"],
+                           frame_paths={f: root / f"w.{f:04d}.png" for f in range(frames + 1)},
                            png_compression=1, manifest=Manifest(root),
                            record_base={"shot": "bench", "model_hash": "-", "job_hash": "-"})
     pick = pictures.__getitem__
     result = {
         "threads": threads, "frames": frames,
-        "fps": rate(lambda i: outputs.publish_png(i, 0, pick(i % len(pictures))), frames, threads),
+        "fps": rate(lambda i: outputs.publish_frame(i, 0, pick(i % len(pictures))), frames, threads),
         "encode_only_pyav_fps": rate(lambda i: encode_png(pick(i % len(pictures)), 1), frames, threads),
         "encode_only_pillow_fps": rate(lambda i: pillow(pick(i % len(pictures))), frames, threads),
         "encode_only_pyav_1_thread_fps": rate(lambda i: encode_png(pick(i % len(pictures)), 1), 6, 1),

@@ -100,9 +100,9 @@ def watermark() -> None:
 @click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--key", default="framefarm", show_default=True, help="The watermark key the job used.")
 def watermark_verify(files: tuple[Path, ...], key: str) -> None:
-    """Look for the watermark in PNG files; exit 1 if any file lacks it."""
+    """Look for the watermark in PNG (8- or 16-bit) or EXR files; exit 1 if any file lacks it."""
     from .errors import JobError
-    from .png import read_png
+    from .formats import read_frame, to_rgb8
     from .watermark import detect
 
     missing = 0
@@ -110,7 +110,7 @@ def watermark_verify(files: tuple[Path, ...], key: str) -> None:
         if not path.is_file():
             raise JobError("FILE", str(path), "no such file")
         try:
-            pixels = read_png(path)
+            pixels = to_rgb8(read_frame(path))
         except Exception as err:
             raise JobError("FILE", str(path), f"cannot be read as an image ({err})") from None
         found = detect(pixels, key)

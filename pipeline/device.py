@@ -107,9 +107,9 @@ class DeviceContext:
     def statistics(self) -> dict[str, float]:
         return {"event_waits": self.event_waits, "event_wait_s": round(self.event_wait_s, 3)}
 
-    def host_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+    def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
         """A frame buffer in host memory: pinned on a GPU so copies run at full speed."""
-        return torch.empty(shape, dtype=torch.uint8, pin_memory=self.is_cuda)
+        return torch.empty(shape, dtype=dtype, pin_memory=self.is_cuda)
 
     def describe(self) -> str:
         if not self.is_cuda:

@@ -23,7 +23,7 @@ class DeviceFrame:
     """Decode -> watermark -> transfer: final pixels on the device, valid once `ready` passes."""
     frame: int
     seed: int
-    pixels: torch.Tensor           # (H, W, 3) uint8 on the device
+    pixels: torch.Tensor           # (H, W, 3) on the device: uint8, uint16 or float16
     ready: Event
 
 
@@ -33,4 +33,4 @@ class HostFrame:
     frame: int
     seed: int
     slot: int
-    pixels: np.ndarray             # (H, W, 3) uint8 view of the ring slot
+    pixels: np.ndarray             # (H, W, 3) view of the ring slot, the frame format's dtype

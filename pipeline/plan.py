@@ -18,6 +18,7 @@ import torch
 
 from . import patterns
 from .errors import JobError
+from .formats import FrameFormat, frame_format
 from .job import Job
 from .manifest import check_record, latest_by_path, read_records
 from .model import VaeInfo, effective_dtype, inspect_vae, model_hash
@@ -33,7 +34,8 @@ class Plan:
     latent_shape: tuple[int, int, int]
     todo: tuple[int, ...]             # frames to render, in order
     skipped: frozenset[int]           # frames a resumed run found finished
-    png_paths: dict[int, Path]
+    frame_format: FrameFormat | None  # None: a video-only job
+    frame_paths: dict[int, Path]
     video_path: Path | None           # None: no video, or a resumed run found it finished
     model_hash: str
     job_hash: str
@@ -72,10 +74,10 @@ class Plan:
             + (f"; {len(self.skipped)} already finished (resume)" if self.skipped else ""),
             f"outputs under {self.root}:",
         ]
-        if self.png_paths:
-            first, last = min(self.png_paths), max(self.png_paths)
-            lines.append(f"  png: {self.png_paths[first].relative_to(self.root)} .. "
-                         f"{self.png_paths[last].relative_to(self.root)}")
+        if self.frame_format is not None and self.frame_paths:
+            first, last = min(self.frame_paths), max(self.frame_paths)
+            lines.append(f"  {self.frame_format.name}: {self.frame_paths[first].relative_to(self.root)} .. "
+                         f"{self.frame_paths[last].relative_to(self.root)}")
         if self.video_path:
             lines.append(f"  mp4: {self.video_path.relative_to(self.root)} "
                          f"({job.tuning.video_codec}, crf {job.tuning.video_crf})")
@@ -110,23 +112,24 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     j_hash = job_hash(job, m_hash, dtype)
 
     root = job.output.root
-    png_paths = {}
-    if "png" in job.output.formats:
-        png_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
-                                                                  frame=frame) + ".png")
-                     for frame in frames}
+    fmt = frame_format(job.output.formats)
+    frame_paths = {}
+    if fmt is not None:
+        frame_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
+                                                                    frame=frame) + fmt.suffix)
+                       for frame in frames}
     video_path = (patterns.confined(root, patterns.fill(job.output.video, shot=shot.name))
                   if video and "mp4" in job.output.formats else None)
     skipped: set[int] = set()
     if resume:
-        skipped, video_done = _finished(root, j_hash, png_paths, video_path)
+        skipped, video_done = _finished(root, j_hash, frame_paths, video_path)
         if video_done:
             video_path = None
-        if not png_paths and video_path is not None:
+        if not frame_paths and video_path is not None:
             skipped = set()  # video only, not finished: every frame is needed again
-    todo = tuple(f for f in frames if f not in skipped) if (png_paths or video_path) else ()
+    todo = tuple(f for f in frames if f not in skipped) if (frame_paths or video_path) else ()
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo,
-                skipped=frozenset(skipped), png_paths=png_paths, video_path=video_path,
+                skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
                 model_hash=m_hash, job_hash=j_hash)
 
 
@@ -138,13 +141,14 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
         "source": [source.kind, source.path, source.tensor], "seed": job.seed,
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
+        "frames": next((f for f in job.output.formats if f != "mp4"), None),  # the file format
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _finished(root: Path, j_hash: str, png_paths: dict[int, Path],
+def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
               video_path: Path | None) -> tuple[set[int], bool]:
     latest = latest_by_path(r for r in read_records(root) if r.get("job_hash") == j_hash)
 
@@ -152,7 +156,7 @@ def _finished(root: Path, j_hash: str, png_paths: dict[int, Path],
         record = latest.get(path.relative_to(root).as_posix())
         return record is not None and check_record(root, record) is None
 
-    skipped = {frame for frame, path in png_paths.items() if done(path)}
+    skipped = {frame for frame, path in frame_paths.items() if done(path)}
     return skipped, video_path is not None and done(video_path)
 
 

@@ -1,5 +1,6 @@
 """PNG through PyAV's encoder (FFmpeg's), which releases the GIL and measured about
-2x faster than Pillow per frame (see DESIGN.md), so writer threads scale with cores.
+2x faster than Pillow per frame (benchmarks/RESULTS.md), so writer threads scale with
+cores. 8-bit (rgb24) and 16-bit (rgb48) RGB.
 """
 
 from __future__ import annotations
@@ -14,21 +15,25 @@ _local = threading.local()
 
 
 def encode_png(pixels: np.ndarray, compression: int) -> bytes:
-    """RGB uint8 HxWx3 -> PNG bytes. One encoder per thread: codec contexts are not shared."""
+    """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth."""
     height, width, _ = pixels.shape
-    key = (width, height, compression)
-    codec = getattr(_local, "codecs", {}).get(key)
-    if codec is None:
+    deep = pixels.dtype == np.uint16
+    key = (width, height, compression, deep)
+    codecs = getattr(_local, "codecs", {})
+    codec = codecs.get(key)
+    if codec is None:  # one encoder per thread and size: codec contexts are not shared
         codec = av.CodecContext.create("png", "w")
-        codec.width, codec.height, codec.pix_fmt = width, height, "rgb24"
+        codec.width, codec.height = width, height
+        codec.pix_fmt = "rgb48be" if deep else "rgb24"  # PNG stores 16-bit samples big-endian
         codec.options = {"compression_level": str(compression)}
-        _local.codecs = {**getattr(_local, "codecs", {}), key: codec}
-    packets = codec.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24"))
-    return b"".join(bytes(packet) for packet in packets)
+        _local.codecs = {**codecs, key: codec}
+    frame = av.VideoFrame.from_ndarray(pixels, format="rgb48le" if deep else "rgb24")
+    return b"".join(bytes(packet) for packet in codec.encode(frame))
 
 
-def read_png(path: Path) -> np.ndarray:
-    """PNG file -> RGB uint8 HxWx3."""
+def read_png(path: Path, *, native: bool = False) -> np.ndarray:
+    """PNG file -> RGB uint8 (H, W, 3); with `native`, 16-bit files come back as uint16."""
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
-        return frame.to_ndarray(format="rgb24")
+        deep = frame.format.name.startswith(("rgb48", "rgba64"))
+        return frame.to_ndarray(format="rgb48le" if native and deep else "rgb24")

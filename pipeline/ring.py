@@ -15,8 +15,9 @@ from .device import DeviceContext
 
 
 class HostRing:
-    def __init__(self, ctx: DeviceContext, count: int, frame_shape: tuple[int, int, int]) -> None:
-        self.buffers = [ctx.host_buffer(frame_shape) for _ in range(count)]
+    def __init__(self, ctx: DeviceContext, count: int, frame_shape: tuple[int, int, int],
+                 dtype: torch.dtype = torch.uint8) -> None:
+        self.buffers = [ctx.host_buffer(frame_shape, dtype) for _ in range(count)]
         self._free_send, self._free_recv = trio.open_memory_channel[int](count)
         for slot in range(count):
             self._free_send.send_nowait(slot)

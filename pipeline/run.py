@@ -21,6 +21,7 @@ import trio
 
 from .device import DeviceContext
 from .errors import RunInterrupted, StageFailed, leaves
+from .formats import pixel_dtype
 from .manifest import Manifest
 from .model import ModelCache
 from .plan import Plan
@@ -30,7 +31,7 @@ from .stages.decode import Decoder, decode_stage
 from .stages.source import source_stage
 from .stages.transfer import transfer_stage
 from .stages.watermark import offsets_for, watermark_stage
-from .stages.write import FrameOutputs, VideoSequencer, read_back_png, write_stage
+from .stages.write import FrameOutputs, VideoSequencer, read_back, write_stage
 from .stats import StageStats
 from .video import VideoFile
 
@@ -71,20 +72,20 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     models = models or ModelCache(capacity=1)
     vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                         job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats))
     report.load_s = time.perf_counter() - load_start
 
     plan.root.mkdir(parents=True, exist_ok=True)
-    for folder in {p.parent for p in plan.png_paths.values()}:
+    for folder in {p.parent for p in plan.frame_paths.values()}:
         folder.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(folder)
-    outputs = FrameOutputs(root=plan.root, png_paths=plan.png_paths,
+    outputs = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
                            png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
                            record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                         "job_hash": plan.job_hash, "device": str(plan.device)})
     names = ["source", "decode", *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
     stats = {name: StageStats(name) for name in names}
-    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3))
+    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), decoder.pixel_dtype)
     offsets = None
     if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
         offsets = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
@@ -112,7 +113,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
                             lambda r, t: watermark_stage(offsets, ctx, stats["watermark"], r, t))
             rx = _chain(nursery, depth, rx, lambda r, t: transfer_stage(ring, ctx, stats["transfer"], r, t))
             sequencer = None if video is None else VideoSequencer(
-                video, shot.frames, plan.skipped, read_back_png(outputs))
+                video, shot.frames, plan.skipped, read_back(outputs))
             await write_stage(outputs, sequencer, ring, job.tuning.writers(), stats["write"],
                               frame_written, rx)
             nursery.cancel_scope.cancel()  # the signal watcher is all that is left

@@ -25,8 +25,8 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     if writers > 1:
         lines.append(f"(write times are summed over {writers} writer tasks)")
     outputs = []
-    if plan.png_paths:
-        outputs.append(f"{len(plan.png_paths)} PNG under {plan.root}")
+    if plan.frame_format is not None and plan.frame_paths:
+        outputs.append(f"{len(plan.frame_paths)} {plan.frame_format.name.upper()} under {plan.root}")
     if plan.video_path:
         outputs.append(f"video {plan.video_path}")
     outputs.append(f"manifest {plan.root / 'manifest.jsonl'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .formats import to_rgb8
 from .publish import Published, commit, file_sha256, temp_path
 
 
@@ -35,7 +36,11 @@ class VideoFile:
         self._stream.pix_fmt = "yuv420p"
 
     def add(self, pixels: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")  # copies: buffer reusable
+        """RGB (H, W, 3): uint8, uint16 (converted by FFmpeg) or float in [0, 1]."""
+        if pixels.dtype == np.uint16:
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb48le")  # copies: buffer reusable
+        else:
+            frame = av.VideoFrame.from_ndarray(to_rgb8(pixels), format="rgb24")
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1

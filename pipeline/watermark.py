@@ -60,8 +60,14 @@ def pattern(key: str, payload: str, height: int, width: int) -> np.ndarray:
 
 
 def embed(pixels: torch.Tensor, offsets: torch.Tensor) -> None:
-    """Add `offsets` (int16 HxWx1, on pixels' device) to uint8 HxWx3 `pixels`, in place."""
-    pixels.copy_((pixels.to(torch.int16) + offsets).clamp_(0, 255))
+    """Add `offsets` (int16 HxWx1 in 8-bit steps, on pixels' device) to HxWx3 `pixels`,
+    in place: uint8, uint16 (steps scaled by 257) or float in [0, 1] (by 1/255)."""
+    if pixels.dtype == torch.uint8:
+        pixels.copy_((pixels.to(torch.int16) + offsets).clamp_(0, 255))
+    elif pixels.dtype == torch.uint16:
+        pixels.copy_((pixels.to(torch.int32) + offsets.to(torch.int32) * 257).clamp_(0, 65535))
+    else:
+        pixels.copy_((pixels.float() + offsets.float() / 255).clamp_(0, 1))
 
 
 def detect(pixels: np.ndarray, key: str) -> Detection:

@@ -180,7 +180,7 @@ def test_frames_pattern_without_frame(reject: Callable[..., None], write_job: Ca
 
 
 def test_unknown_format(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
-    reject(write_job(output={"formats": ["png", "gif"]}), "output.formats", "png, mp4")
+    reject(write_job(output={"formats": ["png", "gif"]}), "output.formats", "png, png16, exr, mp4")
 
 
 def test_shot_name_with_slash(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
@@ -193,6 +193,10 @@ def test_unknown_preset(reject: Callable[..., None], write_job: Callable[..., Pa
 
 def test_bad_tuning_override(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     reject(write_job(tuning={"channel_depth": 9}), "tuning.channel_depth = 9", "0 to 4")
+
+
+def test_two_frame_formats(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"formats": ["png", "exr"]}), "output.formats", "at most one frame format")
 
 
 def test_bad_stream_priority(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:

@@ -99,3 +99,24 @@ def test_busy_clock_sees_a_fed_stream_busy_and_a_starved_one_idle() -> None:
             time.sleep(0.05)  # the host does not feed the stream meanwhile
     assert fed.statistics()["gpu_busy_fraction"] > 0.95
     assert starved.statistics()["gpu_busy_fraction"] < 0.5
+
+
+@pytest.mark.parametrize("fmt", ["png16", "exr"])
+def test_cuda_deep_frames_match_cpu(fmt: str, write_job: Callable[..., Path], job_dir: Path) -> None:
+    """uint16 and float16 quantisation, the watermark at those depths and the pinned ring
+    of that dtype, on the GPU, against the same job on the CPU."""
+    from pipeline.formats import read_frame
+
+    jobs = {dev: write_job(f"{dev}.toml", output={"root": str(job_dir / dev), "formats": [fmt, "mp4"]},
+                           watermark={"enabled": True}) for dev in ("cpu", "cuda")}
+    for dev, job in jobs.items():
+        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
+        assert result.returncode == 0, result.stderr
+    suffix = ".exr" if fmt == "exr" else ".png"
+    step = 1 / 255 if fmt == "exr" else 257  # one 8-bit step at this depth
+    for frame in range(1, 7):
+        name = f"test/test.{frame:04d}{suffix}"
+        a = read_frame(job_dir / "cpu" / name).astype(float)
+        b = read_frame(job_dir / "cuda" / name).astype(float)
+        assert np.abs(a - b).max() <= 2 * step, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
+    assert render("verify", str(job_dir / "cuda")).returncode == 0

@@ -42,7 +42,7 @@ class InFlight:
 @pytest.fixture
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> InFlight:
     in_flight = InFlight()
-    decode, publish = Decoder.decode, FrameOutputs.publish_png
+    decode, publish = Decoder.decode, FrameOutputs.publish_frame
 
     def slow_decode(self, item):
         time.sleep(DECODE_S)
@@ -56,7 +56,7 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> InFlight:
         in_flight.add(-1)
 
     monkeypatch.setattr(Decoder, "decode", slow_decode)
-    monkeypatch.setattr(FrameOutputs, "publish_png", slow_publish)
+    monkeypatch.setattr(FrameOutputs, "publish_frame", slow_publish)
     return in_flight
 
 

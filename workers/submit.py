@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import JobError
+from pipeline.formats import frame_format
 from pipeline.job import load_job
 from pipeline.plan import make_plan
 
@@ -17,9 +18,10 @@ from .queue import JobSpec, open_queue
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
     job = load_job(job_file)
     make_plan(job, torch.device("cpu"))  # the model, latents and output checks of `render run`
-    if "png" not in job.output.formats:
+    if frame_format(job.output.formats) is None:
         raise JobError("output.formats", list(job.output.formats),
-                       'the farm publishes frames as PNG and encodes the MP4 from them; add "png"')
+                       'the farm publishes one file per frame and encodes the MP4 from them; '
+                       'add "png", "png16" or "exr"')
     spec = JobSpec(job_id=uuid.uuid4().hex[:12], name=job.shot.name, toml=job_file.read_text(encoding="utf-8"),
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,

@@ -1,7 +1,8 @@
 """Decode stage: latents -> final pixels on the device, on the compute stream.
 
-The VAE output is clamped, scaled, quantised to uint8 and laid out HWC on the device,
-so the copy moves final bytes only. Whole-frame decode, or diffusers' own tiling when
+The VAE output is clamped, scaled, quantised to the frame format's precision (uint8,
+uint16 or float16; `pipeline.formats`) and laid out HWC on the device, so the copy
+moves final bytes only. Whole-frame decode, or diffusers' own tiling when
 the preset says `tiling = true`; the micro-task decode is a later issue.
 """
 
@@ -18,17 +19,25 @@ from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
 
 
-def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [-1, 1], any float dtype -> (H, W, 3) uint8, rounded."""
-    scaled = (image.float() * 127.5 + 127.5).clamp_(0, 255).round_()
-    return scaled.to(torch.uint8).permute(1, 2, 0).contiguous()
+def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """(3, H, W) in [-1, 1], any float dtype -> (H, W, 3) of `dtype`: uint8 or uint16
+    rounded to their full range, or float16 in [0, 1]."""
+    unit = (image.float() * 0.5 + 0.5).clamp_(0, 1)
+    if dtype.is_floating_point:
+        quantised = unit.to(dtype)
+    else:
+        top = 255 if dtype == torch.uint8 else 65535
+        quantised = unit.mul_(top).round_().to(dtype)
+    return quantised.permute(1, 2, 0).contiguous()
 
 
 class Decoder:
-    def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext) -> None:
+    def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext,
+                 pixel_dtype: torch.dtype = torch.uint8) -> None:
         self.vae = vae
         self.info = info
         self.dtype = DTYPES[dtype]
+        self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
@@ -46,7 +55,7 @@ class Decoder:
             latents = latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
             latents = latents / self.info.scaling_factor + self.info.shift_factor
             image = self.vae.decode(latents[None]).sample[0]
-            pixels = to_uint8_hwc(image)
+            pixels = quantise_hwc(image, self.pixel_dtype)
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
         return DeviceFrame(item.frame, item.seed, pixels, ready)

@@ -1,9 +1,9 @@
 """Write stage: encode, publish atomically, record in the manifest, give the slot back.
 
-Several writer tasks share the input channel, each encoding PNGs in a thread (PyAV
-releases the GIL). The video takes frames strictly in order through `VideoSequencer`;
-frames a resumed run skipped are read back from their published PNGs so the video is
-whole. Publishing and its manifest record happen in one thread call, so a cancelled
+Several writer tasks share the input channel, each encoding frame files (PNG, 16-bit
+PNG or EXR) in a thread (PyAV releases the GIL). The video takes frames strictly in
+order through `VideoSequencer`; frames a resumed run skipped are read back from their
+published files so the video is whole. Publishing and its manifest record happen in one thread call, so a cancelled
 run never leaves a published frame without its record.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import trio
 
 from ..errors import StageFailed
+from ..formats import FrameFormat, encode, read_frame
 from ..frames import HostFrame
 from ..manifest import Manifest
-from ..png import encode_png, read_png
 from ..publish import publish_bytes
 from ..ring import HostRing
 from ..stats import StageStats
@@ -30,21 +30,23 @@ from ..video import VideoFile
 
 @dataclass
 class FrameOutputs:
-    """Where each frame's PNG goes and what its manifest record says besides."""
+    """Where each frame's file goes, in which format, and what its manifest record says besides."""
     root: Path
-    png_paths: dict[int, Path]            # empty when PNG is not among the formats
+    frame_format: FrameFormat | None      # None: the job writes only a video
+    frame_paths: dict[int, Path]          # empty when frame_format is None
     png_compression: int
     manifest: Manifest
     record_base: dict[str, Any]           # shot, model_hash, job_hash, device
 
-    def publish_png(self, frame: int, seed: int, pixels: np.ndarray) -> None:
-        path = self.png_paths[frame]
-        published = publish_bytes(path, encode_png(pixels, self.png_compression))
+    def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
+        assert self.frame_format is not None
+        path = self.frame_paths[frame]
+        published = publish_bytes(path, encode(self.frame_format, pixels, self.png_compression))
         relative = path.relative_to(self.root).as_posix()
         if published.kept_existing and self.manifest.has(relative, published.sha256):
             return  # another writer published this very frame first, and recorded it
         self.manifest.append({
-            **self.record_base, "kind": "frame", "frame": frame, "format": "png",
+            **self.record_base, "kind": "frame", "frame": frame, "format": self.frame_format.name,
             "path": relative, "size": published.size,
             "sha256": published.sha256, "seed": seed, "time": time.time(),
         })
@@ -88,8 +90,8 @@ class VideoSequencer:
             self.next += 1
 
 
-def read_back_png(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
-    return lambda frame: read_png(outputs.png_paths[frame])
+def read_back(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
+    return lambda frame: read_frame(outputs.frame_paths[frame])
 
 
 async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring: HostRing,
@@ -106,9 +108,9 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
                     return
                 try:
                     with stats.busy():
-                        if outputs.png_paths:
+                        if outputs.frame_paths:
                             await trio.to_thread.run_sync(
-                                outputs.publish_png, item.frame, item.seed, item.pixels,
+                                outputs.publish_frame, item.frame, item.seed, item.pixels,
                                 limiter=limiter)
                         if video is not None:
                             await video.put(item.frame, item.pixels)
