@@ -263,3 +263,10 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path, farm_job: Callable[...
     assert "framefarm_frames_done_total 6.0" in metrics
     assert "framefarm_task_seconds_count 2.0" in metrics
     assert "framefarm_queue_pending_frames" in metrics
+
+
+def test_gpus_all_children_get_the_other_options_unchanged() -> None:
+    from workers.gpus import without_gpus_option
+
+    argv = ["worker", "--queue", "q", "--gpus", "all", "--name", "all", "--gpus=all", "--slots", "2"]
+    assert without_gpus_option(argv) == ["worker", "--queue", "q", "--name", "all", "--slots", "2"]

@@ -19,7 +19,7 @@ def run_per_gpu(argv: list[str]) -> int:
         from pipeline.errors import JobError
 
         raise JobError("--gpus", "all", "no CUDA device on this machine; use --device cpu")
-    base = [arg for arg in argv if arg not in ("--gpus", "all")]
+    base = without_gpus_option(argv)
     children = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", *base, "--device", f"cuda:{index}"])
                 for index in range(count)]
 
@@ -30,3 +30,16 @@ def run_per_gpu(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return max(child.wait() for child in children)
+
+
+def without_gpus_option(argv: list[str]) -> list[str]:
+    """argv less `--gpus all` / `--gpus=all` (and nothing else: `--name all` stays)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
