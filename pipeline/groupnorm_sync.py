@@ -1,0 +1,77 @@
+"""One set of GroupNorm statistics per frame, shared by all of its tiles.
+
+A decoder's GroupNorm layers normalise with the mean and variance of what they see;
+a tile sees only its part of the frame, so each tile would be normalised differently
+and the seams would show. Here the statistics are estimated once per frame from a
+whole-frame decode of the latents subsampled `proxy` times per axis (cheap), recorded
+per GroupNorm layer, and every tile of that frame is then normalised with them
+(`proxy` 1 records them from the whole frame itself: the best this estimate can do).
+It is an estimate, not the exact per-layer reduction over all tiles, which would need
+all tiles in lockstep, layer by layer; tests/test_tiled_decode.py measures its error
+against untiled decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+class FrameNormStats:
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        self.layers = [m for m in decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+        self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (F, G) mean, var
+        self.frame_of_sample: torch.Tensor | None = None               # (B,) frame per batch entry
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Inside: a decode of a batch of whole frames (downscaled) records their statistics."""
+        self.stats = {}
+
+        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+            grouped = x.float().reshape(x.shape[0], layer.num_groups, -1)
+            self.stats[index] = (grouped.mean(-1), grouped.var(-1, unbiased=False))
+            return F.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
+
+        with self._patched(hook):
+            yield
+
+    @contextlib.contextmanager
+    def applying(self) -> Iterator[None]:
+        """Inside: each tile is normalised with its frame's recorded statistics; set
+        `frame_of_sample` before each batch."""
+        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+            assert self.frame_of_sample is not None
+            mean, var = (s[self.frame_of_sample] for s in self.stats[index])
+            shape = (x.shape[0], layer.num_groups, -1)
+            grouped = (x.float().reshape(shape) - mean[..., None]) * torch.rsqrt(var[..., None] + layer.eps)
+            y = grouped.reshape(x.shape).to(x.dtype)
+            if layer.affine:
+                view = (1, -1) + (1,) * (x.dim() - 2)
+                y = y * layer.weight.reshape(view) + layer.bias.reshape(view)
+            return y
+
+        with self._patched(hook):
+            yield
+
+    @contextlib.contextmanager
+    def _patched(self, hook: Callable[[int, torch.nn.GroupNorm, torch.Tensor], torch.Tensor]
+                 ) -> Iterator[None]:
+        originals = [layer.forward for layer in self.layers]
+        try:
+            for index, layer in enumerate(self.layers):
+                layer.forward = (lambda x, i=index, m=layer: hook(i, m, x))
+            yield
+        finally:
+            for layer, original in zip(self.layers, originals, strict=True):
+                layer.forward = original
+
+
+def downscale(latents: torch.Tensor, proxy: int) -> torch.Tensor:
+    """(B, C, h, w) latents, every `proxy`-th cell per axis. Subsampling keeps the
+    latents' distribution (averaging narrows it and measured worse: on the demo VAE, a
+    proxy of 2 gave 33 dB against untiled decode by subsampling, 30 dB by averaging)."""
+    return latents if proxy <= 1 else latents[..., ::proxy, ::proxy]

@@ -1,0 +1,59 @@
+"""The micro-task planner (pipeline.tiles), property-tested: every latent cell and
+every pixel covered, blend weights summing to one, batches within the budget and
+holding every task once, in order."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.tiles import batch_size, blend_weights, make_grid, pack
+
+
+@st.composite
+def grids(draw: st.DrawFn, max_side: int = 300) -> tuple[int, int, int, int]:
+    tile = draw(st.integers(1, 96))
+    overlap = draw(st.integers(0, tile - 1))
+    return draw(st.integers(1, max_side)), draw(st.integers(1, max_side)), tile, overlap
+
+
+@given(grids())
+@settings(max_examples=300, deadline=None)
+def test_tiles_cover_every_cell_inside_the_frame_with_one_shape(case: tuple[int, int, int, int]) -> None:
+    height, width, tile, overlap = case
+    grid = make_grid(height, width, tile, overlap)
+    covered = torch.zeros(height, width, dtype=torch.int32)
+    for t in grid.tiles:
+        assert t.y >= 0 and t.x >= 0 and t.y + t.h <= height and t.x + t.w <= width
+        assert (t.h, t.w) == grid.tile_shape == (min(tile, height), min(tile, width))
+        covered[t.y:t.y + t.h, t.x:t.x + t.w] += 1
+    assert int(covered.min()) >= 1
+
+
+@given(grids(max_side=40), st.sampled_from([1, 2, 8]))
+@settings(max_examples=150, deadline=None)
+def test_blend_weights_sum_to_one_at_every_pixel(case: tuple[int, int, int, int], scale: int) -> None:
+    height, width, tile, overlap = case
+    grid = make_grid(height, width, tile, overlap)
+    weights = blend_weights(grid, scale)
+    assert weights.shape == (len(grid.tiles), 1, grid.tile_shape[0] * scale, grid.tile_shape[1] * scale)
+    assert float(weights.min()) > 0
+    total = torch.zeros(height * scale, width * scale, dtype=torch.float64)
+    for t, w in zip(grid.tiles, weights, strict=True):
+        total[t.y * scale:(t.y + t.h) * scale, t.x * scale:(t.x + t.w) * scale] += w[0].double()
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+
+
+@given(st.integers(1, 12), st.integers(1, 50), st.integers(1, 64))
+def test_batches_hold_every_task_once_in_order(frames: int, tiles: int, size: int) -> None:
+    batches = pack(frames, tiles, size)
+    assert all(1 <= len(b) <= size for b in batches)
+    assert [task for b in batches for task in b] == [(f, t) for f in range(frames) for t in range(tiles)]
+
+
+@given(st.floats(1, 1e11), st.floats(1, 1e10))
+def test_batch_size_stays_within_the_budget(budget: float, tile_bytes: float) -> None:
+    size = batch_size(budget, tile_bytes)
+    assert size >= 1
+    assert size == 1 or size * tile_bytes <= budget
