@@ -31,6 +31,7 @@ class VaeInfo:
     shift_factor: float        # ... and shifted by this
     force_upcast: bool         # float16 overflows in this VAE: decode in float32
     sample_size: int           # diffusers' tile size in pixels when tiling
+    full_res_channels: int     # widest decoder activation at full resolution (memory model)
 
 
 def inspect_vae(path: Path) -> VaeInfo:
@@ -73,6 +74,7 @@ def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
             shift_factor=float(config.get("shift_factor") or 0.0),
             force_upcast=bool(config.get("force_upcast", True)),
             sample_size=int(sample_size[0] if isinstance(sample_size, list) else sample_size),
+            full_res_channels=int(max(blocks[:2])),  # the last upsampler's conv runs at full size
         )
     blocks = config.get("decoder_block_out_channels", [64, 64, 64, 64])
     scale = int(config.get("upsampling_scaling_factor", 2)) ** (len(blocks) - 1)
@@ -83,6 +85,7 @@ def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
         shift_factor=float(config.get("shift_factor") or 0.0),
         force_upcast=bool(config.get("force_upcast", False)),
         sample_size=512,
+        full_res_channels=int(max(blocks)),
     )
 
 

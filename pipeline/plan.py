@@ -23,6 +23,7 @@ from .job import Job
 from .manifest import check_record, latest_by_path, read_records
 from .model import VaeInfo, effective_dtype, inspect_vae, model_hash
 from .stages.source import check_latent_files
+from .tile_plan import TilePlan, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Plan:
     video_path: Path | None           # None: no video, or a resumed run found it finished
     model_hash: str
     job_hash: str
+    tiles: TilePlan | None = None     # decode = "tiles": the grid and batch of every frame
 
     @property
     def root(self) -> Path:
@@ -46,6 +48,8 @@ class Plan:
 
     def tiles_per_frame(self) -> int:
         """Tiles of one frame's decode: 1 untiled; diffusers' grid with tiling on."""
+        if self.tiles is not None:
+            return len(self.tiles.grid.tiles)
         if not self.job.tuning.tiling:
             return 1
         _, h, w = self.latent_shape
@@ -67,9 +71,10 @@ class Plan:
             f"model: {self.vae.class_name} at {self.vae.path} ({self.dtype}, hash {self.model_hash}), "
             f"latents {c}x{h}x{w} -> x{self.vae.scale}",
             f"device: {self.device}",
-            f"decode: {tiles} tile(s) per frame"
-            + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
-            + f", batches of 1 frame, {len(self.todo)} batch(es)",
+            (self.tiles.describe(len(self.todo)) if self.tiles is not None else
+             f"decode: {tiles} tile(s) per frame"
+             + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
+             + f", batches of 1 frame, {len(self.todo)} batch(es)"),
             f"to render: {len(self.todo)} frame(s)"
             + (f"; {len(self.skipped)} already finished (resume)" if self.skipped else ""),
             f"outputs under {self.root}:",
@@ -128,7 +133,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         if not frame_paths and video_path is not None:
             skipped = set()  # video only, not finished: every frame is needed again
     todo = tuple(f for f in frames if f not in skipped) if (frame_paths or video_path) else ()
-    return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo,
+    tiles = plan_tiles(job.tuning, vae, shape, dtype) if job.tuning.decode == "tiles" else None
+    return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
                 model_hash=m_hash, job_hash=j_hash)
 
@@ -141,6 +147,8 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
         "source": [source.kind, source.path, source.tensor], "seed": job.seed,
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
+        "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy]
+        if job.tuning.decode == "tiles" else "whole",
         "frames": next((f for f in job.output.formats if f != "mp4"), None),  # the file format
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],

@@ -72,7 +72,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     models = models or ModelCache(capacity=1)
     vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                         job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats))
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles)
     report.load_s = time.perf_counter() - load_start
 
     plan.root.mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
     report.stages["decode"].update(await trio.to_thread.run_sync(decoder.busy.statistics))
+    if decoder.tiled is not None:
+        report.stages["decode"].update(decoder.tiled.statistics())
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report

@@ -24,6 +24,11 @@ class Tuning:
     channel_depth: int      # items buffered between two stages (bounded: 0-4)
     pinned_buffers: int     # host frame buffers in the ring, allocated once per run
     writer_threads: int     # PNG encoders working at once; 0 = one per core, at most 8
+    decode: str             # "whole" or "tiles" (the micro-task decode)
+    tile_size: int          # latent cells per tile side
+    tile_overlap: int       # latent cells shared with each neighbour
+    vram_budget_gib: float  # device memory for one batch of tiles
+    norm_proxy: int         # GroupNorm statistics from latents subsampled this much; 0 = per tile
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
     png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
     video_codec: str
@@ -77,6 +82,11 @@ def _parse(t: Table) -> Tuning:
         channel_depth=t.integer("channel_depth", lo=0, hi=4),
         pinned_buffers=t.integer("pinned_buffers", lo=1, hi=64),
         writer_threads=t.integer("writer_threads", lo=0, hi=64),
+        decode=t.string("decode", choices=("whole", "tiles")),
+        tile_size=t.integer("tile_size", lo=8, hi=4096),
+        tile_overlap=t.integer("tile_overlap", lo=0, hi=4095),
+        vram_budget_gib=t.number("vram_budget_gib", lo=0.01),
+        norm_proxy=t.integer("norm_proxy", lo=0, hi=64),
         tiling=t.boolean("tiling"),
         png_compression=t.integer("png_compression", lo=0, hi=9),
         video_codec=t.string("video_codec", choices=VIDEO_CODECS),
@@ -89,4 +99,10 @@ def _parse(t: Table) -> Tuning:
         watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
     )
     t.done()
+    if tuning.decode == "tiles" and tuning.tile_overlap >= tuning.tile_size:
+        raise JobError("tuning.tile_overlap", tuning.tile_overlap,
+                       f"expected less than tuning.tile_size ({tuning.tile_size})")
+    if tuning.decode == "tiles" and tuning.tiling:
+        raise JobError("tuning.tiling", True, 'diffusers\' tiling and decode = "tiles" exclude each '
+                       "other; set one of them")
     return tuning

@@ -199,6 +199,15 @@ def test_two_frame_formats(reject: Callable[..., None], write_job: Callable[...,
     reject(write_job(output={"formats": ["png", "exr"]}), "output.formats", "at most one frame format")
 
 
+def test_tile_overlap_not_below_tile_size(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(tuning={"decode": "tiles", "tile_size": 16, "tile_overlap": 16}),
+           "tuning.tile_overlap = 16", "less than tuning.tile_size (16)")
+
+
+def test_two_tiled_decodes_at_once(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    reject(write_job(tuning={"decode": "tiles", "tiling": True}), "tuning.tiling", "exclude each other")
+
+
 def test_bad_stream_priority(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     reject(write_job(tuning={"compute_priority": "max"}), "tuning.compute_priority", "highest, lowest")
 

@@ -106,3 +106,34 @@ def test_demo_vae_tiled_against_untiled(demo: tuple[torch.nn.Module, torch.Tenso
                                proxy=2).decode([lat])[0] for lat in latents]
     for got, want in zip(synced, one_by_one, strict=True):
         assert torch.allclose(got, want, atol=1e-4)
+
+
+def demo_job(tmp_path: Path, name: str, tuning: str) -> Path:
+    job = (SAMPLES / "demo.toml").read_text().replace("frame_end = 48", "frame_end = 3")
+    job = job.replace('path = "demo_', f'path = "{SAMPLES}/demo_').replace('formats = ["png", "mp4"]',
+                                                                        'formats = ["png"]')
+    path = tmp_path / f"{name}.toml"
+    path.write_text(job + "\n[tuning]\n" + tuning)
+    return path
+
+
+def test_render_with_tiles_is_close_to_whole_frames_and_dry_run_shows_the_plan(tmp_path: Path) -> None:
+    from conftest import render
+
+    from pipeline.png import read_png
+
+    tiles = 'decode = "tiles"\ntile_size = 24\ntile_overlap = 8\nvram_budget_gib = 0.05\n'
+    dry = render("run", str(demo_job(tmp_path, "tiles", tiles)), "--dry-run", "--device", "cpu")
+    assert dry.returncode == 0, dry.stderr
+    assert "8 tile(s) per frame of 24x24 latent cells, overlap 8" in dry.stdout
+    assert "from the latents subsampled 2x" in dry.stdout
+    for name, tuning in (("whole", ""), ("tiles", tiles)):
+        result = render("run", str(demo_job(tmp_path, name, tuning)), "--device", "cpu", "--output-root",
+                        str(tmp_path / name), "-q")
+        assert result.returncode == 0, result.stderr
+    assert "batch(es) of tiles" in result.stdout
+    for frame in (1, 3):
+        whole = read_png(tmp_path / "whole" / "demo" / f"demo.{frame:04d}.png").astype(float)
+        tiled = read_png(tmp_path / "tiles" / "demo" / f"demo.{frame:04d}.png").astype(float)
+        db = 10 * np.log10(255**2 / np.mean((whole - tiled) ** 2))
+        assert db > 30, f"frame {frame}: tiled render {db:.1f} dB from the whole-frame render"

@@ -2,8 +2,9 @@
 
 The VAE output is clamped, scaled, quantised to the frame format's precision (uint8,
 uint16 or float16; `pipeline.formats`) and laid out HWC on the device, so the copy
-moves final bytes only. Whole-frame decode, or diffusers' own tiling when
-the preset says `tiling = true`; the micro-task decode is a later issue.
+moves final bytes only. Whole-frame decode; the micro-task decode (overlapping tiles
+in budgeted batches, `pipeline.tiled_decode`) when the preset says `decode = "tiles"`;
+or diffusers' own tiling when it says `tiling = true`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from ..busy import BusyClock
 from ..device import DeviceContext
 from ..flow import map_stage
 from ..frames import DeviceFrame, LatentFrame
+from ..groupnorm_sync import FrameNormStats
 from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
+from ..tile_plan import TilePlan
+from ..tiled_decode import TiledDecoder
 
 
 def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -33,12 +37,19 @@ def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch
 
 class Decoder:
     def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext,
-                 pixel_dtype: torch.dtype = torch.uint8) -> None:
+                 pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None) -> None:
         self.vae = vae
         self.info = info
         self.dtype = DTYPES[dtype]
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
+        self.tiled: TiledDecoder | None = None
+        if tiles is not None:
+            norm = None
+            if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in vae.modules()):
+                norm = FrameNormStats(vae.decoder)
+            self.tiled = TiledDecoder(lambda batch: vae.decode(batch).sample, tiles.grid, info.scale,
+                                      tiles.batch, ctx.device, norm=norm, proxy=max(1, tiles.norm_proxy))
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
@@ -54,7 +65,10 @@ class Decoder:
                 latents = latents.pin_memory()
             latents = latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
             latents = latents / self.info.scaling_factor + self.info.shift_factor
-            image = self.vae.decode(latents[None]).sample[0]
+            if self.tiled is not None:
+                image = self.tiled.decode([latents])[0]
+            else:
+                image = self.vae.decode(latents[None]).sample[0]
             pixels = quantise_hwc(image, self.pixel_dtype)
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)

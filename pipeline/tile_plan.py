@@ -1,0 +1,41 @@
+"""What the micro-task decode of a job will do: its tile grid, the memory one tile
+takes, and the batch size that keeps a batch within the job's VRAM budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import DTYPES, VaeInfo
+from .tiles import TileGrid, batch_size, make_grid, modelled_tile_bytes
+from .tuning import Tuning
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    grid: TileGrid
+    batch: int              # tiles per batch
+    tile_bytes: float       # modelled peak decode memory of one tile
+    budget_bytes: float
+    norm_proxy: int         # GroupNorm statistics proxy; 0 = per tile
+
+    def describe(self, frames: int) -> str:
+        th, tw = self.grid.tile_shape
+        tiles = len(self.grid.tiles)
+        norm = ("per tile" if self.norm_proxy == 0 else "from the whole frame" if self.norm_proxy == 1
+                else f"from the latents subsampled {self.norm_proxy}x")
+        return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells, overlap {self.grid.overlap}; "
+                f"batches of up to {self.batch} tile(s) within {self.budget_bytes / 2**30:.2f} GiB "
+                f"(~{self.tile_bytes / MIB:.0f} MiB a tile, modelled), "
+                f"{-(-tiles * frames // self.batch)} batch(es); GroupNorm statistics {norm}")
+
+
+def plan_tiles(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> TilePlan:
+    _, height, width = latent_shape
+    grid = make_grid(height, width, tuning.tile_size, tuning.tile_overlap)
+    th, tw = grid.tile_shape
+    tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, DTYPES[dtype].itemsize)
+    budget = tuning.vram_budget_gib * 2**30
+    return TilePlan(grid=grid, batch=batch_size(budget, tile_bytes), tile_bytes=tile_bytes,
+                    budget_bytes=budget, norm_proxy=tuning.norm_proxy)
