@@ -57,3 +57,12 @@ def test_batch_size_stays_within_the_budget(budget: float, tile_bytes: float) ->
     size = batch_size(budget, tile_bytes)
     assert size >= 1
     assert size == 1 or size * tile_bytes <= budget
+
+
+def test_groupnorm_proxy_is_lowered_for_small_frames() -> None:
+    from pipeline.tile_plan import usable_proxy
+
+    assert usable_proxy(2, 270, 480) == 2      # 3840x2160: a 135x240 proxy
+    assert usable_proxy(4, 60, 80) == 2        # a 15x20 proxy would mislead: 30x40 instead
+    assert usable_proxy(2, 36, 64) == 1        # the demo's frames: statistics of the whole frame
+    assert usable_proxy(0, 270, 480) == 0      # off stays off

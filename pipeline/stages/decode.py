@@ -49,7 +49,7 @@ class Decoder:
             if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in vae.modules()):
                 norm = FrameNormStats(vae.decoder)
             self.tiled = TiledDecoder(lambda batch: vae.decode(batch).sample, tiles.grid, info.scale,
-                                      tiles.batch, ctx.device, norm=norm, proxy=max(1, tiles.norm_proxy))
+                                      tiles.batch, ctx.device, norm=norm, proxy=tiles.norm_proxy)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
     def decode(self, item: LatentFrame) -> DeviceFrame:

@@ -1,0 +1,183 @@
+"""Decode benchmark (issue 4): this project's micro-task decode against diffusers'
+untiled decode and diffusers' `enable_tiling()`, side by side, on the same latents:
+seconds per frame, peak VRAM, PSNR against untiled; plus the Wan 2.1 VAE decoded
+chunk by chunk against diffusers' whole-clip decode.
+
+    python benchmarks/decode.py [--out benchmarks/results/decode.json]        # one GPU
+    python benchmarks/decode.py --device cpu --width 256 --height 144 --frames 1 \\
+        --tile 16 --overlap 4 --wan-size 64x48 --wan-frames 5 --out /tmp/decode.json  # smoke
+
+Models: random weights at real configs (SD-class AutoencoderKL, block_out_channels
+128/256/512/512; Wan 2.1 VAE), in --dtype. Timing: one warm-up frame, then each frame
+timed alone with the device synchronised before and after; the median is reported.
+PSNR is over the decoded images in [-1, 1] (peak-to-peak 2), frame by frame, mean.
+`wan_720p_81f_s` is left null: the pipeline does not yet take video-VAE jobs, so the
+Wan figure here is the chunked decode alone (`wan_720p_81f_gpu_only_s`).
+Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+
+from pipeline.groupnorm_sync import FrameNormStats
+from pipeline.tiled_decode import TiledDecoder
+from pipeline.tiles import batch_size, make_grid, modelled_tile_bytes
+from pipeline.wan_chunks import decode_chunks
+
+GIB = 2**30
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / GIB, 3) if device.type == "cuda" else None
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) ** 2).mean())
+    return round(10 * math.log10(4 / mse), 2) if mse > 0 else float("inf")
+
+
+def timed(fn: Callable[[torch.Tensor], torch.Tensor], latents: list[torch.Tensor],
+          device: torch.device) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Warm up on the first frame, then time each frame alone; outputs kept on the CPU."""
+    with torch.no_grad():
+        fn(latents[0])
+        sync(device)
+        reset_peak(device)
+        outputs, seconds = [], []
+        for lat in latents:
+            sync(device)
+            start = time.perf_counter()
+            out = fn(lat)
+            sync(device)
+            seconds.append(time.perf_counter() - start)
+            outputs.append(out.float().cpu())
+    return outputs, {"s_per_frame": round(statistics.median(seconds), 4), "peak_vram_gib": peak_gib(device),
+                     "frames": len(latents)}
+
+
+def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+        norm_num_groups=32, sample_size=512, scaling_factor=0.18215).to(device, dtype).eval()
+    h, w = args.height // 8, args.width // 8
+    gen = torch.Generator().manual_seed(1)
+    latents = [torch.randn(4, h, w, generator=gen).to(device, dtype) for _ in range(args.frames)]
+    results: dict[str, Any] = {"width": args.width, "height": args.height, "dtype": str(dtype)}
+
+    untiled, results["diffusers_untiled"] = timed(lambda z: vae.decode(z[None]).sample[0], latents, device)
+    print("diffusers untiled", results["diffusers_untiled"], flush=True)
+
+    vae.enable_tiling()
+    tiled, results["diffusers_tiled"] = timed(lambda z: vae.decode(z[None]).sample[0], latents, device)
+    vae.disable_tiling()
+    results["diffusers_tiled"]["psnr_vs_untiled"] = statistics.mean(map(psnr, tiled, untiled))
+    print("diffusers tiled", results["diffusers_tiled"], flush=True)
+
+    grid = make_grid(h, w, args.tile, args.overlap)
+    th, tw = grid.tile_shape
+    tile_bytes = modelled_tile_bytes(256, th * tw * 64, dtype.itemsize)
+    for label, budget, norm in (("ours", args.budget, True), ("ours_small_budget", args.small_budget, True),
+                                ("ours_without_groupnorm_sync", args.budget, False)):
+        decoder = TiledDecoder(lambda b: vae.decode(b).sample, grid, 8, batch_size(budget * GIB, tile_bytes),
+                               device, norm=FrameNormStats(vae.decoder) if norm else None, proxy=args.proxy)
+        outputs, figures = timed(lambda z, d=decoder: d.decode([z])[0], latents, device)
+        figures.update(psnr_vs_untiled=statistics.mean(map(psnr, outputs, untiled)), budget_gib=budget,
+                       tiles_per_frame=len(grid.tiles), tile=[th, tw], overlap=args.overlap,
+                       groupnorm_sync=norm, **decoder.statistics())
+        results[label] = figures
+        print(label, figures, flush=True)
+    return results
+
+
+def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    width, height = map(int, args.wan_size.split("x"))
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan().to(device, dtype).eval()  # Wan 2.1's config
+    t = (args.wan_frames - 1) // 4 + 1
+    latents = torch.randn(1, 16, t, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
+    latents = latents.to(device, dtype)
+    results: dict[str, Any] = {"width": width, "height": height, "frames": 1 + 4 * (t - 1)}
+    with torch.no_grad():
+        for label, run in (("diffusers_untiled", lambda: vae.decode(latents).sample),
+                           ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2))):
+            run()  # warm-up
+            sync(device)
+            reset_peak(device)
+            start = time.perf_counter()
+            out = run()
+            sync(device)
+            results[label] = {"s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device)}
+            results[label + "_output"] = out.float().cpu()
+            print("wan", label, results[label], flush=True)
+    results["chunked_equals_untiled_psnr"] = psnr(results.pop("ours_chunked_output"),
+                                                   results.pop("diffusers_untiled_output"))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--width", type=int, default=3840)
+    parser.add_argument("--height", type=int, default=2160)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=64, help="latent cells per tile side")
+    parser.add_argument("--overlap", type=int, default=8)
+    parser.add_argument("--proxy", type=int, default=2, help="GroupNorm statistics proxy (latent subsampling)")
+    parser.add_argument("--budget", type=float, default=8.0, help="VRAM budget in GiB (the default preset's)")
+    parser.add_argument("--small-budget", type=float, default=2.0)
+    parser.add_argument("--wan-size", default="1280x720")
+    parser.add_argument("--wan-frames", type=int, default=81)
+    parser.add_argument("--no-wan", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    started = time.perf_counter()
+    sd = sd_case(args, device, dtype)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "date": datetime.now(UTC).date().isoformat(), "command": "python benchmarks/decode.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+        "sd": sd,
+        "sd_4k_s_per_frame": sd["ours"]["s_per_frame"], "sd_4k_peak_vram_gib": sd["ours"]["peak_vram_gib"],
+        "sd_4k_psnr_vs_untiled": sd["ours"]["psnr_vs_untiled"],
+        "diffusers_tiled": {k: sd["diffusers_tiled"][k] for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")},
+        "wan_720p_81f_s": None, "wan_pipeline_over_gpu_only": None,
+    }
+    if not args.no_wan:
+        results["wan"] = wan_case(args, device, dtype)
+        results["wan_720p_81f_gpu_only_s"] = results["wan"]["ours_chunked"]["s"]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out} in {results['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
