@@ -10,7 +10,10 @@ chunk by chunk against diffusers' whole-clip decode.
 Models: random weights at real configs (SD-class AutoencoderKL, block_out_channels
 128/256/512/512; Wan 2.1 VAE), in --dtype. Timing: one warm-up frame, then each frame
 timed alone with the device synchronised before and after; the median is reported.
-PSNR is over the decoded images in [-1, 1] (peak-to-peak 2), frame by frame, mean.
+Every mode ends in the pipeline's quantisation to 8-bit RGB; PSNR is over those
+frames against untiled decode (peak 255), frame by frame, mean. "ours" is the
+pipeline's own Decoder with a tile plan (for AutoencoderKL: the mid block on the whole
+frame, the up blocks tiled, one set of GroupNorm statistics per frame).
 `wan_720p_81f_s` is left null: the pipeline does not yet take video-VAE jobs, so the
 Wan figure here is the chunked decode alone (`wan_720p_81f_gpu_only_s`).
 Not collected by pytest.
@@ -31,8 +34,11 @@ from typing import Any
 import diffusers
 import torch
 
-from pipeline.groupnorm_sync import FrameNormStats
-from pipeline.tiled_decode import TiledDecoder
+from pipeline.device import DeviceContext
+from pipeline.frames import LatentFrame
+from pipeline.model import VaeInfo
+from pipeline.stages.decode import Decoder, quantise_hwc
+from pipeline.tile_plan import TilePlan, usable_proxy
 from pipeline.tiles import batch_size, make_grid, modelled_tile_bytes
 from pipeline.wan_chunks import decode_chunks
 
@@ -55,8 +61,9 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) ** 2).mean())
-    return round(10 * math.log10(4 / mse), 2) if mse > 0 else float("inf")
+    """Between two 8-bit frames (or clips), in dB; inf when equal."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return round(10 * math.log10(255**2 / mse), 2) if mse > 0 else float("inf")
 
 
 def timed(fn: Callable[[torch.Tensor], torch.Tensor], latents: list[torch.Tensor],
@@ -73,7 +80,7 @@ def timed(fn: Callable[[torch.Tensor], torch.Tensor], latents: list[torch.Tensor
             out = fn(lat)
             sync(device)
             seconds.append(time.perf_counter() - start)
-            outputs.append(out.float().cpu())
+            outputs.append(out.cpu())
     return outputs, {"s_per_frame": round(statistics.median(seconds), 4), "peak_vram_gib": peak_gib(device),
                      "frames": len(latents)}
 
@@ -89,26 +96,41 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     latents = [torch.randn(4, h, w, generator=gen).to(device, dtype) for _ in range(args.frames)]
     results: dict[str, Any] = {"width": args.width, "height": args.height, "dtype": str(dtype)}
 
-    untiled, results["diffusers_untiled"] = timed(lambda z: vae.decode(z[None]).sample[0], latents, device)
+    def diffusers_decode(z: torch.Tensor) -> torch.Tensor:
+        return quantise_hwc(vae.decode(z[None]).sample[0])
+
+    untiled, results["diffusers_untiled"] = timed(diffusers_decode, latents, device)
     print("diffusers untiled", results["diffusers_untiled"], flush=True)
 
     vae.enable_tiling()
-    tiled, results["diffusers_tiled"] = timed(lambda z: vae.decode(z[None]).sample[0], latents, device)
+    tiled, results["diffusers_tiled"] = timed(diffusers_decode, latents, device)
     vae.disable_tiling()
     results["diffusers_tiled"]["psnr_vs_untiled"] = statistics.mean(map(psnr, tiled, untiled))
     print("diffusers tiled", results["diffusers_tiled"], flush=True)
 
+    info = VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
+                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256)
+    ctx = DeviceContext(device)
     grid = make_grid(h, w, args.tile, args.overlap)
     th, tw = grid.tile_shape
-    tile_bytes = modelled_tile_bytes(256, th * tw * 64, dtype.itemsize)
-    for label, budget, norm in (("ours", args.budget, True), ("ours_small_budget", args.small_budget, True),
-                                ("ours_without_groupnorm_sync", args.budget, False)):
-        decoder = TiledDecoder(lambda b: vae.decode(b).sample, grid, 8, batch_size(budget * GIB, tile_bytes),
-                               device, norm=FrameNormStats(vae.decoder) if norm else None, proxy=args.proxy)
-        outputs, figures = timed(lambda z, d=decoder: d.decode([z])[0], latents, device)
+    tile_bytes = modelled_tile_bytes(info.full_res_channels, th * tw * 64, dtype.itemsize)
+    proxy = usable_proxy(args.proxy, h, w)
+    host_latents = [z.cpu() for z in latents]
+    for label, budget, norm in (("ours", args.budget, proxy), ("ours_small_budget", args.small_budget, proxy),
+                                ("ours_without_groupnorm_sync", args.budget, 0)):
+        plan = TilePlan(grid=grid, batch=batch_size(budget * GIB, tile_bytes), tile_bytes=tile_bytes,
+                        budget_bytes=budget * GIB, norm_proxy=norm)
+        decoder = Decoder(vae, info, args.dtype, ctx, torch.uint8, plan)
+
+        def ours(z: torch.Tensor, d: Decoder = decoder) -> torch.Tensor:
+            return d.decode(LatentFrame(0, 0, z)).pixels
+
+        outputs, figures = timed(ours, host_latents, device)  # the pipeline's source hands over host latents
+        assert decoder.tiled is not None
         figures.update(psnr_vs_untiled=statistics.mean(map(psnr, outputs, untiled)), budget_gib=budget,
                        tiles_per_frame=len(grid.tiles), tile=[th, tw], overlap=args.overlap,
-                       groupnorm_sync=norm, **decoder.statistics())
+                       groupnorm_proxy=norm, split_decoder=decoder.split is not None,
+                       **decoder.tiled.statistics())
         results[label] = figures
         print(label, figures, flush=True)
     return results
@@ -132,7 +154,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
             out = run()
             sync(device)
             results[label] = {"s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device)}
-            results[label + "_output"] = out.float().cpu()
+            results[label + "_output"] = ((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu()
             print("wan", label, results[label], flush=True)
     results["chunked_equals_untiled_psnr"] = psnr(results.pop("ours_chunked_output"),
                                                    results.pop("diffusers_untiled_output"))

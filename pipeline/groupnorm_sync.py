@@ -3,7 +3,7 @@
 A decoder's GroupNorm layers normalise with the mean and variance of what they see;
 a tile sees only its part of the frame, so each tile would be normalised differently
 and the seams would show. Here the statistics are estimated once per frame from a
-whole-frame decode of the latents subsampled `proxy` times per axis (cheap), recorded
+whole-frame decode of its input subsampled `proxy` times per axis (cheap), recorded
 per GroupNorm layer, and every tile of that frame is then normalised with them
 (`proxy` 1 records them from the whole frame itself: the best this estimate can do).
 It is an estimate, not the exact per-layer reduction over all tiles, which would need

@@ -136,4 +136,15 @@ def test_render_with_tiles_is_close_to_whole_frames_and_dry_run_shows_the_plan(t
         whole = read_png(tmp_path / "whole" / "demo" / f"demo.{frame:04d}.png").astype(float)
         tiled = read_png(tmp_path / "tiles" / "demo" / f"demo.{frame:04d}.png").astype(float)
         db = 10 * np.log10(255**2 / np.mean((whole - tiled) ** 2))
-        assert db > 30, f"frame {frame}: tiled render {db:.1f} dB from the whole-frame render"
+        # measured 57.8 and 56.6 dB: the mid block runs whole, GroupNorm statistics of the whole frame
+        assert db > 50, f"frame {frame}: tiled render {db:.1f} dB from the whole-frame render"
+
+
+def test_split_decoder_head_then_tail_is_the_decoder(demo: tuple[torch.nn.Module, torch.Tensor]) -> None:
+    from pipeline.vae_split import split_decoder
+
+    vae, latents = demo
+    split = split_decoder(vae)
+    assert split is not None
+    with torch.no_grad():
+        assert torch.equal(split.tail(split.head(latents)), vae.decode(latents).sample)

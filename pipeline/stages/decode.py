@@ -21,6 +21,7 @@ from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
 from ..tile_plan import TilePlan
 from ..tiled_decode import TiledDecoder
+from ..vae_split import split_decoder
 
 
 def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -44,12 +45,16 @@ class Decoder:
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
         self.tiled: TiledDecoder | None = None
+        self.split = split_decoder(vae) if tiles is not None else None
         if tiles is not None:
+            # tile only the split decoder's tail when there is one: the head runs whole
+            tiled_part = self.split.tail_modules if self.split else vae.decoder
+            decode_batch = self.split.tail if self.split else (lambda batch: vae.decode(batch).sample)
             norm = None
-            if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in vae.modules()):
-                norm = FrameNormStats(vae.decoder)
-            self.tiled = TiledDecoder(lambda batch: vae.decode(batch).sample, tiles.grid, info.scale,
-                                      tiles.batch, ctx.device, norm=norm, proxy=tiles.norm_proxy)
+            if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in tiled_part.modules()):
+                norm = FrameNormStats(tiled_part)
+            self.tiled = TiledDecoder(decode_batch, tiles.grid, info.scale, tiles.batch, ctx.device,
+                                      norm=norm, proxy=tiles.norm_proxy)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
@@ -66,7 +71,8 @@ class Decoder:
             latents = latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
             latents = latents / self.info.scaling_factor + self.info.shift_factor
             if self.tiled is not None:
-                image = self.tiled.decode([latents])[0]
+                features = self.split.head(latents[None])[0] if self.split else latents
+                image = self.tiled.decode([features])[0]
             else:
                 image = self.vae.decode(latents[None]).sample[0]
             pixels = quantise_hwc(image, self.pixel_dtype)
