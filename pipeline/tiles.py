@@ -13,7 +13,6 @@ they add up to exactly one at every pixel and the blend of identical tiles is ex
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +106,3 @@ def modelled_tile_bytes(widest_full_res_channels: int, tile_pixels: int, dtype_b
     decoder measures its first tile instead."""
     return live_tensors * widest_full_res_channels * tile_pixels * dtype_bytes
 
-
-def frames_of(batch: Sequence[tuple[int, int]]) -> list[int]:
-    """The frames a batch touches, in order."""
-    return sorted({frame for frame, _tile in batch})
