@@ -23,8 +23,8 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
         lines.append(f"GPU compute stream busy {100 * busy:.1f}% from the first decode to the last")
     decode = report.stages.get("decode", {})
     if "tile_batches" in decode:
-        lines.append(f"decode: {decode['tile_batches']} batch(es) of tiles, ending at {decode['batch_size']} "
-                     f"tile(s) a batch; {decode['oom_splits']} re-split(s) after running out of memory")
+        lines.append(f"decode: {decode['tile_batches']} batch(es) of tiles, up to {decode['batch_size']} "
+                     f"a batch; {decode['oom_splits']} re-split(s) after running out of memory")
     writers = plan.job.tuning.writers()
     if writers > 1:
         lines.append(f"(write times are summed over {writers} writer tasks)")

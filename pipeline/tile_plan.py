@@ -32,7 +32,7 @@ class TilePlan:
         return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells, overlap {self.grid.overlap}; "
                 f"batches of up to {self.batch} tile(s) within {self.budget_bytes / 2**30:.2f} GiB "
                 f"(~{self.tile_bytes / MIB:.0f} MiB a tile, modelled), "
-                f"{-(-tiles * frames // self.batch)} batch(es); GroupNorm statistics {norm}")
+                f"{frames * -(-tiles // self.batch)} batch(es) (a frame at a time); GroupNorm statistics {norm}")
 
 
 def plan_tiles(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> TilePlan:

@@ -120,3 +120,20 @@ def test_cuda_deep_frames_match_cpu(fmt: str, write_job: Callable[..., Path], jo
         b = read_frame(job_dir / "cuda" / name).astype(float)
         assert np.abs(a - b).max() <= 2 * step, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
     assert render("verify", str(job_dir / "cuda")).returncode == 0
+
+
+def test_cuda_tiled_decode_matches_cpu_tiled_decode(write_job: Callable[..., Path], job_dir: Path) -> None:
+    """decode = "tiles" on the GPU (split decoder, GroupNorm statistics, blending on the
+    device) against the same job on the CPU."""
+    tuning = {"writer_threads": 2, "decode": "tiles", "tile_size": 8, "tile_overlap": 3, "vram_budget_gib": 0.01}
+    jobs = {dev: write_job(f"{dev}.toml", output={"root": str(job_dir / dev), "formats": ["png"]},
+                           tuning=tuning) for dev in ("cpu", "cuda")}
+    for dev, job in jobs.items():
+        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
+        assert result.returncode == 0, result.stderr
+    assert "batch(es) of tiles" in result.stdout
+    for frame in range(1, 7):
+        name = f"test/test.{frame:04d}.png"
+        a = read_png(job_dir / "cpu" / name).astype(int)
+        b = read_png(job_dir / "cuda" / name).astype(int)
+        assert np.abs(a - b).max() <= 2, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
