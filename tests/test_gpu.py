@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ import trio
 from conftest import render
 
 from pipeline.device import DeviceContext, pick_device
-from pipeline.png import read_png
 
 pytestmark = pytest.mark.gpu
 
@@ -44,6 +44,26 @@ def test_host_buffers_are_pinned_and_events_are_awaited() -> None:
     assert torch.equal(buffer, source.cpu())
 
 
+def render_on_cpu_and_cuda(write_job: Callable[..., Path], job_dir: Path, **overrides: Any) -> str:
+    """The same job rendered into job_dir/cpu and job_dir/cuda; the CUDA run's summary."""
+    for dev in ("cpu", "cuda"):
+        output = {**overrides.get("output", {}), "root": str(job_dir / dev)}
+        job = write_job(f"{dev}.toml", **{**overrides, "output": output})
+        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
+        assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def assert_frames_match(job_dir: Path, cpu: str, cuda: str, suffix: str, tolerance: float) -> None:
+    from pipeline.formats import read_frame
+
+    for frame in range(1, 7):
+        name = f"test/test.{frame:04d}{suffix}"
+        a = read_frame(job_dir / cpu / name).astype(float)
+        b = read_frame(job_dir / cuda / name).astype(float)
+        assert np.abs(a - b).max() <= tolerance, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
+
+
 def test_cuda_render_matches_cpu_render(write_job: Callable[..., Path], job_dir: Path) -> None:
     cpu = write_job("cpu.toml", output={"root": str(job_dir / "cpu"), "formats": ["png", "mp4"]},
                     watermark={"enabled": True})
@@ -53,11 +73,7 @@ def test_cuda_render_matches_cpu_render(write_job: Callable[..., Path], job_dir:
     result = render("run", str(gpu), "--device", "cuda:0", "-q")
     assert result.returncode == 0, result.stderr
     assert "cuda:0" in result.stdout
-    for frame in range(1, 7):
-        name = f"test/test.{frame:04d}.png"
-        a = read_png(job_dir / "cpu" / name).astype(int)
-        b = read_png(job_dir / "gpu" / name).astype(int)
-        assert np.abs(a - b).max() <= 2, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
+    assert_frames_match(job_dir, "cpu", "gpu", ".png", 2)
     assert render("verify", str(job_dir / "gpu")).returncode == 0
 
 
@@ -105,20 +121,9 @@ def test_busy_clock_sees_a_fed_stream_busy_and_a_starved_one_idle() -> None:
 def test_cuda_deep_frames_match_cpu(fmt: str, write_job: Callable[..., Path], job_dir: Path) -> None:
     """uint16 and float16 quantisation, the watermark at those depths and the pinned ring
     of that dtype, on the GPU, against the same job on the CPU."""
-    from pipeline.formats import read_frame
-
-    jobs = {dev: write_job(f"{dev}.toml", output={"root": str(job_dir / dev), "formats": [fmt, "mp4"]},
-                           watermark={"enabled": True}) for dev in ("cpu", "cuda")}
-    for dev, job in jobs.items():
-        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
-        assert result.returncode == 0, result.stderr
-    suffix = ".exr" if fmt == "exr" else ".png"
+    render_on_cpu_and_cuda(write_job, job_dir, output={"formats": [fmt, "mp4"]}, watermark={"enabled": True})
     step = 1 / 255 if fmt == "exr" else 257  # one 8-bit step at this depth
-    for frame in range(1, 7):
-        name = f"test/test.{frame:04d}{suffix}"
-        a = read_frame(job_dir / "cpu" / name).astype(float)
-        b = read_frame(job_dir / "cuda" / name).astype(float)
-        assert np.abs(a - b).max() <= 2 * step, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
+    assert_frames_match(job_dir, "cpu", "cuda", ".exr" if fmt == "exr" else ".png", 2 * step)
     assert render("verify", str(job_dir / "cuda")).returncode == 0
 
 
@@ -126,14 +131,6 @@ def test_cuda_tiled_decode_matches_cpu_tiled_decode(write_job: Callable[..., Pat
     """decode = "tiles" on the GPU (split decoder, GroupNorm statistics, blending on the
     device) against the same job on the CPU."""
     tuning = {"writer_threads": 2, "decode": "tiles", "tile_size": 8, "tile_overlap": 3, "vram_budget_gib": 0.01}
-    jobs = {dev: write_job(f"{dev}.toml", output={"root": str(job_dir / dev), "formats": ["png"]},
-                           tuning=tuning) for dev in ("cpu", "cuda")}
-    for dev, job in jobs.items():
-        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
-        assert result.returncode == 0, result.stderr
-    assert "batch(es) of tiles" in result.stdout
-    for frame in range(1, 7):
-        name = f"test/test.{frame:04d}.png"
-        a = read_png(job_dir / "cpu" / name).astype(int)
-        b = read_png(job_dir / "cuda" / name).astype(int)
-        assert np.abs(a - b).max() <= 2, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
+    summary = render_on_cpu_and_cuda(write_job, job_dir, output={"formats": ["png"]}, tuning=tuning)
+    assert "batch(es) of tiles" in summary
+    assert_frames_match(job_dir, "cpu", "cuda", ".png", 2)
