@@ -14,15 +14,28 @@ against untiled decode.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+# The layers are patched in place, so two decodes sharing a model (a farm worker with two
+# tasks in flight) must take turns: one lock per patched module tree.
+_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_for(module: torch.nn.Module) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(module, threading.Lock())
+
 
 class FrameNormStats:
     def __init__(self, decoder: torch.nn.Module) -> None:
         self.layers = [m for m in decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+        self.lock = _lock_for(self.layers[0] if self.layers else decoder)  # hold it around a frame's decode
         self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (F, G) mean, var
         self.frame_of_sample: torch.Tensor | None = None               # (B,) frame per batch entry
 

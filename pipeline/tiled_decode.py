@@ -10,7 +10,6 @@ statistics (`pipeline.groupnorm_sync`), recorded first from a downscaled whole f
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,13 +42,14 @@ class TiledDecoder:
         canvases = [torch.zeros(3, grid.height * s, grid.width * s, device=first.device, dtype=torch.float32)
                     for _ in latents]
         tasks = pack(len(latents), len(grid.tiles), self.batch)
-        applying = contextlib.nullcontext()
-        if self.norm is not None:
+        if self.norm is None:
+            self._run(latents, tasks, canvases)
+            return canvases
+        with self.norm.lock:  # the GroupNorm layers are patched: one decode at a time per model
             with self.norm.recording():
                 self.decode_batch(downscale(torch.stack(list(latents)), self.proxy))
-            applying = self.norm.applying()
-        with applying:
-            self._run(latents, tasks, canvases)
+            with self.norm.applying():
+                self._run(latents, tasks, canvases)
         return canvases
 
     def _run(self, latents: Sequence[torch.Tensor], tasks: list[list[tuple[int, int]]],

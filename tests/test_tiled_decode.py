@@ -148,3 +148,27 @@ def test_split_decoder_head_then_tail_is_the_decoder(demo: tuple[torch.nn.Module
     assert split is not None
     with torch.no_grad():
         assert torch.equal(split.tail(split.head(latents)), vae.decode(latents).sample)
+
+
+def test_two_decodes_sharing_a_model_take_turns(demo: tuple[torch.nn.Module, torch.Tensor]) -> None:
+    """GroupNorm layers are patched during a synced decode; a farm worker with two tasks
+    in flight decodes with one model from two threads, which must not mix statistics."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vae, latents = demo
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return vae.decode(x).sample
+
+    def job(index: int) -> torch.Tensor:
+        decoder = TiledDecoder(decode, make_grid(36, 64, 16, 4), scale=8, batch=2,
+                               norm=FrameNormStats(vae.decoder), proxy=1)
+        return decoder.decode([latents[index]])[0]
+
+    alone = [job(0), job(1)]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            together = list(pool.map(job, [0, 1]))
+            for got, want in zip(together, alone, strict=True):
+                assert torch.allclose(got, want, atol=1e-5)
