@@ -10,8 +10,9 @@ chunk by chunk against diffusers' whole-clip decode.
 Models: random weights at real configs (SD-class AutoencoderKL, block_out_channels
 128/256/512/512; Wan 2.1 VAE), in --dtype. Timing: one warm-up frame, then each frame
 timed alone with the device synchronised before and after; the median is reported.
-Every mode ends in the pipeline's quantisation to 8-bit RGB; PSNR is over those
-frames against untiled decode (peak 255), frame by frame, mean. "ours" is the
+Every SD mode ends in the pipeline's quantisation to 8-bit RGB (the Wan clips are
+rounded to 8 bits the same way); PSNR is over those frames against untiled decode
+(peak 255), frame by frame, mean. "ours" is the
 pipeline's own Decoder with a tile plan (for AutoencoderKL: the mid block on the whole
 frame, the up blocks tiled, one set of GroupNorm statistics per frame).
 `wan_720p_81f_s` is left null: the pipeline does not yet take video-VAE jobs, so the
@@ -33,6 +34,7 @@ from typing import Any
 
 import diffusers
 import torch
+from bench_models import sd_class_vae
 
 from pipeline.device import DeviceContext
 from pipeline.frames import LatentFrame
@@ -87,10 +89,7 @@ def timed(fn: Callable[[torch.Tensor], torch.Tensor], latents: list[torch.Tensor
 
 def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        norm_num_groups=32, sample_size=512, scaling_factor=0.18215).to(device, dtype).eval()
+    vae = sd_class_vae().to(device, dtype).eval()
     h, w = args.height // 8, args.width // 8
     gen = torch.Generator().manual_seed(1)
     latents = [torch.randn(4, h, w, generator=gen).to(device, dtype) for _ in range(args.frames)]

@@ -10,13 +10,14 @@ Modes per case:
   gpu_only         the pipeline's own Decoder (decode, clamp, quantise, HWC) plus the
                    watermark, in a loop on the compute stream, nothing downstream
   naive            diffusers' decode, VaeImageProcessor.postprocess (.cpu()), PIL save,
-                   one frame at a time (the loop in diffusers' examples)
+                   one frame at a time
   diffusers_tiled  the same with vae.enable_tiling()
   pipeline         `render run` on the same latents (source "noise", same seeds) to PNG
   pipeline_mp4     the same to MP4 only
   gpu_only_after   gpu_only again at the end; ratios use the faster of the two
   writer_limit     (tiny_4k) the pipeline's PNG writer alone (encode, atomic publish,
                    manifest) on host frames, same thread count; and PyAV against Pillow
+  mp4_writer_limit (tiny_4k) the pipeline's video writer alone, frames in order
 Figures:
   fps              frames / seconds (for the pipeline: first frame in to last frame out)
   steady_fps       (pipeline) the lower of `decode_fps`, frames over the GPU span of
@@ -27,8 +28,9 @@ Figures:
   gpu_busy_fraction  CUDA timing events around each decode on the compute stream
                    (pipeline.busy.BusyClock): GPU-busy time over the span from the first
                    decode's start to the last one's end; `nvml_util_mean`: pynvml's
-                   utilisation sampled every 50 ms while the pipeline ran
-  peak_vram_gib    torch.cuda.max_memory_allocated during the mode
+                   utilisation sampled every 50 ms, averaged over the steady window
+  peak_vram_gib    torch.cuda.max_memory_allocated during the mode; `peak_reserved_gib`
+                   what the caching allocator held (pipeline modes)
 
 Needs one CUDA GPU; not collected by pytest.
 """
@@ -56,6 +58,7 @@ import diffusers
 import numpy as np
 import torch
 import trio
+from bench_models import sd_class_vae
 
 from pipeline.device import DeviceContext
 from pipeline.formats import FRAME_FORMATS
@@ -82,13 +85,7 @@ GIB = 2**30
 def make_vae(kind: str, folder: Path) -> Path:
     """Random weights at the real architecture, saved as a diffusers folder (bf16)."""
     torch.manual_seed(0)
-    if kind == "sd":
-        vae = diffusers.AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
-    else:
-        vae = diffusers.AutoencoderTiny()  # TAESD's config
+    vae = sd_class_vae() if kind == "sd" else diffusers.AutoencoderTiny()  # Tiny: TAESD's config
     vae.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return folder
 

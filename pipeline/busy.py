@@ -26,7 +26,6 @@ class BusyClock:
         self._first: torch.cuda.Event | None = None
         self._last: torch.cuda.Event | None = None
         self._busy_ms = 0.0
-        self.pieces = 0
 
     def start(self, stream: Stream) -> torch.cuda.Event | None:
         """Record on `stream` before its work; pass the result to `stop` after it."""
@@ -45,7 +44,6 @@ class BusyClock:
         end.record(stream)
         self._pending.append((begin, end))
         self._last = end
-        self.pieces += 1
         self._fold(wait=False)
 
     def _fold(self, *, wait: bool) -> None:

@@ -2,9 +2,9 @@
 
 On a GPU: a compute stream at the highest priority the device offers, a copy stream,
 and a watermark stream at priority 0 (the lowest), both levels read from
-`torch.cuda.Stream.priority_range()` and configurable in the preset; events order work between them,
-and trio awaits an event by polling `query()` with short sleeps, so the event loop
-never blocks and no core spins. On the CPU every stream is `None`, every event is
+`torch.cuda.Stream.priority_range()` and configurable in the preset; events order work
+between them, and trio awaits an event by polling `query()` with short sleeps, so the
+event loop never blocks and no core spins. On the CPU every stream is `None`, every event is
 `None` and already complete: the same stage code runs on both.
 """
 

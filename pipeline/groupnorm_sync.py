@@ -73,14 +73,13 @@ class FrameNormStats:
     @contextlib.contextmanager
     def _patched(self, hook: Callable[[int, torch.nn.GroupNorm, torch.Tensor], torch.Tensor]
                  ) -> Iterator[None]:
-        originals = [layer.forward for layer in self.layers]
         try:
             for index, layer in enumerate(self.layers):
                 layer.forward = (lambda x, i=index, m=layer: hook(i, m, x))
             yield
         finally:
-            for layer, original in zip(self.layers, originals, strict=True):
-                layer.forward = original
+            for layer in self.layers:  # drop the instance attribute: the class's forward again
+                vars(layer).pop("forward", None)
 
 
 def downscale(latents: torch.Tensor, proxy: int) -> torch.Tensor:

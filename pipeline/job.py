@@ -15,12 +15,13 @@ from typing import Any
 
 from . import patterns
 from .errors import JobError
+from .formats import FRAME_FORMATS, VIDEO_FORMATS
 from .schema import Table, read_toml
 from .tuning import Tuning, load_tuning
 
 SOURCE_KINDS = ("latents", "noise")
 DTYPES = ("float32", "float16", "bfloat16")
-FORMATS = ("png", "png16", "exr", "mp4")  # see pipeline.formats
+FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_FRAMES = 1_000_000
 
@@ -153,8 +154,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
     video = t.string("video", "{shot}.mp4")
     formats = t.string_list("formats", ["png"], choices=FORMATS)
     t.done()
-    per_frame = [f for f in formats if f != "mp4"]
-    if len(per_frame) > 1:
+    if len([f for f in formats if f in FRAME_FORMATS]) > 1:
         raise JobError("output.formats", list(formats), "at most one frame format (png, png16 or exr: "
                        "each writes one file per frame), with or without mp4")
     patterns.check_pattern("output.frames", frames, needs_frame=True)

@@ -149,7 +149,7 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
         "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy]
         if job.tuning.decode == "tiles" else "whole",
-        "frames": next((f for f in job.output.formats if f != "mp4"), None),  # the file format
+        "frames": getattr(frame_format(job.output.formats), "name", None),  # the file format
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
     }

@@ -5,7 +5,7 @@ A batch that runs out of device memory is split in half and retried, down to a s
 tile, before the frame fails; the smaller size is kept for the batches after it, and
 every split is counted. Blending is one weighted slice-add per tile, on the device.
 With `norm` set, every tile of a frame is normalised with that frame's GroupNorm
-statistics (`pipeline.groupnorm_sync`), recorded first from a downscaled whole frame.
+statistics (`pipeline.groupnorm_sync`), recorded first from a subsampled whole frame.
 """
 
 from __future__ import annotations

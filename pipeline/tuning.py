@@ -28,7 +28,7 @@ class Tuning:
     tile_size: int          # latent cells per tile side
     tile_overlap: int       # latent cells shared with each neighbour
     vram_budget_gib: float  # device memory for one batch of tiles
-    norm_proxy: int         # GroupNorm statistics from latents subsampled this much; 0 = per tile
+    norm_proxy: int         # GroupNorm statistics from the frame subsampled this much; 0 = per tile
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
     png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
     video_codec: str
@@ -36,7 +36,6 @@ class Tuning:
     video_preset: str
     compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
     watermark_priority: str  # of the watermark stream
-
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))

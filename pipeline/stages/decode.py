@@ -58,7 +58,9 @@ class Decoder:
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
-        """Runs in a worker thread: on a GPU it queues the work and returns at once."""
+        """Runs in a worker thread. On a GPU it only queues the work; it can still wait
+        while the GPU's launch queue is full (at 4K it measured about one decode's time),
+        which keeps the next frame's work queued behind this one."""
         with torch.no_grad(), self.ctx.on(self.ctx.compute):
             begin = self.busy.start(self.ctx.compute)
             latents = item.latents

@@ -3,8 +3,8 @@
 Several writer tasks share the input channel, each encoding frame files (PNG, 16-bit
 PNG or EXR) in a thread (PyAV releases the GIL). The video takes frames strictly in
 order through `VideoSequencer`; frames a resumed run skipped are read back from their
-published files so the video is whole. Publishing and its manifest record happen in one thread call, so a cancelled
-run never leaves a published frame without its record.
+published files so the video is whole. Publishing and its manifest record happen in
+one thread call, so a cancelled run never leaves a published frame without its record.
 """
 
 from __future__ import annotations
