@@ -36,12 +36,12 @@ import diffusers
 import torch
 from bench_models import sd_class_vae
 
+from pipeline.attention import use_whole_frame_attention
 from pipeline.device import DeviceContext
 from pipeline.frames import LatentFrame
 from pipeline.model import VaeInfo
 from pipeline.stages.decode import Decoder, quantise_hwc
-from pipeline.tile_plan import TilePlan, usable_proxy
-from pipeline.tiles import batch_size, make_grid, modelled_tile_bytes
+from pipeline.tile_plan import tile_plan
 from pipeline.wan_chunks import decode_chunks
 
 GIB = 2**30
@@ -110,28 +110,40 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     info = VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
                    shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256)
     ctx = DeviceContext(device)
-    grid = make_grid(h, w, args.tile, args.overlap)
-    th, tw = grid.tile_shape
-    tile_bytes = modelled_tile_bytes(info.full_res_channels, th * tw * 64, dtype.itemsize)
-    proxy = usable_proxy(args.proxy, h, w)
     host_latents = [z.cpu() for z in latents]
-    for label, budget, norm in (("ours", args.budget, proxy), ("ours_small_budget", args.small_budget, proxy),
-                                ("ours_without_groupnorm_sync", args.budget, 0)):
-        plan = TilePlan(grid=grid, batch=batch_size(budget * GIB, tile_bytes), tile_bytes=tile_bytes,
-                        budget_bytes=budget * GIB, norm_proxy=norm)
+
+    use_whole_frame_attention(vae)  # what the pipeline's load_vae installs
+    chunked, results["diffusers_untiled_chunked_attention"] = timed(diffusers_decode, latents, device)
+    results["diffusers_untiled_chunked_attention"]["psnr_vs_untiled"] = statistics.mean(map(psnr, chunked,
+                                                                                              untiled))
+    print("diffusers untiled, chunked attention", results["diffusers_untiled_chunked_attention"], flush=True)
+
+    def ours(label: str, tile: int, overlap: int, proxy: int, budget: float, whole: int) -> dict[str, Any]:
+        plan = tile_plan(info, (4, h, w), dtype, tile, overlap, budget, proxy, whole)
         decoder = Decoder(vae, info, args.dtype, ctx, torch.uint8, plan)
 
-        def ours(z: torch.Tensor, d: Decoder = decoder) -> torch.Tensor:
-            return d.decode(LatentFrame(0, 0, z)).pixels
+        def run(z: torch.Tensor) -> torch.Tensor:
+            return decoder.decode(LatentFrame(0, 0, z)).pixels
 
-        outputs, figures = timed(ours, host_latents, device)  # the pipeline's source hands over host latents
+        outputs, figures = timed(run, host_latents, device)  # the pipeline's source hands over host latents
         assert decoder.tiled is not None
         figures.update(psnr_vs_untiled=statistics.mean(map(psnr, outputs, untiled)), budget_gib=budget,
-                       tiles_per_frame=len(grid.tiles), tile=[th, tw], overlap=args.overlap,
-                       groupnorm_proxy=norm, split_decoder=decoder.split is not None,
+                       tiles_per_frame=len(plan.grid.tiles), tile=list(plan.grid.tile_shape), overlap=overlap,
+                       groupnorm_proxy=plan.norm_proxy, whole_up_blocks=plan.whole_up_blocks,
                        **decoder.tiled.statistics())
-        results[label] = figures
         print(label, figures, flush=True)
+        return figures
+
+    default = (args.tile, args.overlap, args.proxy)
+    results["ours"] = ours("ours", *default, args.budget, args.whole_up_blocks)
+    results["ours_small_budget"] = ours("ours_small_budget", *default, args.small_budget, args.whole_up_blocks)
+    if args.sweep:  # what the defaults were chosen from
+        results["sweep"] = []
+        for tile, overlap, proxy, whole in ((128, 8, 0, 0), (128, 8, 0, 1), (128, 8, 0, 2), (128, 8, 2, 2),
+                                            (128, 8, 4, 2), (128, 8, 1, 2), (64, 8, 0, 2), (96, 8, 0, 2),
+                                            (160, 8, 0, 2), (128, 16, 0, 2), (128, 8, 0, 3)):
+            label = f"sweep tile {tile} overlap {overlap} proxy {proxy} whole_up_blocks {whole}"
+            results["sweep"].append(ours(label, tile, overlap, proxy, args.budget, whole))
     return results
 
 
@@ -143,9 +155,10 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     latents = torch.randn(1, 16, t, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
     latents = latents.to(device, dtype)
     results: dict[str, Any] = {"width": width, "height": height, "frames": 1 + 4 * (t - 1)}
+    runs = [("diffusers_untiled", lambda: vae.decode(latents).sample),
+            ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2))]
     with torch.no_grad():
-        for label, run in (("diffusers_untiled", lambda: vae.decode(latents).sample),
-                           ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2))):
+        for label, run in runs:
             run()  # warm-up
             sync(device)
             reset_peak(device)
@@ -170,12 +183,14 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=64, help="latent cells per tile side")
     parser.add_argument("--overlap", type=int, default=8)
     parser.add_argument("--proxy", type=int, default=2, help="GroupNorm statistics proxy (latent subsampling)")
+    parser.add_argument("--whole-up-blocks", type=int, default=0)
     parser.add_argument("--budget", type=float, default=8.0, help="VRAM budget in GiB (the default preset's)")
     parser.add_argument("--small-budget", type=float, default=2.0)
     parser.add_argument("--wan-size", default="1280x720")
     parser.add_argument("--wan-frames", type=int, default=81)
     parser.add_argument("--no-wan", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
+    parser.add_argument("--sweep", action="store_true", help="also try other tile sizes, proxies, cuts")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     started = time.perf_counter()

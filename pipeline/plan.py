@@ -147,7 +147,8 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
         "source": [source.kind, source.path, source.tensor], "seed": job.seed,
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
-        "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy]
+        "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy,
+                   job.tuning.whole_up_blocks]
         if job.tuning.decode == "tiles" else "whole",
         "frames": getattr(frame_format(job.output.formats), "name", None),  # the file format
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .model import DTYPES, VaeInfo
-from .tiles import TileGrid, batch_size, make_grid, modelled_tile_bytes
+from .tiles import TileGrid, balanced_batch, batch_size, make_grid, modelled_tile_bytes
 from .tuning import Tuning
 
 MIB = 2**20
@@ -24,26 +26,37 @@ class TilePlan:
     tile_bytes: float       # modelled peak decode memory of one tile
     budget_bytes: float
     norm_proxy: int         # GroupNorm statistics proxy; 0 = per tile
+    whole_up_blocks: int = 0  # AutoencoderKL: up blocks whose resnets run whole before the tiles
 
     def describe(self, frames: int) -> str:
         th, tw = self.grid.tile_shape
         tiles = len(self.grid.tiles)
         norm = ("per tile" if self.norm_proxy == 0 else "from the whole frame" if self.norm_proxy == 1
                 else f"from the frame subsampled {self.norm_proxy}x")
-        return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells, overlap {self.grid.overlap}; "
+        return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells (at most {self.grid.tile}), "
+                f"overlap {self.grid.overlap}; "
                 f"batches of up to {self.batch} tile(s) within {self.budget_bytes / 2**30:.2f} GiB "
                 f"(~{self.tile_bytes / MIB:.0f} MiB a tile, modelled), "
-                f"{frames * -(-tiles // self.batch)} batch(es) (a frame at a time); GroupNorm statistics {norm}")
+                f"{frames * -(-tiles // self.batch)} batch(es) (a frame at a time); GroupNorm statistics {norm}"
+                + (f"; mid block and {self.whole_up_blocks} up block(s) on the whole frame" if self.whole_up_blocks
+                   else ""))
 
 
 def plan_tiles(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> TilePlan:
+    return tile_plan(vae, latent_shape, DTYPES[dtype], tuning.tile_size, tuning.tile_overlap,
+                     tuning.vram_budget_gib, tuning.norm_proxy, tuning.whole_up_blocks)
+
+
+def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dtype, tile: int, overlap: int,
+              budget_gib: float, norm_proxy: int, whole_up_blocks: int = 0) -> TilePlan:
     _, height, width = latent_shape
-    grid = make_grid(height, width, tuning.tile_size, tuning.tile_overlap)
+    grid = make_grid(height, width, tile, overlap)
     th, tw = grid.tile_shape
-    tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, DTYPES[dtype].itemsize)
-    budget = tuning.vram_budget_gib * 2**30
-    return TilePlan(grid=grid, batch=batch_size(budget, tile_bytes), tile_bytes=tile_bytes,
-                    budget_bytes=budget, norm_proxy=usable_proxy(tuning.norm_proxy, height, width))
+    tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, dtype.itemsize)
+    budget = budget_gib * 2**30
+    return TilePlan(grid=grid, batch=balanced_batch(len(grid.tiles), batch_size(budget, tile_bytes)),
+                    tile_bytes=tile_bytes, budget_bytes=budget, norm_proxy=usable_proxy(norm_proxy, height, width),
+                    whole_up_blocks=whole_up_blocks if vae.class_name == "AutoencoderKL" else 0)
 
 
 def usable_proxy(requested: int, height: int, width: int) -> int:

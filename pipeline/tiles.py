@@ -1,10 +1,14 @@
 """The micro-task planner: a frame's latents as overlapping tiles, their blend weights,
 and batches of tiles sized to a VRAM budget.
 
-Tiles are all the same size (a frame smaller than the tile in one axis gets tiles of
-the frame's size in that axis), so any tiles, from one frame or from successive ones,
-stack into one batch. Along each axis tiles start every `tile - overlap` cells and the
-last one is aligned to the frame's edge, so every cell is covered whatever the size.
+Tiles are all the same size, so any tiles, from one frame or from successive ones,
+stack into one batch. Along each axis the planner takes the fewest tiles of at most
+`tile` cells that overlap by at least `overlap`, shrinks them to the smallest size
+that still covers the frame and spreads them evenly, first at one edge and last at
+the other: every cell is covered whatever the size, and no tile decodes much more
+than its share (a 3840x2160 frame, 270x480 cells, with 64-cell tiles: aligning only
+the last tile to the edge decoded 42 % more cells than the frame has; 45 tiles of 61
+cells spread evenly decode 29 % more; 12 tiles of 96x126 cells, from 128, 12 %).
 Each tile's weight is a tent that falls to near zero across its overlap with a
 neighbour and stays 1 at the frame's edges; the weights are divided by their sum, so
 they add up to exactly one at every pixel and the blend of identical tiles is exact.
@@ -39,23 +43,24 @@ class TileGrid:
         return self.tiles[0].h, self.tiles[0].w
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Starts of the tiles along one axis: every `tile - overlap`, the last at the edge."""
+def axis_tiles(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """(size, starts) of the tiles along one axis: the fewest tiles of at most `tile`
+    cells overlapping by at least `overlap`, each as small as covering allows, spread
+    evenly from edge to edge."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+        return length, [0]
+    count = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)   # <= tile, as count was chosen
+    # floor of evenly spaced starts: no gap exceeds size - overlap, so overlaps hold
+    return size, [i * (length - size) // (count - 1) for i in range(count)]
 
 
 def make_grid(height: int, width: int, tile: int, overlap: int) -> TileGrid:
     if tile < 1 or not 0 <= overlap < tile:
         raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile {tile}, overlap {overlap}")
-    th, tw = min(tile, height), min(tile, width)
-    tiles = tuple(Tile(y, x, th, tw) for y in axis_starts(height, tile, overlap)
-                  for x in axis_starts(width, tile, overlap))
-    return TileGrid(height, width, tile, overlap, tiles)
+    th, ys = axis_tiles(height, tile, overlap)
+    tw, xs = axis_tiles(width, tile, overlap)
+    return TileGrid(height, width, tile, overlap, tuple(Tile(y, x, th, tw) for y in ys for x in xs))
 
 
 def _tent(length: int, start: int, size: int, ramp: int) -> torch.Tensor:
@@ -89,6 +94,13 @@ def blend_weights(grid: TileGrid, scale: int) -> torch.Tensor:
 def batch_size(budget_bytes: float, tile_bytes: float, *, at_most: int = 64) -> int:
     """Tiles per batch within the budget; at least one (a single tile is the floor)."""
     return max(1, min(at_most, math.floor(budget_bytes / max(tile_bytes, 1.0))))
+
+
+def balanced_batch(tiles_per_frame: int, most: int) -> int:
+    """The batch size that splits a frame's tiles into as few batches as `most` allows,
+    of near-equal size (13 tiles, at most 12 a batch: 7 and 6, not 12 and 1)."""
+    batches = -(-tiles_per_frame // most)
+    return -(-tiles_per_frame // batches)
 
 
 def pack(frame_count: int, tiles_per_frame: int, size: int) -> list[list[tuple[int, int]]]:

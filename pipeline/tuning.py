@@ -29,6 +29,7 @@ class Tuning:
     tile_overlap: int       # latent cells shared with each neighbour
     vram_budget_gib: float  # device memory for one batch of tiles
     norm_proxy: int         # GroupNorm statistics from the frame subsampled this much; 0 = per tile
+    whole_up_blocks: int    # decoder up blocks whose resnets run on the whole frame before tiling
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
     png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
     video_codec: str
@@ -86,6 +87,7 @@ def _parse(t: Table) -> Tuning:
         tile_overlap=t.integer("tile_overlap", lo=0, hi=4095),
         vram_budget_gib=t.number("vram_budget_gib", lo=0.01),
         norm_proxy=t.integer("norm_proxy", lo=0, hi=64),
+        whole_up_blocks=t.integer("whole_up_blocks", lo=0, hi=3),
         tiling=t.boolean("tiling"),
         png_compression=t.integer("png_compression", lo=0, hi=9),
         video_codec=t.string("video_codec", choices=VIDEO_CODECS),

@@ -22,29 +22,55 @@ import torch
 
 @dataclass(frozen=True)
 class SplitDecoder:
-    head: Callable[[torch.Tensor], torch.Tensor]   # (B, C, h, w) latents -> (B, F, h, w) features
+    head: Callable[[torch.Tensor], torch.Tensor]   # (B, C, h, w) latents -> (B, F, h*f, w*f) features
     tail: Callable[[torch.Tensor], torch.Tensor]   # features -> (B, 3, h*s, w*s) images
     tail_modules: torch.nn.Module                  # where the tiled GroupNorm layers live
+    feature_scale: int                             # f: feature cells per latent cell, per axis
 
 
-def split_decoder(vae: torch.nn.Module) -> SplitDecoder | None:
-    """The cut for a diffusers AutoencoderKL; None for any other VAE (tiled whole)."""
+def split_decoder(vae: torch.nn.Module, whole_up_blocks: int = 0) -> SplitDecoder | None:
+    """The cut for a diffusers AutoencoderKL; None for any other VAE (tiled whole).
+
+    `whole_up_blocks` = k > 0 moves the resnets of the first k up blocks into the head
+    (and the upsamplers between them): their features are at most 2**(k-1) times the
+    latent size a side, and the tiles then start later, with a smaller receptive
+    field to lose at their edges and fewer GroupNorm layers that see only a tile."""
     if type(vae).__name__ != "AutoencoderKL":
         return None
     decoder = vae.decoder
     if not all(hasattr(decoder, name) for name in ("conv_in", "mid_block", "up_blocks", "conv_norm_out")):
         return None
+    k = max(0, min(whole_up_blocks, len(decoder.up_blocks)))
+    upscale_dtype = next(iter(decoder.up_blocks.parameters())).dtype
+
+    def run_block(block: torch.nn.Module, x: torch.Tensor, resnets: bool, upsample: bool) -> torch.Tensor:
+        if resnets:
+            for resnet in block.resnets:
+                x = resnet(x, None)
+        if upsample and block.upsamplers is not None:
+            for upsampler in block.upsamplers:
+                x = upsampler(x)
+        return x
 
     def head(latents: torch.Tensor) -> torch.Tensor:
         if vae.post_quant_conv is not None:
             latents = vae.post_quant_conv(latents)
-        return decoder.mid_block(decoder.conv_in(latents), None)
+        x = decoder.mid_block(decoder.conv_in(latents), None)
+        if k == 0:
+            return x
+        x = x.to(upscale_dtype)
+        for i in range(k):
+            x = run_block(decoder.up_blocks[i], x, resnets=True, upsample=i < k - 1)
+        return x
 
     def tail(features: torch.Tensor) -> torch.Tensor:
-        upscale_dtype = next(iter(decoder.up_blocks.parameters())).dtype
         x = features.to(upscale_dtype)
-        for up_block in decoder.up_blocks:
-            x = up_block(x, None)
+        if k > 0:
+            x = run_block(decoder.up_blocks[k - 1], x, resnets=False, upsample=True)
+        for block in decoder.up_blocks[k:]:
+            x = block(x, None)
         return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
 
-    return SplitDecoder(head, tail, torch.nn.ModuleList([*decoder.up_blocks, decoder.conv_norm_out]))
+    upsamples = sum(block.upsamplers is not None for block in decoder.up_blocks[:max(0, k - 1)])
+    tail_modules = torch.nn.ModuleList([*decoder.up_blocks[k:], decoder.conv_norm_out])
+    return SplitDecoder(head, tail, tail_modules, 2 ** upsamples)

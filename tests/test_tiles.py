@@ -4,11 +4,13 @@ holding every task once, in order."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.tiles import batch_size, blend_weights, make_grid, pack
+from pipeline.tiles import balanced_batch, batch_size, blend_weights, make_grid, pack
 
 
 @st.composite
@@ -26,9 +28,16 @@ def test_tiles_cover_every_cell_inside_the_frame_with_one_shape(case: tuple[int,
     covered = torch.zeros(height, width, dtype=torch.int32)
     for t in grid.tiles:
         assert t.y >= 0 and t.x >= 0 and t.y + t.h <= height and t.x + t.w <= width
-        assert (t.h, t.w) == grid.tile_shape == (min(tile, height), min(tile, width))
+        assert (t.h, t.w) == grid.tile_shape
         covered[t.y:t.y + t.h, t.x:t.x + t.w] += 1
     assert int(covered.min()) >= 1
+    th, tw = grid.tile_shape
+    assert th <= tile and tw <= tile
+    for size, length, starts in ((th, height, sorted({t.y for t in grid.tiles})),
+                                 (tw, width, sorted({t.x for t in grid.tiles}))):
+        assert all(b - a <= size - overlap for a, b in itertools.pairwise(starts))  # overlap kept
+        # the fewest tiles: one tile fewer, each of the largest size, could not cover the axis
+        assert len(starts) == 1 or (len(starts) - 1) * (tile - overlap) + overlap < length
 
 
 @given(grids(max_side=40), st.sampled_from([1, 2, 8]))
@@ -50,6 +59,15 @@ def test_batches_hold_every_task_once_in_order(frames: int, tiles: int, size: in
     batches = pack(frames, tiles, size)
     assert all(1 <= len(b) <= size for b in batches)
     assert [task for b in batches for task in b] == [(f, t) for f in range(frames) for t in range(tiles)]
+
+
+@given(st.integers(1, 200), st.integers(1, 64))
+def test_balanced_batches_are_as_few_and_as_even_as_the_limit_allows(tiles: int, most: int) -> None:
+    size = balanced_batch(tiles, most)
+    assert size <= most
+    assert -(-tiles // size) == -(-tiles // most)               # no more batches than needed
+    batches = [len(b) for b in pack(1, tiles, size)]
+    assert max(batches) - min(batches) < len(batches)           # near-equal: the last is not a sliver
 
 
 @given(st.floats(1, 1e11), st.floats(1, 1e10))

@@ -21,6 +21,7 @@ from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
 from ..tile_plan import TilePlan
 from ..tiled_decode import TiledDecoder
+from ..tiles import make_grid
 from ..vae_split import split_decoder
 
 
@@ -45,15 +46,18 @@ class Decoder:
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
         self.tiled: TiledDecoder | None = None
-        self.split = split_decoder(vae) if tiles is not None else None
+        self.split = split_decoder(vae, tiles.whole_up_blocks) if tiles is not None else None
         if tiles is not None:
             # tile only the split decoder's tail when there is one: the head runs whole
             tiled_part = self.split.tail_modules if self.split else vae.decoder
             decode_batch = self.split.tail if self.split else (lambda batch: vae.decode(batch).sample)
+            grid, f = tiles.grid, self.split.feature_scale if self.split else 1
+            if f > 1:  # the tail starts from features f times the latent size: the same grid, scaled
+                grid = make_grid(grid.height * f, grid.width * f, grid.tile * f, grid.overlap * f)
             norm = None
             if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in tiled_part.modules()):
                 norm = FrameNormStats(tiled_part)
-            self.tiled = TiledDecoder(decode_batch, tiles.grid, info.scale, tiles.batch, ctx.device,
+            self.tiled = TiledDecoder(decode_batch, grid, info.scale // f, tiles.batch, ctx.device,
                                       norm=norm, proxy=tiles.norm_proxy)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
