@@ -1,4 +1,5 @@
-"""The loop every one-in, one-out stage runs: receive, work, send, with its time counted.
+"""The loop every stage runs: receive, work, send, with its time counted (one item out
+per item in; or, with `many`, a list out per item in, sent item by item).
 
 An error names the stage and the frame, so a failure deep in a thread reaches the user
 as "stage 'decode' failed on frame 12: ...".
@@ -16,7 +17,8 @@ from .stats import StageStats
 
 
 async def map_stage(stats: StageStats, rx: trio.MemoryReceiveChannel,
-                    tx: trio.MemorySendChannel, work: Callable[[Any], Awaitable[Any]]) -> None:
+                    tx: trio.MemorySendChannel, work: Callable[[Any], Awaitable[Any]], *,
+                    many: bool = False) -> None:
     async with rx, tx:
         while True:
             try:
@@ -28,4 +30,5 @@ async def map_stage(stats: StageStats, rx: trio.MemoryReceiveChannel,
                     result = await work(item)
             except Exception as err:
                 raise StageFailed(stats.name, getattr(item, "frame", None), err) from err
-            await stats.send(tx, result)
+            for out in (result if many else [result]):
+                await stats.send(tx, out)

@@ -19,6 +19,21 @@ class LatentFrame:
 
 
 @dataclass
+class ClipChunk:
+    """Source -> decode, for a video VAE: one latent frame of the shot's clip and the
+    pixel frames it decodes to (1 for the first, `temporal_scale` after it)."""
+    index: int                     # latent frame in the clip; 0 starts the causal cache
+    frames: tuple[int, ...]        # shot frame numbers it decodes to
+    seeds: tuple[int, ...]
+    latents: torch.Tensor          # (C, 1, h, w)
+    last: bool                     # the clip's last latent frame: the cache can go
+
+    @property
+    def frame(self) -> int:        # for error messages: "failed on frame N"
+        return self.frames[0]
+
+
+@dataclass
 class DeviceFrame:
     """Decode -> watermark -> transfer: final pixels on the device, valid once `ready` passes."""
     frame: int

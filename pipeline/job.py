@@ -19,7 +19,7 @@ from .formats import FRAME_FORMATS, VIDEO_FORMATS
 from .schema import Table, read_toml
 from .tuning import Tuning, load_tuning
 
-SOURCE_KINDS = ("latents", "noise")
+SOURCE_KINDS = ("latents", "clip", "noise")
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -42,8 +42,8 @@ class Shot:
 
 @dataclass(frozen=True)
 class Source:
-    kind: str                 # "latents" | "noise"
-    path: str | None          # latents: absolute pattern with {frame}
+    kind: str                 # "latents" | "clip" | "noise"
+    path: str | None          # latents: absolute pattern with {frame}; clip: one absolute file
     tensor: str               # tensor name inside a safetensors file
 
 
@@ -131,6 +131,13 @@ def _source(t: Table, job_dir: Path) -> Source:
         if not pattern.endswith((".safetensors", ".npy")):
             raise JobError("source.path", pattern, "expected a .safetensors or .npy file pattern")
         path = pattern if Path(pattern).is_absolute() else str(job_dir / pattern)
+        source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
+    elif kind == "clip":  # a video VAE's latents for the whole shot: (C, T, h, w) in one file
+        raw = t.string("path")
+        patterns.check_pattern("source.path", raw, needs_frame=False, allow_frame=False)
+        if not raw.endswith((".safetensors", ".npy")):
+            raise JobError("source.path", raw, "expected a .safetensors or .npy file")
+        path = raw if Path(raw).is_absolute() else str(job_dir / raw)
         source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
     else:
         source = Source(kind=kind, path=None, tensor="latents")

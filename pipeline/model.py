@@ -17,7 +17,8 @@ import torch
 
 from .errors import JobError
 
-SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "AutoencoderKLWan")
+VIDEO_CLASSES = ("AutoencoderKLWan",)   # decode clips: (C, T, h, w) latents, chunk by chunk
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -32,6 +33,13 @@ class VaeInfo:
     force_upcast: bool         # float16 overflows in this VAE: decode in float32
     sample_size: int           # diffusers' tile size in pixels when tiling
     full_res_channels: int     # widest decoder activation at full resolution (memory model)
+    temporal_scale: int = 1    # pixel frames per latent frame after the first (video VAEs)
+    latents_mean: tuple[float, ...] | None = None   # per channel: latents arrive as (z - mean) / std
+    latents_std: tuple[float, ...] | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.class_name in VIDEO_CLASSES
 
 
 def inspect_vae(path: Path) -> VaeInfo:
@@ -63,6 +71,20 @@ def inspect_vae(path: Path) -> VaeInfo:
 
 
 def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
+    if class_name == "AutoencoderKLWan":
+        channels = int(config.get("z_dim", 16))
+        mean, std = config.get("latents_mean"), config.get("latents_std")
+        if mean is not None and (len(mean) != channels or len(std or []) != channels):
+            raise ValueError("latents_mean/latents_std (one per latent channel)")
+        base = int(config.get("decoder_base_dim") or config.get("base_dim", 96))
+        return VaeInfo(
+            path=path, class_name=class_name, latent_channels=channels,
+            scale=int(config.get("scale_factor_spatial") or 8), scaling_factor=1.0, shift_factor=0.0,
+            force_upcast=False, sample_size=256, full_res_channels=base,
+            temporal_scale=int(config.get("scale_factor_temporal") or 4),
+            latents_mean=tuple(map(float, mean)) if mean is not None else None,
+            latents_std=tuple(map(float, std)) if std is not None else None,
+        )
     if class_name == "AutoencoderKL":
         blocks = config.get("block_out_channels", [64])
         scale = 2 ** (len(blocks) - 1)

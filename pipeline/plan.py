@@ -21,8 +21,8 @@ from .errors import JobError
 from .formats import FrameFormat, frame_format
 from .job import Job
 from .manifest import check_record, latest_by_path, read_records
-from .model import VaeInfo, effective_dtype, inspect_vae, model_hash
-from .stages.source import check_latent_files
+from .model import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
+from .stages.source import check_clip_file, check_latent_files
 from .tile_plan import TilePlan, plan_tiles
 
 
@@ -41,6 +41,12 @@ class Plan:
     model_hash: str
     job_hash: str
     tiles: TilePlan | None = None     # decode = "tiles": the grid and batch of every frame
+    clip_frames: int = 0              # a video VAE's job: latent frames in the shot's clip
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        c, h, w = self.latent_shape
+        return c, self.clip_frames, h, w
 
     @property
     def root(self) -> Path:
@@ -71,7 +77,10 @@ class Plan:
             f"model: {self.vae.class_name} at {self.vae.path} ({self.dtype}, hash {self.model_hash}), "
             f"latents {c}x{h}x{w} -> x{self.vae.scale}",
             f"device: {self.device}",
-            (self.tiles.describe(len(self.todo)) if self.tiles is not None else
+            (f"decode: a clip of {self.clip_frames} latent frame(s), one at a time with the causal cache "
+             f"kept (1 frame, then {self.vae.temporal_scale} a latent frame), each chunk's frames sent on "
+             "at once" if self.vae.is_video else
+             self.tiles.describe(len(self.todo)) if self.tiles is not None else
              f"decode: {tiles} tile(s) per frame"
              + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
              + f", batches of 1 frame, {len(self.todo)} batch(es)"),
@@ -107,6 +116,7 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     vae = inspect_vae(job.model.path)
     _check_resolution(shot.width, shot.height, vae.scale)
     shape = (vae.latent_channels, shot.height // vae.scale, shot.width // vae.scale)
+    clip_frames = _check_clip(job, vae, shape, frames) if vae.is_video or job.source.kind == "clip" else 0
     if job.source.kind == "latents":
         check_latent_files(job.source, frames, shape,
                            f"for {shot.width}x{shot.height} with this VAE "
@@ -133,10 +143,12 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         if not frame_paths and video_path is not None:
             skipped = set()  # video only, not finished: every frame is needed again
     todo = tuple(f for f in frames if f not in skipped) if (frame_paths or video_path) else ()
+    if clip_frames and todo:  # a clip decodes from its first latent frame: all of it, or none
+        todo, skipped = tuple(frames), set()
     tiles = plan_tiles(job.tuning, vae, shape, dtype) if job.tuning.decode == "tiles" else None
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
-                model_hash=m_hash, job_hash=j_hash)
+                model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames)
 
 
 def job_hash(job: Job, m_hash: str, dtype: str) -> str:
@@ -167,6 +179,35 @@ def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
 
     skipped = {frame for frame, path in frame_paths.items() if done(path)}
     return skipped, video_path is not None and done(video_path)
+
+
+def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: range) -> int:
+    """A video VAE decodes a clip (C, T, h, w) of 1 + temporal_scale * (T - 1) frames;
+    an image VAE decodes frames. Returns T."""
+    shot, kind = job.shot, job.source.kind
+    if not vae.is_video:
+        raise JobError("source.kind", kind, f"a clip needs a video VAE ({', '.join(VIDEO_CLASSES)}); "
+                       f"{vae.class_name} decodes frames: use \"latents\" (one file per frame) or \"noise\"")
+    if kind == "latents":
+        raise JobError("source.kind", kind, f"a {vae.class_name} decodes whole clips: use \"clip\" (one file "
+                       "of shape (channels, latent frames, height, width)) or \"noise\"")
+    count, scale = len(shot.frames), vae.temporal_scale
+    if (count - 1) % scale:
+        lower = shot.frame_end - (count - 1) % scale
+        raise JobError("shot.frame_end", shot.frame_end,
+                       f"a {vae.class_name} clip has 1 + {scale}k frames; nearest: {lower} or {lower + scale}")
+    if frames != shot.frames:
+        raise JobError("shot", f"frames {frames.start}-{frames.stop - 1}",
+                       "a clip decodes from its first latent frame: render the whole shot as one task")
+    for field, value in (("tuning.decode", job.tuning.decode), ("tuning.tiling", job.tuning.tiling)):
+        if value not in ("whole", False):
+            raise JobError(field, value, f"tiled decode is not available for a {vae.class_name} yet; "
+                           'use decode = "whole" and tiling = false')
+    clip = (shape[0], 1 + (count - 1) // scale, *shape[1:])
+    if kind == "clip":
+        check_clip_file(job.source, clip, f"for {count} frames at {shot.width}x{shot.height} with this VAE "
+                        f"({vae.latent_channels} channels, {vae.scale}x upscale, {scale}x in time)")
+    return clip[1]
 
 
 def _check_resolution(width: int, height: int, scale: int) -> None:

@@ -28,7 +28,7 @@ from .plan import Plan
 from .publish import sweep_stale_temps
 from .ring import HostRing
 from .stages.decode import Decoder, decode_stage
-from .stages.source import source_stage
+from .stages.source import clip_source_stage, source_stage
 from .stages.transfer import transfer_stage
 from .stages.watermark import offsets_for, watermark_stage
 from .stages.write import FrameOutputs, VideoSequencer, read_back, write_stage
@@ -136,6 +136,10 @@ def _chain_source(nursery: trio.Nursery, plan: Plan, stats: dict[str, StageStats
                   depth: int, stop: trio.Event | None) -> trio.MemoryReceiveChannel:
     tx, rx = trio.open_memory_channel[Any](depth)
     job = plan.job
+    if plan.clip_frames:
+        nursery.start_soon(clip_source_stage, job.source, list(plan.todo), job.seed, plan.clip_shape,
+                           plan.vae.temporal_scale, stats["source"], tx)
+        return rx
     nursery.start_soon(source_stage, job.source, list(plan.todo), job.seed, plan.latent_shape,
                        stats["source"], tx, stop)
     return rx

@@ -17,7 +17,9 @@ from .queue import JobSpec, open_queue
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
     job = load_job(job_file)
-    make_plan(job, torch.device("cpu"))  # the model, latents and output checks of `render run`
+    plan = make_plan(job, torch.device("cpu"))  # the model, latents and output checks of `render run`
+    if plan.clip_frames:
+        chunk = len(job.shot.frames)  # a clip decodes from its first latent frame: one task
     if frame_format(job.output.formats) is None:
         raise JobError("output.formats", list(job.output.formats),
                        'the farm publishes one file per frame and encodes the MP4 from them; '

@@ -15,7 +15,7 @@ import trio
 from ..busy import BusyClock
 from ..device import DeviceContext
 from ..flow import map_stage
-from ..frames import DeviceFrame, LatentFrame
+from ..frames import ClipChunk, DeviceFrame, LatentFrame
 from ..groupnorm_sync import FrameNormStats
 from ..model import DTYPES, VaeInfo
 from ..stats import StageStats
@@ -23,6 +23,7 @@ from ..tile_plan import TilePlan
 from ..tiled_decode import TiledDecoder
 from ..tiles import make_grid
 from ..vae_split import split_decoder
+from ..wan_chunks import ClipDecoder
 
 
 def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -59,6 +60,12 @@ class Decoder:
                 norm = FrameNormStats(tiled_part)
             self.tiled = TiledDecoder(decode_batch, grid, info.scale // f, tiles.batch, ctx.device,
                                       norm=norm, proxy=tiles.norm_proxy)
+        self.clip = ClipDecoder(vae) if info.is_video else None
+        self.latents_mean = self.latents_std = None
+        if info.latents_mean is not None and info.latents_std is not None:
+            view = (-1, 1, 1, 1)  # per channel of (C, T, h, w)
+            self.latents_mean = torch.tensor(info.latents_mean, device=ctx.device).reshape(view)
+            self.latents_std = torch.tensor(info.latents_std, device=ctx.device).reshape(view)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
@@ -86,6 +93,30 @@ class Decoder:
             self.busy.stop(self.ctx.compute, begin)
         return DeviceFrame(item.frame, item.seed, pixels, ready)
 
+    def _to_device(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.ctx.is_cuda:
+            latents = latents.pin_memory()  # see decode()
+        return latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
+
+    def decode_clip(self, item: ClipChunk) -> list[DeviceFrame]:
+        """A video VAE's next latent frame -> its pixel frames, all ready at one event."""
+        assert self.clip is not None
+        with torch.no_grad(), self.ctx.on(self.ctx.compute):
+            begin = self.busy.start(self.ctx.compute)
+            latents = self._to_device(item.latents)
+            if self.latents_mean is not None:  # the generating pipeline normalised them: (z - mean) / std
+                latents = latents * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
+            images = self.clip.step(latents[None], first=item.index == 0)[0]   # (3, t, H, W)
+            if images.shape[1] != len(item.frames):
+                raise RuntimeError(f"latent frame {item.index} decoded to {images.shape[1]} frames, "
+                                   f"expected {len(item.frames)}")
+            pixels = [quantise_hwc(images[:, i], self.pixel_dtype) for i in range(images.shape[1])]
+            ready = self.ctx.record(self.ctx.compute)
+            self.busy.stop(self.ctx.compute, begin)
+            if item.last:
+                self.clip.finish()
+        return [DeviceFrame(f, seed, p, ready) for f, seed, p in zip(item.frames, item.seeds, pixels, strict=True)]
+
 
 async def decode_stage(decoder: Decoder, stats: StageStats, rx: trio.MemoryReceiveChannel,
                        tx: trio.MemorySendChannel) -> None:
@@ -94,4 +125,10 @@ async def decode_stage(decoder: Decoder, stats: StageStats, rx: trio.MemoryRecei
     async def work(item: LatentFrame) -> DeviceFrame:
         return await trio.to_thread.run_sync(decoder.decode, item, limiter=limiter)
 
-    await map_stage(stats, rx, tx, work)
+    async def work_clip(item: ClipChunk) -> list[DeviceFrame]:
+        return await trio.to_thread.run_sync(decoder.decode_clip, item, limiter=limiter)
+
+    if decoder.clip is not None:  # a chunk's frames go downstream at once: copied and written
+        await map_stage(stats, rx, tx, work_clip, many=True)  # while the next chunk decodes
+    else:
+        await map_stage(stats, rx, tx, work)

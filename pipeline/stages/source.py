@@ -16,10 +16,11 @@ from safetensors import safe_open
 
 from .. import patterns
 from ..errors import JobError, StageFailed
-from ..frames import LatentFrame
+from ..frames import ClipChunk, LatentFrame
 from ..job import Source
 from ..seeds import frame_seed
 from ..stats import StageStats
+from ..wan_chunks import chunk_frames
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -74,17 +75,35 @@ def _header_shape(path: Path, tensor: str, frame: int) -> tuple[int, ...]:
         raise JobError("source.path", str(path), f"not a valid safetensors file ({err})") from None
 
 
+def check_clip_file(source: Source, expected: tuple[int, int, int, int], explain: str) -> None:
+    """The clip file exists and holds one float tensor of `expected` shape (C, T, h, w)."""
+    path = latent_path(source, 0)
+    shape = _header_shape(path, source.tensor, 0)
+    if shape[:1] == (1,) and len(shape) == 5:
+        shape = shape[1:]
+    if shape != expected:
+        raise JobError("source.path", str(path), f"holds latents of shape {shape}; expected {expected} "
+                       f"(channels, latent frames, height, width) {explain}")
+
+
 def read_latents(source: Source, frame: int) -> torch.Tensor:
-    path = latent_path(source, frame)
-    if path.suffix == ".npy":
-        latents = torch.from_numpy(np.load(path, allow_pickle=False))
-    else:
-        with safe_open(str(path), framework="pt") as handle:
-            latents = handle.get_tensor(source.tensor)
+    latents = _read_tensor(latent_path(source, frame), source.tensor)
     return latents[0] if latents.dim() == 4 else latents
 
 
-def noise_latents(seed: int, shape: tuple[int, int, int]) -> torch.Tensor:
+def _read_tensor(path: Path, tensor: str) -> torch.Tensor:
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(tensor)
+
+
+def read_clip(source: Source) -> torch.Tensor:
+    latents = _read_tensor(latent_path(source, 0), source.tensor)
+    return latents[0] if latents.dim() == 5 else latents
+
+
+def noise_latents(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -109,3 +128,27 @@ async def source_stage(source: Source, frames: list[int], job_seed: int,
             except Exception as err:
                 raise StageFailed("source", frame, err) from err
             await stats.send(tx, item)
+
+
+async def clip_source_stage(source: Source, frames: list[int], job_seed: int, shape: tuple[int, int, int, int],
+                            temporal_scale: int, stats: StageStats, tx: trio.MemorySendChannel) -> None:
+    """Emit the shot's clip one latent frame at a time, in order, with the frames each
+    decodes to. A clip decodes from its first latent frame (the cache is causal), so
+    a clip job renders every frame or none."""
+    def load() -> torch.Tensor:
+        if source.kind == "noise":
+            return noise_latents(job_seed, shape)
+        return read_clip(source)
+
+    async with tx:
+        if not frames:  # every frame finished (a resumed run, the farm's video task): nothing to decode
+            return
+        try:
+            with stats.busy():
+                clip = await trio.to_thread.run_sync(load)
+        except Exception as err:
+            raise StageFailed("source", frames[0], err) from err
+        for index in range(clip.shape[1]):
+            numbers = tuple(frames[i] for i in chunk_frames(index, temporal_scale))
+            await stats.send(tx, ClipChunk(index, numbers, tuple(frame_seed(job_seed, f) for f in numbers),
+                                           clip[:, index:index + 1], index == clip.shape[1] - 1))
