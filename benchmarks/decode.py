@@ -15,17 +15,23 @@ rounded to 8 bits the same way); PSNR is over those frames against untiled decod
 (peak 255), frame by frame, mean. "ours" is the
 pipeline's own Decoder with a tile plan (for AutoencoderKL: the mid block on the whole
 frame, the up blocks tiled, one set of GroupNorm statistics per frame).
-`wan_720p_81f_s` is left null: the pipeline does not yet take video-VAE jobs, so the
-Wan figure here is the chunked decode alone (`wan_720p_81f_gpu_only_s`).
+`wan_720p_81f_s` is a whole `render` of a clip job (source kind "clip", 81 frames
+written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only` is
+the chunked decode with the decode stage's quantisation and nothing downstream, over
+that.
 Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,15 +40,21 @@ from typing import Any
 
 import diffusers
 import torch
+import trio
 from bench_models import sd_class_vae
+from safetensors.torch import save_file
 
 from pipeline.attention import use_whole_frame_attention
 from pipeline.device import DeviceContext
-from pipeline.frames import LatentFrame
-from pipeline.model import VaeInfo
+from pipeline.frames import ClipChunk, LatentFrame
+from pipeline.job import load_job
+from pipeline.model import ModelCache, VaeInfo
+from pipeline.plan import make_plan
+from pipeline.run import render
 from pipeline.stages.decode import Decoder, quantise_hwc
 from pipeline.tile_plan import tile_plan
-from pipeline.wan_chunks import decode_chunks
+from pipeline.tuning import load_tuning
+from pipeline.wan_chunks import chunk_frames, decode_chunks
 
 GIB = 2**30
 
@@ -137,6 +149,8 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     default = (args.tile, args.overlap, args.proxy)
     results["ours"] = ours("ours", *default, args.budget, args.whole_up_blocks)
     results["ours_small_budget"] = ours("ours_small_budget", *default, args.small_budget, args.whole_up_blocks)
+    results["ours_per_tile_statistics"] = ours("ours_per_tile_statistics", args.tile, args.overlap, 0,
+                                               args.budget, args.whole_up_blocks)
     if args.sweep:  # what the defaults were chosen from
         results["sweep"] = []
         for tile, overlap, proxy, whole in ((128, 8, 0, 0), (128, 8, 0, 1), (128, 8, 0, 2), (128, 8, 2, 2),
@@ -147,16 +161,44 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     return results
 
 
-def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, work: Path) -> dict[str, Any]:
+    """Wan 2.1's VAE (random weights): diffusers' whole-clip decode, our chunked decode
+    alone, the same plus quantisation with nothing downstream (`gpu_only`), and the
+    whole pipeline writing every frame as PNG (`pipeline`), on one clip."""
     width, height = map(int, args.wan_size.split("x"))
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKLWan().to(device, dtype).eval()  # Wan 2.1's config
     t = (args.wan_frames - 1) // 4 + 1
-    latents = torch.randn(1, 16, t, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
-    latents = latents.to(device, dtype)
-    results: dict[str, Any] = {"width": width, "height": height, "frames": 1 + 4 * (t - 1)}
+    frames = 1 + 4 * (t - 1)
+    torch.manual_seed(0)
+    diffusers.AutoencoderKLWan().save_pretrained(work / "wan", safe_serialization=True)  # Wan 2.1's config
+    clip = torch.randn(16, t, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
+    save_file({"latents": clip}, str(work / "clip.safetensors"))
+    job_path = work / "wan.toml"
+    writers = args.wan_writers or max(2, (os.cpu_count() or 4) - 4)  # as gpu_pipeline.py measured best
+    job_path.write_text(WAN_JOB.format(frames=frames, width=width, height=height, model=work / "wan",
+                                       clip=work / "clip.safetensors", root=work / "out", dtype=args.dtype,
+                                       writers=writers, buffers=writers + 4))
+    plan = make_plan(load_job(job_path), device)
+    models = ModelCache(capacity=1)
+    vae = models.get(plan.vae, plan.model_hash, plan.dtype, device, False)  # as the pipeline loads it
+    decoder = Decoder(vae, plan.vae, plan.dtype, DeviceContext(device), torch.uint8)
+    mean = torch.tensor(plan.vae.latents_mean).reshape(-1, 1, 1, 1)
+    std = torch.tensor(plan.vae.latents_std).reshape(-1, 1, 1, 1)
+    latents = (clip * std + mean)[None].to(device, dtype)
+    results: dict[str, Any] = {"width": width, "height": height, "frames": frames, "latent_frames": t}
+
+    def gpu_only() -> list[torch.Tensor]:
+        """What the decode stage does, chunk by chunk, with nothing downstream."""
+        pixels = []
+        for index in range(t):
+            count = len(chunk_frames(index, plan.vae.temporal_scale))
+            chunk = ClipChunk(index, tuple(range(count)), (0,) * count, clip[:, index:index + 1], index == t - 1)
+            pixels += [frame.pixels for frame in decoder.decode_clip(chunk)]
+        return pixels
+
     runs = [("diffusers_untiled", lambda: vae.decode(latents).sample),
-            ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2))]
+            ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2)),
+            ("gpu_only", gpu_only)]
+    outputs = {}
     with torch.no_grad():
         for label, run in runs:
             run()  # warm-up
@@ -166,49 +208,91 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
             out = run()
             sync(device)
             results[label] = {"s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device)}
-            results[label + "_output"] = ((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu()
+            if label != "gpu_only":
+                outputs[label] = ((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu()
             print("wan", label, results[label], flush=True)
-    results["chunked_equals_untiled_psnr"] = psnr(results.pop("ours_chunked_output"),
-                                                   results.pop("diffusers_untiled_output"))
+    results["chunked_equals_untiled_psnr"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
+    runs_s = []
+    for attempt in range(2):  # the first run also pays for the writers' start and the allocator's growth
+        shutil.rmtree(work / "out", ignore_errors=True)
+        reset_peak(device)
+        report = trio.run(functools.partial(render, plan, lambda frame: None, models, handle_signals=False))
+        assert report.frames == frames, report.frames
+        runs_s.append(round(report.render_s, 3))
+        print("wan pipeline, run", attempt + 1, runs_s[-1], "s", flush=True)
+    results["pipeline"] = {"s": runs_s[-1], "first_run_s": runs_s[0], "peak_vram_gib": peak_gib(device),
+                           "frames_written": report.frames, "format": "png", "stages": report.stages}
+    results["pipeline_over_gpu_only"] = round(results["gpu_only"]["s"] / runs_s[-1], 4)
     return results
 
 
+WAN_JOB = """seed = 1
+[shot]
+name = "wan"
+frame_start = 1
+frame_end = {frames}
+fps = 16
+width = {width}
+height = {height}
+[source]
+kind = "clip"
+path = "{clip}"
+[model]
+path = "{model}"
+dtype = "{dtype}"
+[output]
+root = "{root}"
+formats = ["png"]
+[tuning]
+writer_threads = {writers}
+pinned_buffers = {buffers}
+channel_depth = 3
+"""
+
+
 def main() -> None:
+    preset = load_tuning("default", Path("."), {})  # the defaults a job gets
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument("--width", type=int, default=3840)
     parser.add_argument("--height", type=int, default=2160)
     parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--tile", type=int, default=64, help="latent cells per tile side")
-    parser.add_argument("--overlap", type=int, default=8)
-    parser.add_argument("--proxy", type=int, default=2, help="GroupNorm statistics proxy (latent subsampling)")
-    parser.add_argument("--whole-up-blocks", type=int, default=0)
-    parser.add_argument("--budget", type=float, default=8.0, help="VRAM budget in GiB (the default preset's)")
+    parser.add_argument("--tile", type=int, default=preset.tile_size, help="latent cells per tile side")
+    parser.add_argument("--overlap", type=int, default=preset.tile_overlap)
+    parser.add_argument("--proxy", type=int, default=preset.norm_proxy,
+                        help="GroupNorm statistics proxy (latent subsampling)")
+    parser.add_argument("--whole-up-blocks", type=int, default=preset.whole_up_blocks)
+    parser.add_argument("--budget", type=float, default=preset.vram_budget_gib, help="VRAM budget in GiB")
     parser.add_argument("--small-budget", type=float, default=2.0)
     parser.add_argument("--wan-size", default="1280x720")
     parser.add_argument("--wan-frames", type=int, default=81)
     parser.add_argument("--no-wan", action="store_true")
+    parser.add_argument("--no-sd", action="store_true")
+    parser.add_argument("--wan-writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
     parser.add_argument("--sweep", action="store_true", help="also try other tile sizes, proxies, cuts")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     started = time.perf_counter()
-    sd = sd_case(args, device, dtype)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "diffusers": diffusers.__version__,
         "date": datetime.now(UTC).date().isoformat(), "command": "python benchmarks/decode.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
-        "sd": sd,
-        "sd_4k_s_per_frame": sd["ours"]["s_per_frame"], "sd_4k_peak_vram_gib": sd["ours"]["peak_vram_gib"],
-        "sd_4k_psnr_vs_untiled": sd["ours"]["psnr_vs_untiled"],
-        "diffusers_tiled": {k: sd["diffusers_tiled"][k] for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")},
-        "wan_720p_81f_s": None, "wan_pipeline_over_gpu_only": None,
+        "wan_720p_81f_s": None, "wan_pipeline_over_gpu_only": None,  # filled below unless --no-wan
     }
+    if not args.no_sd:
+        sd = results["sd"] = sd_case(args, device, dtype)
+        results.update(sd_4k_s_per_frame=sd["ours"]["s_per_frame"], sd_4k_peak_vram_gib=sd["ours"]["peak_vram_gib"],
+                       sd_4k_psnr_vs_untiled=sd["ours"]["psnr_vs_untiled"],
+                       diffusers_tiled={k: sd["diffusers_tiled"][k]
+                                        for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")})
     if not args.no_wan:
-        results["wan"] = wan_case(args, device, dtype)
-        results["wan_720p_81f_gpu_only_s"] = results["wan"]["ours_chunked"]["s"]
+        with tempfile.TemporaryDirectory(prefix="ff-decode-") as work:
+            results["wan"] = wan_case(args, device, dtype, Path(work))
+        results["wan_720p_81f_s"] = results["wan"]["pipeline"]["s"]
+        results["wan_pipeline_over_gpu_only"] = results["wan"]["pipeline_over_gpu_only"]
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

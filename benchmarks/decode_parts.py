@@ -4,6 +4,8 @@ tile batch), in NCHW and channels-last layouts, the attention alone by backend, 
 whole decode untiled, and a profiler table of one tiled frame. Random weights, bf16.
 
     python benchmarks/decode_parts.py --out /tmp/parts    # one GPU; writes parts.json, profile.txt
+    python benchmarks/decode_parts.py --wan --out /tmp/parts   # Wan 2.1 VAE, 1280x720, 81 frames:
+                                                               #   wan_parts.json, wan_profile.txt
 
 Timing: one warm-up call, then the median of --repeat calls, each between device
 synchronisations. Not collected by pytest.
@@ -45,12 +47,46 @@ def seconds(fn: Callable[[], Any], repeat: int) -> float:
     return round(statistics.median(times), 4)
 
 
+def profile_table(fn: Callable[[], Any]) -> str:
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    try:
+        return prof.key_averages().table(sort_by="device_time_total", row_limit=30, max_name_column_width=90)
+    except (KeyError, AttributeError, RuntimeError):  # older torch names it after CUDA
+        return prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+
+
+def wan_parts(args: argparse.Namespace) -> None:
+    import diffusers
+
+    from pipeline.wan_chunks import decode_chunks
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    z = torch.randn(1, 16, 21, 90, 160, device="cuda", dtype=torch.bfloat16)
+    r: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+    def chunked() -> None:
+        for _ in decode_chunks(vae, z):
+            pass
+
+    r["chunked_s"] = seconds(chunked, 2)
+    (args.out / "wan_profile.txt").write_text(profile_table(chunked))
+    (args.out / "wan_parts.json").write_text(json.dumps(r, indent=1) + "\n")
+    print(json.dumps(r, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--wan", action="store_true", help="the Wan 2.1 VAE's chunked decode instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.wan:
+        wan_parts(args)
+        return
     device, dtype = torch.device("cuda"), torch.bfloat16
     torch.manual_seed(0)
     vae = sd_class_vae().to(device, dtype).eval()
@@ -93,13 +129,7 @@ def main() -> None:
     decoder = Decoder(vae, info, "bfloat16", DeviceContext(device), torch.uint8, plan)
     host = z[0].cpu()
     r["ours_tile128_proxy4_s"] = seconds(lambda: decoder.decode(LatentFrame(0, 0, host)).pixels, args.repeat)
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        decoder.decode(LatentFrame(0, 0, host))
-        torch.cuda.synchronize()
-    try:
-        table = prof.key_averages().table(sort_by="device_time_total", row_limit=30, max_name_column_width=90)
-    except (KeyError, AttributeError, RuntimeError):  # older torch names it after CUDA
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+    table = profile_table(lambda: decoder.decode(LatentFrame(0, 0, host)))
     (args.out / "profile.txt").write_text(table)
     (args.out / "parts.json").write_text(json.dumps(r, indent=1) + "\n")
     print(json.dumps(r, indent=1))

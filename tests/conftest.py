@@ -156,6 +156,37 @@ def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproc
                                *filter(None, [os.environ.get("PYTHONPATH")])])})
 
 
+WAN_MEAN = [0.5, -0.25, 0.1, 0.0]
+WAN_STD = [2.0, 1.5, 0.5, 1.0]
+
+
+@pytest.fixture(scope="session")
+def wan_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny AutoencoderKLWan (video VAE: 4 latent channels, 8x in space, 4x in time)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "wan"
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                     temperal_downsample=[False, True, True], latents_mean=WAN_MEAN,
+                     latents_std=WAN_STD).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def clip_job(tmp_path: Path, vae: Path, frames: int = 9, name: str = "job.toml", **overrides: dict) -> Path:
+    """A 64x48 shot of `frames` frames; its clip of 1 + (frames - 1) // 4 latent frames in clip.safetensors."""
+    latent_frames = 1 + (frames - 1) // 4
+    clip = torch.randn(4, latent_frames, 6, 8, generator=torch.Generator().manual_seed(3))
+    save_file({"latents": clip}, str(tmp_path / "clip.safetensors"))
+    tables = {"shot": {"frame_end": frames, "width": 64, "height": 48},
+              "source": {"kind": "clip", "path": "clip.safetensors"},
+              "output": {"root": str(tmp_path / "out"), "formats": ["png", "mp4"]}}
+    job = base_job(vae, **{**tables, **overrides})
+    path = tmp_path / name
+    path.write_text(job_toml(job))
+    return path
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[int]:
     """A real redis-server on a free loopback port, for the whole session."""

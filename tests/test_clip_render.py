@@ -10,37 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import base_job, job_toml, make_kl_vae, render
+from conftest import WAN_MEAN, WAN_STD, clip_job, make_kl_vae, render
 from safetensors.torch import save_file
-
-MEAN = [0.5, -0.25, 0.1, 0.0]
-STD = [2.0, 1.5, 0.5, 1.0]
-
-
-@pytest.fixture(scope="module")
-def wan_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models") / "wan"
-    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                     temperal_downsample=[False, True, True], latents_mean=MEAN,
-                     latents_std=STD).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def clip_job(tmp_path: Path, vae: Path, frames: int = 9, name: str = "job.toml", **overrides: dict) -> Path:
-    """A 64x48 shot of `frames` frames; its clip of 1 + (frames - 1) // 4 latent frames in clip.safetensors."""
-    latent_frames = 1 + (frames - 1) // 4
-    clip = torch.randn(4, latent_frames, 6, 8, generator=torch.Generator().manual_seed(3))
-    save_file({"latents": clip}, str(tmp_path / "clip.safetensors"))
-    tables = {"shot": {"frame_end": frames, "width": 64, "height": 48},
-              "source": {"kind": "clip", "path": "clip.safetensors"},
-              "output": {"root": str(tmp_path / "out"), "formats": ["png", "mp4"]}}
-    job = base_job(vae, **{**tables, **overrides})
-    path = tmp_path / name
-    path.write_text(job_toml(job))
-    return path
 
 
 def test_a_clip_renders_as_diffusers_decodes_it(tmp_path: Path, wan_vae: Path) -> None:
@@ -57,7 +28,7 @@ def test_a_clip_renders_as_diffusers_decodes_it(tmp_path: Path, wan_vae: Path) -
     assert result.returncode == 0, result.stderr
     vae = AutoencoderKLWan.from_pretrained(wan_vae, low_cpu_mem_usage=False).eval()
     clip = torch.randn(4, 3, 6, 8, generator=torch.Generator().manual_seed(3))
-    denormalised = clip * torch.tensor(STD).reshape(-1, 1, 1, 1) + torch.tensor(MEAN).reshape(-1, 1, 1, 1)
+    denormalised = clip * torch.tensor(WAN_STD).reshape(-1, 1, 1, 1) + torch.tensor(WAN_MEAN).reshape(-1, 1, 1, 1)
     with torch.no_grad():
         want = vae.decode(denormalised[None]).sample[0]                      # (3, 9, 48, 64)
     want = ((want * 0.5 + 0.5).clamp(0, 1) * 255).round().permute(1, 2, 3, 0).numpy()
