@@ -120,7 +120,9 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     print("diffusers tiled", results["diffusers_tiled"], flush=True)
 
     info = VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
-                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256)
+                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256,
+                   block_out_channels=tuple(vae.config.block_out_channels),
+                   parameters=sum(p.numel() for p in vae.parameters()))
     ctx = DeviceContext(device)
     host_latents = [z.cpu() for z in latents]
 

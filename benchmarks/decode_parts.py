@@ -124,7 +124,9 @@ def main() -> None:
     print(json.dumps(r, indent=1), flush=True)
 
     info = VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
-                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256)
+                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256,
+                   block_out_channels=tuple(vae.config.block_out_channels),
+                   parameters=sum(p.numel() for p in vae.parameters()))
     plan = tile_plan(info, (4, 270, 480), dtype, 128, 8, 8.0, 4)
     decoder = Decoder(vae, info, "bfloat16", DeviceContext(device), torch.uint8, plan)
     host = z[0].cpu()

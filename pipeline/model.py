@@ -7,8 +7,10 @@ since a pickled checkpoint could run code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ class VaeInfo:
     sample_size: int           # diffusers' tile size in pixels when tiling
     full_res_channels: int     # widest decoder activation at full resolution (memory model)
     temporal_scale: int = 1    # pixel frames per latent frame after the first (video VAEs)
+    block_out_channels: tuple[int, ...] = ()   # AutoencoderKL: its blocks' widths, encoder order
+    parameters: int = 0        # weights in the safetensors files (the whole VAE is loaded)
     latents_mean: tuple[float, ...] | None = None   # per channel: latents arrive as (z - mean) / std
     latents_std: tuple[float, ...] | None = None
 
@@ -65,9 +69,25 @@ def inspect_vae(path: Path) -> VaeInfo:
         raise JobError(field, str(path), "has no .safetensors weights (pickled .bin checkpoints "
                        "are refused: they can run code); re-save with safe_serialization=True")
     try:
-        return _info(path, class_name, config)
+        info = _info(path, class_name, config)
     except (KeyError, TypeError, ValueError) as err:
         raise JobError(field, str(path), f"config.json lacks a usable {err} for a {class_name}") from None
+    return dataclasses.replace(info, parameters=parameter_count(path))
+
+
+def parameter_count(path: Path) -> int:
+    """Weights in a folder's safetensors files, from their headers alone (no tensor read)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in path.glob("*.safetensors"):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    total += math.prod(handle.get_slice(name).get_shape())
+        except Exception as err:
+            raise JobError("model.path", str(file), f"not a readable safetensors file ({err})") from None
+    return total
 
 
 def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
@@ -97,6 +117,7 @@ def _info(path: Path, class_name: str, config: dict) -> VaeInfo:
             force_upcast=bool(config.get("force_upcast", True)),
             sample_size=int(sample_size[0] if isinstance(sample_size, list) else sample_size),
             full_res_channels=int(max(blocks[:2])),  # the last upsampler's conv runs at full size
+            block_out_channels=tuple(int(b) for b in blocks),
         )
     blocks = config.get("decoder_block_out_channels", [64, 64, 64, 64])
     scale = int(config.get("upsampling_scaling_factor", 2)) ** (len(blocks) - 1)

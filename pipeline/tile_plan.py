@@ -26,6 +26,7 @@ class TilePlan:
     tile_bytes: float       # modelled peak decode memory of one tile
     budget_bytes: float
     norm_proxy: int         # GroupNorm statistics proxy; 0 = per tile
+    whole_bytes: float = 0.0  # what stays allocated beside the batches: weights, whole-frame features, canvas
     whole_up_blocks: int = 0  # AutoencoderKL: up blocks whose resnets run whole before the tiles
 
     def describe(self, frames: int) -> str:
@@ -36,7 +37,8 @@ class TilePlan:
         return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells (at most {self.grid.tile}), "
                 f"overlap {self.grid.overlap}; "
                 f"batches of up to {self.batch} tile(s) within {self.budget_bytes / 2**30:.2f} GiB "
-                f"(~{self.tile_bytes / MIB:.0f} MiB a tile, modelled), "
+                f"(~{self.tile_bytes / MIB:.0f} MiB a tile, {self.whole_bytes / MIB:.0f} MiB for the "
+                "weights, the whole frame's features and its canvas; modelled), "
                 f"{frames * -(-tiles // self.batch)} batch(es) (a frame at a time); GroupNorm statistics {norm}"
                 + (f"; mid block and {self.whole_up_blocks} up block(s) on the whole frame" if self.whole_up_blocks
                    else ""))
@@ -53,10 +55,26 @@ def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dty
     grid = make_grid(height, width, tile, overlap)
     th, tw = grid.tile_shape
     tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, dtype.itemsize)
+    whole = whole_up_blocks if vae.class_name == "AutoencoderKL" else 0
+    whole_bytes = whole_frame_bytes(vae, height, width, whole, dtype.itemsize) + vae.parameters * dtype.itemsize
     budget = budget_gib * 2**30
-    return TilePlan(grid=grid, batch=balanced_batch(len(grid.tiles), batch_size(budget, tile_bytes)),
-                    tile_bytes=tile_bytes, budget_bytes=budget, norm_proxy=usable_proxy(norm_proxy, height, width),
-                    whole_up_blocks=whole_up_blocks if vae.class_name == "AutoencoderKL" else 0)
+    batch = balanced_batch(len(grid.tiles), batch_size(budget - whole_bytes, tile_bytes))
+    return TilePlan(grid=grid, batch=batch, tile_bytes=tile_bytes, budget_bytes=budget, whole_bytes=whole_bytes,
+                    norm_proxy=usable_proxy(norm_proxy, height, width), whole_up_blocks=whole)
+
+
+def whole_frame_bytes(vae: VaeInfo, height: int, width: int, whole_up_blocks: int, itemsize: int) -> float:
+    """What a tiled decode keeps allocated while its batches run: the split decoder's
+    whole-frame features (AutoencoderKL: as wide as the block before the cut, 2**(k-1)
+    times the latent size a side after k whole up blocks) and the float32 canvas the
+    tiles are blended into."""
+    canvas = 3 * height * width * vae.scale**2 * 4
+    if vae.class_name != "AutoencoderKL" or not vae.block_out_channels:
+        return float(canvas)
+    widths = vae.block_out_channels[::-1]          # decoder order: the mid block's width first
+    channels = widths[max(0, whole_up_blocks - 1)]
+    side = 2 ** max(0, whole_up_blocks - 1)
+    return float(canvas + channels * height * width * side**2 * itemsize)
 
 
 def usable_proxy(requested: int, height: int, width: int) -> int:

@@ -111,10 +111,10 @@ def pack(frame_count: int, tiles_per_frame: int, size: int) -> list[list[tuple[i
 
 
 def modelled_tile_bytes(widest_full_res_channels: int, tile_pixels: int, dtype_bytes: int,
-                        live_tensors: float = 4.8) -> float:
+                        live_tensors: float = 5.0) -> float:
     """Peak decode memory of one tile: `live_tensors` activations of the widest layer at
-    full resolution. 4.8 fits the reference figure of DESIGN.md (an SD-class decoder,
-    256 channels at full size, bf16: 19 GiB for a 3840x2160 frame); on a GPU the
-    decoder measures its first tile instead."""
+    full resolution. 5.0 is what an H100 measured for the SD-class decoder's tail in
+    bf16 (batches of four 768x1008-pixel tiles: 1.82-1.84 GiB a tile beside the
+    whole-frame part, benchmarks/RESULTS.md); DESIGN.md's untiled reference (19 GiB for
+    a 3840x2160 frame) gives 4.8."""
     return live_tensors * widest_full_res_channels * tile_pixels * dtype_bytes
-

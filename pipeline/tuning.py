@@ -27,7 +27,7 @@ class Tuning:
     decode: str             # "whole" or "tiles" (the micro-task decode)
     tile_size: int          # latent cells per tile side
     tile_overlap: int       # latent cells shared with each neighbour
-    vram_budget_gib: float  # device memory for one batch of tiles
+    vram_budget_gib: float  # device memory for the decode: weights, whole-frame part, one batch of tiles
     norm_proxy: int         # GroupNorm statistics from the frame subsampled this much; 0 = per tile
     whole_up_blocks: int    # decoder up blocks whose resnets run on the whole frame before tiling
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
