@@ -19,7 +19,7 @@ from .formats import FRAME_FORMATS, VIDEO_FORMATS
 from .schema import Table, read_toml
 from .tuning import Tuning, load_tuning
 
-SOURCE_KINDS = ("latents", "clip", "noise")
+SOURCE_KINDS = ("latents", "clip", "noise", "diffusers")
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -41,10 +41,39 @@ class Shot:
 
 
 @dataclass(frozen=True)
+class PromptRange:
+    first: int                # frames first..last (inclusive) use this prompt
+    last: int
+    prompt: str
+    negative_prompt: str | None  # None: the shot's
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a diffusers pipeline makes the shot's latents."""
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    scheduler: str | None     # a diffusers scheduler class name; None: the pipeline's own
+    batch_size: int           # frames per pipeline call
+    overrides: tuple[PromptRange, ...] = ()
+
+    def prompts_for(self, frame: int) -> tuple[str, str]:
+        """(prompt, negative prompt) of a frame: the last override covering it, or the shot's."""
+        for r in reversed(self.overrides):
+            if r.first <= frame <= r.last:
+                return r.prompt, self.negative_prompt if r.negative_prompt is None else r.negative_prompt
+        return self.prompt, self.negative_prompt
+
+
+@dataclass(frozen=True)
 class Source:
-    kind: str                 # "latents" | "clip" | "noise"
-    path: str | None          # latents: absolute pattern with {frame}; clip: one absolute file
+    kind: str                 # "latents" | "clip" | "noise" | "diffusers"
+    path: str | None          # latents: absolute pattern with {frame}; clip: one absolute file;
+                              #   diffusers: the pipeline folder
     tensor: str               # tensor name inside a safetensors file
+    generation: Generation | None = None   # diffusers only
 
 
 @dataclass(frozen=True)
@@ -92,8 +121,8 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     seed = top.integer("seed", 0, lo=0, hi=2**63 - 1)
     preset = top.string("preset", "default")
     shot = _shot(top.table("shot"))
-    source = _source(top.table("source"), job_dir)
-    model = _model(top.table("model"), job_dir)
+    source = _source(top.table("source"), job_dir, shot)
+    model = _model(top.table("model"), job_dir, source)
     output = _output(top.table("output"), shot, output_root)
     watermark = _watermark(top.table("watermark", required=False))
     overrides = top.table("tuning", required=False).data
@@ -120,11 +149,10 @@ def _shot(t: Table) -> Shot:
     return shot
 
 
-def _source(t: Table, job_dir: Path) -> Source:
-    if t.data.get("kind") == "diffusers":
-        raise JobError("source.kind", "diffusers", "generation with a diffusers pipeline is not "
-                       "available yet; use \"latents\" (decode-only) or \"noise\"")
+def _source(t: Table, job_dir: Path, shot: Shot) -> Source:
     kind = t.string("kind", choices=SOURCE_KINDS)
+    if kind == "diffusers":
+        return _generation_source(t, job_dir, shot)
     if kind == "latents":
         pattern = t.string("path")
         patterns.check_pattern("source.path", pattern, needs_frame=True)
@@ -145,7 +173,47 @@ def _source(t: Table, job_dir: Path) -> Source:
     return source
 
 
-def _model(t: Table, job_dir: Path) -> Model:
+def _generation_source(t: Table, job_dir: Path, shot: Shot) -> Source:
+    raw = t.string("path")
+    path = raw if Path(raw).is_absolute() else str(job_dir / raw)
+    negative = "" if t.data.get("negative_prompt", "") == "" else t.string("negative_prompt", max_len=10_000)
+    t.used.add("negative_prompt")  # absent or "" (allowed here): no negative prompt
+    generation = Generation(
+        prompt=t.string("prompt", max_len=10_000), negative_prompt=negative,
+        steps=t.integer("steps", lo=1, hi=1000), guidance_scale=t.number("guidance_scale", 5.0, lo=0.0),
+        scheduler=t.string("scheduler") if "scheduler" in t.data else None,
+        batch_size=t.integer("batch_size", 1, lo=1, hi=64),
+        overrides=_prompt_ranges(t.data.get("prompts", []), shot))
+    t.used.update({"scheduler", "prompts"})
+    t.done()
+    return Source(kind="diffusers", path=path, tensor="latents", generation=generation)
+
+
+def _prompt_ranges(entries: object, shot: Shot) -> tuple[PromptRange, ...]:
+    if not isinstance(entries, list):
+        raise JobError("source.prompts", entries, "expected [[source.prompts]] tables")
+    ranges = []
+    for i, entry in enumerate(entries):
+        t = Table(entry, f"source.prompts[{i}]")
+        frames = t.data.get("frames")
+        t.used.add("frames")
+        if (not isinstance(frames, list) or len(frames) != 2 or not all(type(f) is int for f in frames)
+                or not shot.frame_start <= frames[0] <= frames[1] <= shot.frame_end):
+            raise JobError(t.name("frames"), frames, f"expected [first, last] within the shot's frames "
+                           f"{shot.frame_start}-{shot.frame_end}")
+        negative = t.string("negative_prompt", max_len=10_000) if t.data.get("negative_prompt") else None
+        t.used.add("negative_prompt")
+        ranges.append(PromptRange(frames[0], frames[1], t.string("prompt", max_len=10_000), negative))
+        t.done()
+    return tuple(ranges)
+
+
+def _model(t: Table, job_dir: Path, source: Source) -> Model:
+    if source.kind == "diffusers" and "path" not in t.data:  # the pipeline's own VAE
+        t.used.add("path")
+        model = Model(path=Path(source.path or "") / "vae", dtype=t.string("dtype", "float32", choices=DTYPES))
+        t.done()
+        return model
     raw = Path(t.string("path"))
     model = Model(path=raw if raw.is_absolute() else job_dir / raw,
                   dtype=t.string("dtype", "float32", choices=DTYPES))

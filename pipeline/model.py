@@ -170,10 +170,14 @@ def model_hash(path: Path) -> str:
 
 class ModelCache:
     """Loaded VAEs kept between runs of one process (a farm worker renders many tasks
-    with the same model): keyed by folder, content hash, dtype, device and tiling."""
+    with the same model): keyed by folder, content hash, dtype, device and tiling; and
+    beside them the generation pipelines (`pipelines`)."""
 
     def __init__(self, capacity: int = 2) -> None:
+        from .generate import PipelineCache
+
         self.capacity = capacity
+        self.pipelines = PipelineCache()  # generation pipelines, for jobs that generate
         self._models: dict[tuple, torch.nn.Module] = {}
         self._lock = threading.Lock()  # two tasks in flight must not load the model twice
         self.loads = 0

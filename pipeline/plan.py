@@ -8,6 +8,7 @@ you get).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import torch
 from . import patterns
 from .errors import JobError
 from .formats import FrameFormat, frame_format
+from .generate import SIZE_MULTIPLE, PipelineInfo, check_scheduler, inspect_pipeline
 from .job import Job
 from .manifest import check_record, latest_by_path, read_records
 from .model import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
@@ -42,6 +44,8 @@ class Plan:
     job_hash: str
     tiles: TilePlan | None = None     # decode = "tiles": the grid and batch of every frame
     clip_frames: int = 0              # a video VAE's job: latent frames in the shot's clip
+    pipeline: PipelineInfo | None = None  # source kind "diffusers": the pipeline that generates
+    pipeline_dtype: str = ""          # what the pipeline runs in (its VAE runs in `dtype`)
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -65,6 +69,16 @@ class Plan:
         stride = max(1, int(tile * 0.75))  # diffusers' AutoencoderKL overlap factor: 0.25
         return len(range(0, h, stride)) * len(range(0, w, stride))
 
+    def _source_line(self) -> str:
+        job, gen = self.job, self.job.source.generation
+        if self.pipeline is not None and gen is not None:
+            return (f"source: {self.pipeline.class_name} at {self.pipeline.path} ({self.pipeline_dtype}), "
+                    f"{gen.steps} step(s), guidance {gen.guidance_scale:g}, "
+                    f"scheduler {gen.scheduler or 'of the pipeline'}, batches of up to {gen.batch_size} frame(s), "
+                    f"{len(gen.overrides)} prompt override(s); seeds per frame from seed {job.seed}")
+        return f"source: {job.source.kind}" + (f" from {job.source.path}" if job.source.path else
+                                                f" (seeded per frame from seed {job.seed})")
+
     def describe(self) -> str:
         job, shot = self.job, self.job.shot
         c, h, w = self.latent_shape
@@ -72,8 +86,7 @@ class Plan:
         lines = [
             f"shot {shot.name}: frames {shot.frame_start}-{shot.frame_end} "
             f"({len(shot.frames)}), {shot.width}x{shot.height} at {shot.fps} fps",
-            f"source: {job.source.kind}" + (f" from {job.source.path}" if job.source.path else
-                                            f" (seeded per frame from seed {job.seed})"),
+            self._source_line(),
             f"model: {self.vae.class_name} at {self.vae.path} ({self.dtype}, hash {self.model_hash}), "
             f"latents {c}x{h}x{w} -> x{self.vae.scale}",
             f"device: {self.device}",
@@ -113,8 +126,16 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     frames = frames if frames is not None else shot.frames
     if video and "mp4" in job.output.formats and frames != shot.frames:
         raise ValueError("a plan that writes the video must cover the whole shot")
+    pipeline = None
+    if job.source.kind == "diffusers":  # the pipeline first: its folder holds the VAE
+        assert job.source.path is not None and job.source.generation is not None
+        pipeline = inspect_pipeline(Path(job.source.path))
+        check_scheduler(job.source.generation.scheduler)
     vae = inspect_vae(job.model.path)
-    _check_resolution(shot.width, shot.height, vae.scale)
+    multiple = max(vae.scale, SIZE_MULTIPLE[pipeline.class_name] if pipeline else 1)
+    _check_resolution(shot.width, shot.height, multiple, "this pipeline" if pipeline else "this VAE")
+    if pipeline is not None and vae.is_video:
+        raise JobError("model.path", str(job.model.path), "a video VAE cannot decode an image pipeline's latents")
     shape = (vae.latent_channels, shot.height // vae.scale, shot.width // vae.scale)
     clip_frames = _check_clip(job, vae, shape, frames) if vae.is_video or job.source.kind == "clip" else 0
     if job.source.kind == "latents":
@@ -124,6 +145,10 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     _check_writable(job.output.root)
     dtype = effective_dtype(vae, job.model.dtype, device)
     m_hash = model_hash(vae.path)
+    pipeline_dtype = ""
+    if pipeline is not None:
+        pipeline_dtype = "float32" if device.type == "cpu" and job.model.dtype == "float16" else job.model.dtype
+        m_hash = hashlib.sha256(f"{m_hash}/{pipeline.fingerprint}/{pipeline_dtype}".encode()).hexdigest()[:16]
     j_hash = job_hash(job, m_hash, dtype)
 
     root = job.output.root
@@ -148,7 +173,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     tiles = plan_tiles(job.tuning, vae, shape, dtype) if job.tuning.decode == "tiles" else None
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
-                model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames)
+                model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames, pipeline=pipeline,
+                pipeline_dtype=pipeline_dtype)
 
 
 def job_hash(job: Job, m_hash: str, dtype: str) -> str:
@@ -158,6 +184,7 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
     identity = {
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
         "source": [source.kind, source.path, source.tensor], "seed": job.seed,
+        "generation": dataclasses.asdict(source.generation) if source.generation else None,
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
         "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy,
                    job.tuning.whole_up_blocks]
@@ -210,12 +237,12 @@ def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: ran
     return clip[1]
 
 
-def _check_resolution(width: int, height: int, scale: int) -> None:
+def _check_resolution(width: int, height: int, scale: int, maker: str = "this VAE") -> None:
     for field, value in (("shot.width", width), ("shot.height", height)):
         if value % scale:
             lower, upper = value - value % scale, value - value % scale + scale
             nearest = f"{lower} or {upper}" if lower else f"{upper}"
-            raise JobError(field, value, f"this VAE makes sizes in multiples of {scale}; "
+            raise JobError(field, value, f"{maker} makes sizes in multiples of {scale}; "
                            f"nearest allowed: {nearest}")
 
 

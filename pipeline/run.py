@@ -10,6 +10,7 @@ an unfinished video is removed, so no partial file is left either way.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -22,12 +23,14 @@ import trio
 from .device import DeviceContext
 from .errors import RunInterrupted, StageFailed, leaves
 from .formats import pixel_dtype
+from .generate import PipelineCache
 from .manifest import Manifest
-from .model import ModelCache
+from .model import DTYPES, ModelCache
 from .plan import Plan
 from .publish import sweep_stale_temps
 from .ring import HostRing
 from .stages.decode import Decoder, decode_stage
+from .stages.generate import generate_stage
 from .stages.source import clip_source_stage, source_stage
 from .stages.transfer import transfer_stage
 from .stages.watermark import offsets_for, watermark_stage
@@ -57,10 +60,12 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
 
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
-                 *, handle_signals: bool = True, stop: trio.Event | None = None) -> RunReport:
-    """Render a plan inside a trio run. `models` keeps VAEs loaded across calls (farm
-    workers); `handle_signals=False` leaves Ctrl-C and SIGTERM to the caller; setting
-    `stop` lets the frames in flight finish and starts no more."""
+                 *, handle_signals: bool = True, stop: trio.Event | None = None,
+                 pipelines: PipelineCache | None = None) -> RunReport:
+    """Render a plan inside a trio run. `models` and `pipelines` keep VAEs and
+    generation pipelines loaded across calls (farm workers); `handle_signals=False`
+    leaves Ctrl-C and SIGTERM to the caller; setting `stop` lets the frames in flight
+    finish and starts no more."""
     started = time.perf_counter()
     report = RunReport(skipped=len(plan.skipped))
     job, shot = plan.job, plan.job.shot
@@ -69,9 +74,19 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.device = ctx.describe()
 
     load_start = time.perf_counter()
-    models = models or ModelCache(capacity=1)
-    vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
-                                        job.tuning.tiling)
+    pipe = None
+    if plan.pipeline is not None:  # the pipeline's own VAE decodes, in the VAE's dtype
+        assert job.source.generation is not None
+        pipelines = pipelines or PipelineCache()
+        pipe = await trio.to_thread.run_sync(pipelines.get, plan.pipeline, plan.pipeline_dtype, plan.device,
+                                             job.source.generation.scheduler)
+        vae = pipe.vae.to(DTYPES[plan.dtype])
+        if job.tuning.tiling:
+            vae.enable_tiling()
+    else:
+        models = models or ModelCache(capacity=1)
+        vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
+                                            job.tuning.tiling)
     decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles)
     report.load_s = time.perf_counter() - load_start
 
@@ -83,7 +98,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
                            png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
                            record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                         "job_hash": plan.job_hash, "device": str(plan.device)})
-    names = ["source", "decode", *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
+    names = ["generate" if pipe is not None else "source", "decode",
+             *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
     stats = {name: StageStats(name) for name in names}
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), decoder.pixel_dtype)
     offsets = None
@@ -106,7 +122,13 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         async with trio.open_nursery() as nursery:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_stop_on_signal)
-            rx = _chain_source(nursery, plan, stats, depth, stop)
+            if pipe is not None:
+                tx, rx = trio.open_memory_channel[Any](depth)
+                nursery.start_soon(functools.partial(
+                    generate_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
+                    (shot.width, shot.height), stats["generate"], tx, stop))
+            else:
+                rx = _chain_source(nursery, plan, stats, depth, stop)
             rx = _chain(nursery, depth, rx, lambda r, t: decode_stage(decoder, stats["decode"], r, t))
             if offsets is not None:
                 rx = _chain(nursery, depth, rx,

@@ -18,6 +18,10 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     for name, figures in report.stages.items():
         lines.append(f"{name:<10} {figures['busy_s']:>8.2f} {figures['waiting_s']:>11.2f} "
                      f"{figures['blocked_s']:>11.2f}")
+    generate = report.stages.get("generate")
+    if generate is not None and report.render_s > 0:
+        lines.append(f"generation: {generate['busy_s']:.1f} s of {report.render_s:.1f} s "
+                     f"({100 * generate['busy_s'] / report.render_s:.0f}% of the render)")
     busy = report.stages.get("decode", {}).get("gpu_busy_fraction")
     if busy is not None:
         lines.append(f"GPU compute stream busy {100 * busy:.1f}% from the first decode to the last")

@@ -57,6 +57,90 @@ def make_tiny_vae(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-to-character table, as CLIP's tokenizer spells bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def tiny_clip_tokenizer(folder: Path) -> Any:
+    """A CLIP tokenizer whose vocabulary is single characters (no merges): made here,
+    since no tokenizer can be downloaded."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": 256 + i for i, c in enumerate(chars)}
+    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def _clip_config(projection: bool = False) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, vocab_size=514, hidden_size=32,
+                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                          max_position_embeddings=16, projection_dim=32 if projection else 512)
+
+
+def _tiny_pipeline_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                         layers_per_block=1, scaling_factor=0.5)   # 2x: a 32x48 frame is 16x24 latents
+
+
+def make_sd_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A StableDiffusionPipeline of a few thousand weights, saved with save_pretrained."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, attention_head_dim=2)
+    pipe = StableDiffusionPipeline(vae=_tiny_pipeline_vae(), text_encoder=CLIPTextModel(_clip_config()),
+                                   tokenizer=tiny_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer"),
+                                   unet=unet, scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A StableDiffusionXLPipeline (two text encoders, size conditioning) of a few
+    thousand weights, after the configs diffusers' own tests use."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+                                norm_num_groups=4)
+    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer")
+    pipe = StableDiffusionXLPipeline(vae=_tiny_pipeline_vae(), text_encoder=CLIPTextModel(_clip_config()),
+                                     text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True)),
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(steps_offset=1))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_latents(folder: Path, frames: range, shape: tuple[int, ...], *, seed: int = 0,
                   suffix: str = ".safetensors", smooth: bool = False) -> str:
     """One latent file per frame; returns the job's path pattern for them.

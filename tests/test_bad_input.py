@@ -245,6 +245,8 @@ def test_verify_on_a_folder_without_manifest(monkeypatch: pytest.MonkeyPatch,
     assert_rejected(code, err, "OUTDIR", "manifest.jsonl")
 
 
-def test_generation_source_not_yet_available(reject: Callable[..., None],
-                                             write_job: Callable[..., Path]) -> None:
-    reject(write_job(source={"kind": "diffusers"}), "source.kind = 'diffusers'", "latents")
+def test_generation_source_needs_a_pipeline_folder(reject: Callable[..., None], write_job: Callable[..., Path],
+                                                  kl_vae: Path) -> None:
+    """A VAE folder is not a pipeline (more generation cases: tests/test_generate.py)."""
+    job = write_job(source={"kind": "diffusers", "path": str(kl_vae), "prompt": "a cat", "steps": 2})
+    reject(job, "source.path", "model_index.json")

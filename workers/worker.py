@@ -161,7 +161,8 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_lease)
             nursery.start_soon(relay_drain)
-            report = await render(plan, frame_done, models, handle_signals=False, stop=stop)
+            report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
+                                  pipelines=models.pipelines)
             nursery.cancel_scope.cancel()
     except Exception as err:  # ours, a bug or an environment fault: report it with the task, keep serving
         await _failed(config, queue, state, metrics, task, describe(err))

@@ -75,7 +75,7 @@ class Decoder:
         with torch.no_grad(), self.ctx.on(self.ctx.compute):
             begin = self.busy.start(self.ctx.compute)
             latents = item.latents
-            if self.ctx.is_cuda:
+            if self.ctx.is_cuda and not latents.is_cuda:  # generated latents are on the device already
                 # From pageable memory the copy would wait for the stream's earlier work
                 # (the frame before), leaving the GPU idle while this frame's kernels are
                 # queued; from pinned memory it is queued like a kernel. Latents are small
@@ -94,7 +94,7 @@ class Decoder:
         return DeviceFrame(item.frame, item.seed, pixels, ready)
 
     def _to_device(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.ctx.is_cuda:
+        if self.ctx.is_cuda and not latents.is_cuda:
             latents = latents.pin_memory()  # see decode()
         return latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
 

@@ -1,0 +1,179 @@
+"""Generation: a local diffusers pipeline makes each frame's latents.
+
+The pipeline is called with `output_type="latent"`, so it returns latents as its own
+VAE call would receive them (scaled by the VAE's scaling factor); the decode stage
+decodes them with the pipeline's own VAE, the same way it decodes latent files. Each
+frame has its own generator seeded with `frame_seed(job seed, frame)`, so a frame
+rendered alone, in another batch or on another worker gets the same noise.
+
+`inspect_pipeline` reads only JSON (model_index.json and the configs), for planning and
+for the errors a user must see before anything loads; `load_pipeline` loads the
+weights from safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import JobError
+from .job import Generation
+from .model import DTYPES
+
+# Text-to-image pipelines whose `output_type="latent"` result is (B, C, h, w) latents
+# scaled for their VAE (as diffusers' own decode step expects them), with the size
+# multiple their check_inputs() demands.
+SIZE_MULTIPLE = {"StableDiffusionPipeline": 8, "StableDiffusionXLPipeline": 8}
+SUPPORTED_PIPELINES = tuple(SIZE_MULTIPLE)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    path: Path
+    class_name: str
+    components: tuple[str, ...]        # the folders model_index.json names
+    fingerprint: str                   # configs, file names and sizes: what decides the latents
+
+
+def inspect_pipeline(path: Path) -> PipelineInfo:
+    field = "source.path"
+    if not path.is_dir():
+        raise JobError(field, str(path), "no such folder; expected a local diffusers pipeline folder "
+                       "(model_index.json and one folder per component, as save_pretrained writes)")
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(field, str(path), "has no model_index.json; expected a folder written by a "
+                       "pipeline's save_pretrained()") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise JobError(field, str(path), f"model_index.json is not valid JSON ({err})") from None
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if class_name not in SUPPORTED_PIPELINES:
+        raise JobError(field, str(path), f"holds a {class_name or 'pipeline of unknown class'}; supported: "
+                       + ", ".join(SUPPORTED_PIPELINES))
+    components = tuple(sorted(name for name, value in index.items()
+                              if not name.startswith("_") and isinstance(value, list) and value[0] is not None))
+    for name in components:
+        if not (path / name).is_dir():
+            raise JobError(field, str(path), f"lacks the {name!r} component model_index.json names "
+                           f"({index[name][1]}); re-save the whole pipeline")
+    for name in components:
+        if name in ("tokenizer", "tokenizer_2", "scheduler"):
+            continue
+        if (path / name / "config.json").is_file() and not list((path / name).glob("*.safetensors")):
+            raise JobError(field, str(path / name), "has no .safetensors weights (pickled .bin checkpoints "
+                           "are refused: they can run code); re-save with safe_serialization=True")
+    return PipelineInfo(path=path, class_name=class_name, components=components,
+                        fingerprint=_fingerprint(path, components))
+
+
+def _fingerprint(path: Path, components: Sequence[str]) -> str:
+    """The JSON files whole, each weight file by name, size and first and last MiB: cheap
+    for pipelines of many GB, and any re-save or fine-tune changes it."""
+    digest = hashlib.sha256()
+    for file in sorted(p for name in ("model_index.json", *components)
+                       for p in ([path / name] if name.endswith(".json") else sorted((path / name).rglob("*")))
+                       if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        size = file.stat().st_size
+        digest.update(str(size).encode())
+        with file.open("rb") as handle:
+            if file.suffix == ".json" or size <= 2 << 20:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(1 << 20))
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def check_scheduler(name: str | None) -> None:
+    if name is None:
+        return
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and name.endswith("Scheduler") and hasattr(cls, "from_config")):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_")
+                       and "Flax" not in n)
+        raise JobError("source.scheduler", name, "not a diffusers scheduler; for example: "
+                       + ", ".join(n for n in known if n in ("DDIMScheduler", "EulerDiscreteScheduler",
+                                                              "EulerAncestralDiscreteScheduler",
+                                                              "DPMSolverMultistepScheduler",
+                                                              "UniPCMultistepScheduler")))
+
+
+def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None
+                  ) -> torch.nn.Module:
+    import diffusers
+    import transformers
+
+    from .attention import use_whole_frame_attention
+
+    for library in (diffusers, transformers):  # progress bars and notices are not the run's output
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+    cls = getattr(diffusers, info.class_name)
+    with warnings.catch_warnings():  # newer diffusers renames torch_dtype; older ones know no other
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True)
+    if scheduler is not None:
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    use_whole_frame_attention(pipe.vae)
+    return pipe
+
+
+class PipelineCache:
+    """Loaded pipelines kept between runs of one process (a farm worker): keyed by
+    folder, fingerprint, dtype, device and scheduler; the least recently used goes."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = capacity
+        self._pipes: dict[tuple, torch.nn.Module] = {}
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None) -> torch.nn.Module:
+        key = (str(info.path), info.fingerprint, dtype, str(device), scheduler)
+        with self._lock:
+            pipe = self._pipes.pop(key, None)
+            if pipe is None:
+                while len(self._pipes) >= self.capacity:  # free memory before loading the next
+                    self._pipes.pop(next(iter(self._pipes)))
+                pipe = load_pipeline(info, dtype, device, scheduler)
+                self.loads += 1
+            self._pipes[key] = pipe
+            return pipe
+
+
+def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequence[int], seeds: Sequence[int],
+                     width: int, height: int) -> torch.Tensor:
+    """(B, C, h, w) latents for `frames`, which share one prompt and negative prompt."""
+    prompt, negative = generation.prompts_for(frames[0])
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # same noise on any device
+    result = pipe(prompt=[prompt] * len(frames),
+                  negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 else None,
+                  num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
+                  width=width, height=height, generator=generators, output_type="latent")
+    return result.images
+
+
+def batches(generation: Generation, frames: Sequence[int]) -> list[list[int]]:
+    """Frames in order, in batches of at most `batch_size` that share a prompt."""
+    out: list[list[int]] = []
+    for frame in frames:
+        if out and len(out[-1]) < generation.batch_size and \
+                generation.prompts_for(out[-1][0]) == generation.prompts_for(frame):
+            out[-1].append(frame)
+        else:
+            out.append([frame])
+    return out
