@@ -28,10 +28,10 @@ from .job import Generation
 from .model import DTYPES
 
 # Text-to-image pipelines whose `output_type="latent"` result is (B, C, h, w) latents
-# scaled for their VAE (as diffusers' own decode step expects them), with the size
-# multiple their check_inputs() demands.
-SIZE_MULTIPLE = {"StableDiffusionPipeline": 8, "StableDiffusionXLPipeline": 8}
-SUPPORTED_PIPELINES = tuple(SIZE_MULTIPLE)
+# scaled (and for SD3 shifted) for their VAE, as diffusers' own decode step expects
+# them: StableDiffusion and StableDiffusionXL with 4 latent channels, StableDiffusion3
+# with 16.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class PipelineInfo:
     path: Path
     class_name: str
     components: tuple[str, ...]        # the folders model_index.json names
+    absent: tuple[str, ...]            # components it lists as null (saved without them)
     fingerprint: str                   # configs, file names and sizes: what decides the latents
 
 
@@ -60,6 +61,8 @@ def inspect_pipeline(path: Path) -> PipelineInfo:
                        + ", ".join(SUPPORTED_PIPELINES))
     components = tuple(sorted(name for name, value in index.items()
                               if not name.startswith("_") and isinstance(value, list) and value[0] is not None))
+    absent = tuple(sorted(name for name, value in index.items()
+                          if not name.startswith("_") and isinstance(value, list) and value[0] is None))
     for name in components:
         if not (path / name).is_dir():
             raise JobError(field, str(path), f"lacks the {name!r} component model_index.json names "
@@ -70,8 +73,16 @@ def inspect_pipeline(path: Path) -> PipelineInfo:
         if (path / name / "config.json").is_file() and not list((path / name).glob("*.safetensors")):
             raise JobError(field, str(path / name), "has no .safetensors weights (pickled .bin checkpoints "
                            "are refused: they can run code); re-save with safe_serialization=True")
-    return PipelineInfo(path=path, class_name=class_name, components=components,
+    return PipelineInfo(path=path, class_name=class_name, components=components, absent=absent,
                         fingerprint=_fingerprint(path, components))
+
+
+def size_multiple(info: PipelineInfo, vae_scale: int) -> int:
+    """The multiple of frame sizes the pipeline's check_inputs() accepts."""
+    if info.class_name == "StableDiffusion3Pipeline":  # the VAE's factor times the transformer's patch
+        config = json.loads((info.path / "transformer" / "config.json").read_text(encoding="utf-8"))
+        return vae_scale * int(config.get("patch_size", 2))
+    return 8
 
 
 def _fingerprint(path: Path, components: Sequence[str]) -> str:
@@ -123,7 +134,8 @@ def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, schedule
     cls = getattr(diffusers, info.class_name)
     with warnings.catch_warnings():  # newer diffusers renames torch_dtype; older ones know no other
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True)
+        pipe = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True,
+                                   **{name: None for name in info.absent})  # as it was saved
     if scheduler is not None:
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,7 @@ import torch
 from . import patterns
 from .errors import JobError
 from .formats import FrameFormat, frame_format
-from .generate import SIZE_MULTIPLE, PipelineInfo, check_scheduler, inspect_pipeline
+from .generate import PipelineInfo, check_scheduler, inspect_pipeline, size_multiple
 from .job import Job
 from .manifest import check_record, latest_by_path, read_records
 from .model import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
@@ -132,7 +132,7 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         pipeline = inspect_pipeline(Path(job.source.path))
         check_scheduler(job.source.generation.scheduler)
     vae = inspect_vae(job.model.path)
-    multiple = max(vae.scale, SIZE_MULTIPLE[pipeline.class_name] if pipeline else 1)
+    multiple = max(vae.scale, size_multiple(pipeline, vae.scale) if pipeline else 1)
     _check_resolution(shot.width, shot.height, multiple, "this pipeline" if pipeline else "this VAE")
     if pipeline is not None and vae.is_video:
         raise JobError("model.path", str(job.model.path), "a video VAE cannot decode an image pipeline's latents")

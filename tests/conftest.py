@@ -141,6 +141,35 @@ def make_sdxl_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_sd3_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A StableDiffusion3Pipeline (16 latent channels, a shifted VAE), saved without its
+    T5 encoder (text_encoder_3=None), as SD3 may be run."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=16, out_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=64, pooled_projection_dim=64)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=16, norm_num_groups=4,
+                        layers_per_block=1, scaling_factor=1.5, shift_factor=0.1, use_quant_conv=False,
+                        use_post_quant_conv=False)
+    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer")
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=CLIPTextModelWithProjection(_clip_config(projection=True)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(projection=True)), tokenizer_2=tokenizer,
+        text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_latents(folder: Path, frames: range, shape: tuple[int, ...], *, seed: int = 0,
                   suffix: str = ".safetensors", smooth: bool = False) -> str:
     """One latent file per frame; returns the job's path pattern for them.

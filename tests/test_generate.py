@@ -1,5 +1,5 @@
-"""Generation (source kind "diffusers") end to end on the CPU: tiny StableDiffusion and
-StableDiffusionXL pipelines made by the test and saved with save_pretrained, rendered
+"""Generation (source kind "diffusers") end to end on the CPU: tiny StableDiffusion,
+StableDiffusionXL and StableDiffusion3 pipelines made by the test and saved with save_pretrained, rendered
 by the CLI through the project's own decode stage; determinism, a frame rendered alone,
 the pipeline's own decode, and the jobs the planner refuses."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import job_toml, make_sd_pipeline, make_sdxl_pipeline, render
+from conftest import job_toml, make_sd3_pipeline, make_sd_pipeline, make_sdxl_pipeline, render
 
 from pipeline.job import Generation, PromptRange
 
@@ -24,6 +24,11 @@ def sd_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sdxl_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sdxl_pipeline(tmp_path_factory.mktemp("pipelines") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def sd3_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sd3_pipeline(tmp_path_factory.mktemp("pipelines") / "sd3")
 
 
 def generation_job(tmp_path: Path, pipeline: Path, name: str = "job.toml", *, start: int = 1, end: int = 4,
@@ -74,16 +79,22 @@ def test_sd_generates_deterministically_and_a_frame_alone_matches(tmp_path: Path
     assert render("verify", str(tmp_path / "out")).returncode == 0
 
 
-def test_sd_frames_are_what_the_pipeline_itself_decodes(tmp_path: Path, sd_pipeline: Path) -> None:
-    """The latents convention: our decode of output_type="latent" equals diffusers' own
-    decode (output_type="np") of the same call."""
-    from diffusers import StableDiffusionPipeline
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_frames_are_what_the_pipeline_itself_decodes(tmp_path: Path, family: str,
+                                                     request: pytest.FixtureRequest) -> None:
+    """The latents convention (SD: scaled; SD3: scaled and shifted, 16 channels): our
+    decode of output_type="latent" equals diffusers' own decode (output_type="np") of
+    the same call."""
+    import diffusers
 
     from pipeline.seeds import frame_seed
 
-    job = generation_job(tmp_path, sd_pipeline, start=2, end=2, batch_size=1)
-    assert render("run", str(job), "-q").returncode == 0
-    pipe = StableDiffusionPipeline.from_pretrained(sd_pipeline, use_safetensors=True)
+    folder = request.getfixturevalue(f"{family}_pipeline")
+    job = generation_job(tmp_path, folder, start=2, end=2, batch_size=1)
+    result = render("run", str(job), "-q")
+    assert result.returncode == 0, result.stderr
+    extra = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
+    pipe = diffusers.DiffusionPipeline.from_pretrained(folder, use_safetensors=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     want = pipe(prompt=["a red cat"], negative_prompt=["blurry"], num_inference_steps=2, guidance_scale=4.0,
                 width=48, height=32, output_type="np",
