@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,15 +168,25 @@ class PipelineCache:
             return pipe
 
 
+# A pipeline call keeps state in the pipeline (its scheduler's timesteps and step
+# index), so two calls on one loaded pipeline (a farm worker's two tasks in flight)
+# must take turns; they share the GPU's compute stream anyway.
+_turns: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_turns_guard = threading.Lock()
+
+
 def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequence[int], seeds: Sequence[int],
                      width: int, height: int) -> torch.Tensor:
     """(B, C, h, w) latents for `frames`, which share one prompt and negative prompt."""
     prompt, negative = generation.prompts_for(frames[0])
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # same noise on any device
-    result = pipe(prompt=[prompt] * len(frames),
-                  negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 else None,
-                  num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
-                  width=width, height=height, generator=generators, output_type="latent")
+    with _turns_guard:
+        turn = _turns.setdefault(pipe, threading.Lock())
+    with turn:
+        result = pipe(prompt=[prompt] * len(frames),
+                      negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 else None,
+                      num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
+                      width=width, height=height, generator=generators, output_type="latent")
     return result.images
 
 

@@ -160,3 +160,24 @@ def test_bad_generation_jobs_are_refused(tmp_path: Path, sd_pipeline: Path, chan
     for needle in needles:
         assert needle in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_the_farm_generates_and_keeps_pipelines_inside_its_model_roots(tmp_path: Path, sd_pipeline: Path) -> None:
+    """A worker loads the pipeline once for both tasks; a worker whose model roots do not
+    hold the pipeline refuses the job, naming the field."""
+    queue = f"sqlite:///{tmp_path / 'farm.db'}"
+    job = generation_job(tmp_path, sd_pipeline)
+    assert render("submit", str(job), "--queue", queue, "--chunk", "2").returncode == 0
+    elsewhere = tmp_path / "no-models"
+    elsewhere.mkdir()
+    refused = render("worker", "--queue", queue, "--device", "cpu", "--output-root", str(tmp_path),
+                     "--model-root", str(elsewhere), "--exit-when-idle", "--max-job-failures", "1")
+    assert "source.path" in refused.stderr and "outside this worker's model roots" in refused.stderr
+    queue2 = f"sqlite:///{tmp_path / 'farm2.db'}"
+    assert render("submit", str(job), "--queue", queue2, "--chunk", "2").returncode == 0
+    worker = render("worker", "--queue", queue2, "--device", "cpu", "--output-root", str(tmp_path),
+                    "--model-root", str(sd_pipeline.parent), "--exit-when-idle")
+    assert worker.returncode == 0, worker.stderr
+    state = json.loads(render("status", "--queue", queue2, "--json").stdout)["jobs"][0]
+    assert (state["done"], state["state"]) == (4, "done"), (state, worker.stderr)
+    assert render("verify", str(tmp_path / "out")).returncode == 0

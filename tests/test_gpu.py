@@ -164,3 +164,19 @@ def test_cuda_clip_render_matches_cpu(tmp_path: Path, wan_vae: Path) -> None:
         a, b = (read_frame(tmp_path / dev / name).astype(float) for dev in ("cpu", "cuda"))
         assert np.abs(a - b).max() <= 2, f"frame {frame}: CUDA and CPU differ by {np.abs(a - b).max()}"
     assert render("verify", str(tmp_path / "cuda")).returncode == 0
+
+
+def test_cuda_generation_matches_cpu(tmp_path: Path) -> None:
+    """A generation job (tiny StableDiffusion pipeline) on the GPU: generation on the
+    compute stream, latents handed to decode on the device. The noise is drawn on the
+    CPU, so the frames match the CPU render within the kernels' rounding."""
+    from conftest import make_sd_pipeline
+    from test_generate import frames, generation_job
+
+    pipeline = make_sd_pipeline(tmp_path / "sd")
+    for dev in ("cpu", "cuda"):
+        job = generation_job(tmp_path, pipeline, f"{dev}.toml", root=dev)
+        result = render("run", str(job), "--device", "cpu" if dev == "cpu" else "cuda:0", "-q")
+        assert result.returncode == 0, result.stderr
+    for a, b in zip(frames(tmp_path / "cpu", range(1, 5)), frames(tmp_path / "cuda", range(1, 5)), strict=True):
+        assert np.abs(a - b).max() <= 3

@@ -214,10 +214,13 @@ def job_from_spec(spec: JobSpec, config: WorkerConfig) -> Job:
     root = config.output_root.resolve()
     if not job.output.root.is_relative_to(root):
         raise JobError("output.root", str(job.output.root), f"outside this worker's output root {root}")
-    model = job.model.path.resolve()
-    if not any(model.is_relative_to(allowed.resolve()) for allowed in config.model_roots):
-        allowed = ", ".join(str(p) for p in config.model_roots)
-        raise JobError("model.path", str(model), f"outside this worker's model roots ({allowed})")
+    loaded = [("model.path", job.model.path)]
+    if job.source.kind == "diffusers" and job.source.path:  # a generation pipeline is loaded too
+        loaded.insert(0, ("source.path", Path(job.source.path)))
+    for name, path in loaded:
+        if not any(path.resolve().is_relative_to(allowed.resolve()) for allowed in config.model_roots):
+            allowed = ", ".join(str(p) for p in config.model_roots)
+            raise JobError(name, str(path.resolve()), f"outside this worker's model roots ({allowed})")
     return job
 
 
