@@ -32,7 +32,11 @@ from .model import DTYPES
 # scaled (and for SD3 shifted) for their VAE, as diffusers' own decode step expects
 # them: StableDiffusion and StableDiffusionXL with 4 latent channels, StableDiffusion3
 # with 16.
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
+# Text-to-video: one call makes the shot's clip, (1, C, T, h, w) latents normalised
+# with its VAE's latents_mean/std, decoded chunk by chunk like a "clip" source.
+VIDEO_PIPELINES = ("WanPipeline",)
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
+                       *VIDEO_PIPELINES)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class PipelineInfo:
     components: tuple[str, ...]        # the folders model_index.json names
     absent: tuple[str, ...]            # components it lists as null (saved without them)
     fingerprint: str                   # configs, file names and sizes: what decides the latents
+
+    @property
+    def is_video(self) -> bool:
+        return self.class_name in VIDEO_PIPELINES
 
 
 def inspect_pipeline(path: Path) -> PipelineInfo:
@@ -83,7 +91,7 @@ def size_multiple(info: PipelineInfo, vae_scale: int) -> int:
     if info.class_name == "StableDiffusion3Pipeline":  # the VAE's factor times the transformer's patch
         config = json.loads((info.path / "transformer" / "config.json").read_text(encoding="utf-8"))
         return vae_scale * int(config.get("patch_size", 2))
-    return 8
+    return 16 if info.class_name == "WanPipeline" else 8
 
 
 def _fingerprint(path: Path, components: Sequence[str]) -> str:
@@ -188,6 +196,20 @@ def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequ
                       num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
                       width=width, height=height, generator=generators, output_type="latent")
     return result.images
+
+
+def generate_clip(pipe: torch.nn.Module, generation: Generation, frame_count: int, seed: int,
+                  width: int, height: int) -> torch.Tensor:
+    """(C, T, h, w) normalised latents of a whole clip of `frame_count` frames."""
+    with _turns_guard:
+        turn = _turns.setdefault(pipe, threading.Lock())
+    with turn:
+        result = pipe(prompt=generation.prompt,
+                      negative_prompt=generation.negative_prompt if generation.guidance_scale > 1 else None,
+                      num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
+                      width=width, height=height, num_frames=frame_count,
+                      generator=torch.Generator("cpu").manual_seed(seed), output_type="latent")
+    return result.frames[0]
 
 
 def batches(generation: Generation, frames: Sequence[int]) -> list[list[int]]:

@@ -131,11 +131,19 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         assert job.source.path is not None and job.source.generation is not None
         pipeline = inspect_pipeline(Path(job.source.path))
         check_scheduler(job.source.generation.scheduler)
+        generation = job.source.generation
+        if pipeline.is_video and generation.overrides:
+            raise JobError("source.prompts", f"{len(generation.overrides)} override(s)",
+                           f"a {pipeline.class_name} makes the whole shot in one call, with one prompt")
+        if pipeline.is_video and generation.batch_size != 1:
+            raise JobError("source.batch_size", generation.batch_size,
+                           f"a {pipeline.class_name} makes the whole shot in one call: leave it at 1")
     vae = inspect_vae(job.model.path)
     multiple = max(vae.scale, size_multiple(pipeline, vae.scale) if pipeline else 1)
     _check_resolution(shot.width, shot.height, multiple, "this pipeline" if pipeline else "this VAE")
-    if pipeline is not None and vae.is_video:
-        raise JobError("model.path", str(job.model.path), "a video VAE cannot decode an image pipeline's latents")
+    if pipeline is not None and vae.is_video != pipeline.is_video:
+        raise JobError("model.path", str(job.model.path), f"a {vae.class_name} cannot decode the latents of a "
+                       f"{pipeline.class_name}; leave model.path out to use the pipeline's own VAE")
     shape = (vae.latent_channels, shot.height // vae.scale, shot.width // vae.scale)
     clip_frames = _check_clip(job, vae, shape, frames) if vae.is_video or job.source.kind == "clip" else 0
     if job.source.kind == "latents":

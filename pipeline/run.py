@@ -30,7 +30,7 @@ from .plan import Plan
 from .publish import sweep_stale_temps
 from .ring import HostRing
 from .stages.decode import Decoder, decode_stage
-from .stages.generate import generate_stage
+from .stages.generate import generate_clip_stage, generate_stage
 from .stages.source import clip_source_stage, source_stage
 from .stages.transfer import transfer_stage
 from .stages.watermark import offsets_for, watermark_stage
@@ -122,7 +122,12 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         async with trio.open_nursery() as nursery:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_stop_on_signal)
-            if pipe is not None:
+            if pipe is not None and plan.clip_frames:
+                tx, rx = trio.open_memory_channel[Any](depth)
+                nursery.start_soon(functools.partial(
+                    generate_clip_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
+                    (shot.width, shot.height), plan.vae.temporal_scale, stats["generate"], tx))
+            elif pipe is not None:
                 tx, rx = trio.open_memory_channel[Any](depth)
                 nursery.start_soon(functools.partial(
                     generate_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,

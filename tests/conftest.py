@@ -170,6 +170,32 @@ def make_sd3_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_wan_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A WanPipeline (text-to-video: UMT5 encoder, Wan transformer, Wan VAE) of a few
+    thousand weights, with a character-level tokenizer made here."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {chr(c): 3 + i for i, c in enumerate(range(32, 127))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>", model_max_length=16)
+    torch.manual_seed(seed)
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                          num_heads=4, relative_attention_num_buckets=8))
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,
+                                        num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                           temperal_downsample=[False, True, True], latents_mean=WAN_MEAN, latents_std=WAN_STD)
+    WanPipeline(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer, vae=vae,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_latents(folder: Path, frames: range, shape: tuple[int, ...], *, seed: int = 0,
                   suffix: str = ".safetensors", smooth: bool = False) -> str:
     """One latent file per frame; returns the job's path pattern for them.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import job_toml, make_sd3_pipeline, make_sd_pipeline, make_sdxl_pipeline, render
+from conftest import job_toml, make_sd3_pipeline, make_sd_pipeline, make_sdxl_pipeline, make_wan_pipeline, render
 
 from pipeline.job import Generation, PromptRange
 
@@ -181,3 +181,42 @@ def test_the_farm_generates_and_keeps_pipelines_inside_its_model_roots(tmp_path:
     state = json.loads(render("status", "--queue", queue2, "--json").stdout)["jobs"][0]
     assert (state["done"], state["state"]) == (4, "done"), (state, worker.stderr)
     assert render("verify", str(tmp_path / "out")).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def wan_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_wan_pipeline(tmp_path_factory.mktemp("pipelines") / "wan")
+
+
+def test_wan_generates_a_clip_as_the_pipeline_decodes_it(tmp_path: Path, wan_pipeline: Path) -> None:
+    """Text-to-video: one call makes the shot's 9 frames (3 latent frames), decoded chunk
+    by chunk by our decode stage; against diffusers' own decode of the same call."""
+    from diffusers import WanPipeline
+
+    from pipeline.seeds import frame_seed
+
+    job = generation_job(tmp_path, wan_pipeline, end=9, batch_size=1)
+    job.write_text(job.read_text().replace("width = 48", "width = 64"))
+    dry = render("run", str(job), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "WanPipeline" in dry.stdout and "a clip of 3 latent frame(s)" in dry.stdout
+    result = render("run", str(job), "-q")
+    assert result.returncode == 0, result.stderr
+    pipe = WanPipeline.from_pretrained(wan_pipeline, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(prompt="a red cat", negative_prompt="blurry", num_inference_steps=2, guidance_scale=4.0, width=64,
+                height=32, num_frames=9, output_type="np",
+                generator=torch.Generator().manual_seed(frame_seed(11, 1))).frames[0]   # (9, 32, 64, 3)
+    got = frames(tmp_path / "out", range(1, 10))
+    for i in range(9):
+        assert np.abs(got[i] - np.round(want[i] * 255)).max() <= 1, f"frame {i + 1}"
+
+
+def test_wan_jobs_take_one_prompt_and_1_plus_4k_frames(tmp_path: Path, wan_pipeline: Path) -> None:
+    for source, end, needle in (({"prompts": [{"frames": [1, 4], "prompt": "x"}]}, 9, "source.prompts"),
+                                ({"batch_size": 2}, 9, "source.batch_size"), ({}, 8, "shot.frame_end")):
+        job = generation_job(tmp_path, wan_pipeline, end=end, **({"batch_size": 1} | source))
+        job.write_text(job.read_text().replace("width = 48", "width = 64"))
+        result = render("run", str(job))
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

@@ -10,11 +10,12 @@ import trio
 
 from ..device import DeviceContext
 from ..errors import StageFailed
-from ..frames import LatentFrame
-from ..generate import batches, generate_latents
+from ..frames import ClipChunk, LatentFrame
+from ..generate import batches, generate_clip, generate_latents
 from ..job import Generation
 from ..seeds import frame_seed
 from ..stats import StageStats
+from ..wan_chunks import chunk_frames
 
 
 async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: DeviceContext, frames: list[int],
@@ -39,3 +40,28 @@ async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: Dev
                 raise StageFailed("generate", batch[0], err) from err
             for item in items:
                 await stats.send(tx, item)
+
+
+async def generate_clip_stage(pipe: torch.nn.Module, generation: Generation, ctx: DeviceContext, frames: list[int],
+                              job_seed: int, size: tuple[int, int], temporal_scale: int, stats: StageStats,
+                              tx: trio.MemorySendChannel) -> None:
+    """A text-to-video pipeline: one call makes the shot's clip (seeded by the job seed
+    and the first frame), sent on one latent frame at a time, as a "clip" source does."""
+    width, height = size
+
+    def run() -> torch.Tensor:
+        with torch.no_grad(), ctx.on(ctx.compute):
+            return generate_clip(pipe, generation, len(frames), frame_seed(job_seed, frames[0]), width, height)
+
+    async with tx:
+        if not frames:
+            return
+        try:
+            with stats.busy():
+                clip = await trio.to_thread.run_sync(run)
+        except Exception as err:
+            raise StageFailed("generate", frames[0], err) from err
+        for index in range(clip.shape[1]):
+            numbers = tuple(frames[i] for i in chunk_frames(index, temporal_scale))
+            await stats.send(tx, ClipChunk(index, numbers, tuple(frame_seed(job_seed, f) for f in numbers),
+                                           clip[:, index:index + 1], index == clip.shape[1] - 1))
