@@ -10,12 +10,12 @@ import trio
 
 from ..device import DeviceContext
 from ..errors import StageFailed
-from ..frames import ClipChunk, LatentFrame
+from ..frames import LatentFrame
 from ..generate import batches, generate_clip, generate_latents
 from ..job import Generation
 from ..seeds import frame_seed
 from ..stats import StageStats
-from ..wan_chunks import chunk_frames
+from .source import clip_chunks
 
 
 async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: DeviceContext, frames: list[int],
@@ -61,7 +61,5 @@ async def generate_clip_stage(pipe: torch.nn.Module, generation: Generation, ctx
                 clip = await trio.to_thread.run_sync(run)
         except Exception as err:
             raise StageFailed("generate", frames[0], err) from err
-        for index in range(clip.shape[1]):
-            numbers = tuple(frames[i] for i in chunk_frames(index, temporal_scale))
-            await stats.send(tx, ClipChunk(index, numbers, tuple(frame_seed(job_seed, f) for f in numbers),
-                                           clip[:, index:index + 1], index == clip.shape[1] - 1))
+        for chunk in clip_chunks(clip, frames, job_seed, temporal_scale):
+            await stats.send(tx, chunk)

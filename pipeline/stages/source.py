@@ -7,6 +7,7 @@ job before anything is written, not at frame 37.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,13 @@ async def clip_source_stage(source: Source, frames: list[int], job_seed: int, sh
                 clip = await trio.to_thread.run_sync(load)
         except Exception as err:
             raise StageFailed("source", frames[0], err) from err
-        for index in range(clip.shape[1]):
-            numbers = tuple(frames[i] for i in chunk_frames(index, temporal_scale))
-            await stats.send(tx, ClipChunk(index, numbers, tuple(frame_seed(job_seed, f) for f in numbers),
-                                           clip[:, index:index + 1], index == clip.shape[1] - 1))
+        for chunk in clip_chunks(clip, frames, job_seed, temporal_scale):
+            await stats.send(tx, chunk)
+
+
+def clip_chunks(clip: torch.Tensor, frames: list[int], job_seed: int, temporal_scale: int) -> Iterator[ClipChunk]:
+    """A (C, T, h, w) clip as its latent frames, each with the shot frames it decodes to."""
+    for index in range(clip.shape[1]):
+        numbers = tuple(frames[i] for i in chunk_frames(index, temporal_scale))
+        yield ClipChunk(index, numbers, tuple(frame_seed(job_seed, f) for f in numbers),
+                        clip[:, index:index + 1], index == clip.shape[1] - 1)
