@@ -35,8 +35,11 @@ from .model import DTYPES
 # Text-to-video: one call makes the shot's clip, (1, C, T, h, w) latents normalised
 # with its VAE's latents_mean/std, decoded chunk by chunk like a "clip" source.
 VIDEO_PIPELINES = ("WanPipeline",)
+# Flux returns its latents packed in 2x2 patches, (B, h*w/4, 4C): unpacked with the
+# pipeline's own _unpack_latents (tests/test_generate.py fails if diffusers renames it).
+PACKED_PIPELINES = ("FluxPipeline",)
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline",
-                       *VIDEO_PIPELINES)
+                       *PACKED_PIPELINES, *VIDEO_PIPELINES)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def size_multiple(info: PipelineInfo, vae_scale: int) -> int:
     if info.class_name == "StableDiffusion3Pipeline":  # the VAE's factor times the transformer's patch
         config = json.loads((info.path / "transformer" / "config.json").read_text(encoding="utf-8"))
         return vae_scale * int(config.get("patch_size", 2))
+    if info.class_name in PACKED_PIPELINES:  # whole 2x2 patches of latent cells
+        return vae_scale * 2
     return 16 if info.class_name == "WanPipeline" else 8
 
 
@@ -190,11 +195,15 @@ def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequ
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # same noise on any device
     with _turns_guard:
         turn = _turns.setdefault(pipe, threading.Lock())
+    packed = type(pipe).__name__ in PACKED_PIPELINES
     with turn:
         result = pipe(prompt=[prompt] * len(frames),
-                      negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 else None,
+                      negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 and not packed
+                      else None,
                       num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
                       width=width, height=height, generator=generators, output_type="latent")
+    if packed:
+        return pipe._unpack_latents(result.images, height, width, pipe.vae_scale_factor)
     return result.images
 
 

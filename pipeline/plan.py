@@ -135,6 +135,10 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         if pipeline.is_video and generation.overrides:
             raise JobError("source.prompts", f"{len(generation.overrides)} override(s)",
                            f"a {pipeline.class_name} makes the whole shot in one call, with one prompt")
+        if pipeline.class_name == "FluxPipeline" and (generation.negative_prompt or any(
+                r.negative_prompt for r in generation.overrides)):
+            raise JobError("source.negative_prompt", generation.negative_prompt or "(in source.prompts)",
+                           "FluxPipeline takes no negative prompt (its guidance_scale is distilled guidance)")
         if pipeline.is_video and generation.batch_size != 1:
             raise JobError("source.batch_size", generation.batch_size,
                            f"a {pipeline.class_name} makes the whole shot in one call: leave it at 1")

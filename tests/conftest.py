@@ -170,20 +170,52 @@ def make_sd3_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+T5_VOCAB = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {chr(c): 3 + i for i, c in enumerate(range(32, 127))}
+
+
+def tiny_t5_tokenizer() -> Any:
+    """A T5-style tokenizer over printable characters, made here (none can be downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab=T5_VOCAB, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512)
+
+
+def make_flux_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A FluxPipeline (CLIP and T5 encoders, latents packed in 2x2 patches, a shifted VAE)
+    of a few thousand weights."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, scaling_factor=1.5, shift_factor=0.1, use_quant_conv=False,
+                        use_post_quant_conv=False)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(T5_VOCAB), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                 relative_attention_num_buckets=8))
+    FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
+                 text_encoder=CLIPTextModel(_clip_config()),
+                 tokenizer=tiny_clip_tokenizer(folder.parent / f"{folder.name}-tokenizer"),
+                 text_encoder_2=t5, tokenizer_2=tiny_t5_tokenizer()).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def make_wan_pipeline(folder: Path, seed: int = 0) -> Path:
     """A WanPipeline (text-to-video: UMT5 encoder, Wan transformer, Wan VAE) of a few
     thousand weights, with a character-level tokenizer made here."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {chr(c): 3 + i for i, c in enumerate(range(32, 127))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", model_max_length=16)
+    tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
-    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(T5_VOCAB), d_model=16, d_kv=4, d_ff=32, num_layers=1,
                                           num_heads=4, relative_attention_num_buckets=8))
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                         in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import job_toml, make_sd3_pipeline, make_sd_pipeline, make_sdxl_pipeline, make_wan_pipeline, render
+from conftest import (
+    job_toml,
+    make_flux_pipeline,
+    make_sd3_pipeline,
+    make_sd_pipeline,
+    make_sdxl_pipeline,
+    make_wan_pipeline,
+    render,
+)
 
 from pipeline.job import Generation, PromptRange
 
@@ -24,6 +32,11 @@ def sd_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sdxl_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_sdxl_pipeline(tmp_path_factory.mktemp("pipelines") / "sdxl")
+
+
+@pytest.fixture(scope="session")
+def flux_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_flux_pipeline(tmp_path_factory.mktemp("pipelines") / "flux")
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +92,11 @@ def test_sd_generates_deterministically_and_a_frame_alone_matches(tmp_path: Path
     assert render("verify", str(tmp_path / "out")).returncode == 0
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
 def test_frames_are_what_the_pipeline_itself_decodes(tmp_path: Path, family: str,
                                                      request: pytest.FixtureRequest) -> None:
-    """The latents convention (SD: scaled; SD3: scaled and shifted, 16 channels): our
+    """The latents convention (SD: scaled; SD3: scaled and shifted, 16 channels; Flux:
+    packed in 2x2 patches, scaled and shifted, no negative prompt): our
     decode of output_type="latent" equals diffusers' own decode (output_type="np") of
     the same call."""
     import diffusers
@@ -90,13 +104,15 @@ def test_frames_are_what_the_pipeline_itself_decodes(tmp_path: Path, family: str
     from pipeline.seeds import frame_seed
 
     folder = request.getfixturevalue(f"{family}_pipeline")
-    job = generation_job(tmp_path, folder, start=2, end=2, batch_size=1)
+    negative = None if family == "flux" else ["blurry"]
+    job = generation_job(tmp_path, folder, start=2, end=2, batch_size=1, negative_prompt="" if negative is None
+                         else negative[0])
     result = render("run", str(job), "-q")
     assert result.returncode == 0, result.stderr
     extra = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
     pipe = diffusers.DiffusionPipeline.from_pretrained(folder, use_safetensors=True, **extra)
     pipe.set_progress_bar_config(disable=True)
-    want = pipe(prompt=["a red cat"], negative_prompt=["blurry"], num_inference_steps=2, guidance_scale=4.0,
+    want = pipe(prompt=["a red cat"], negative_prompt=negative, num_inference_steps=2, guidance_scale=4.0,
                 width=48, height=32, output_type="np",
                 generator=[torch.Generator().manual_seed(frame_seed(11, 2))]).images[0]
     got = frames(tmp_path / "out", range(2, 3))[0]
@@ -219,4 +235,10 @@ def test_wan_jobs_take_one_prompt_and_1_plus_4k_frames(tmp_path: Path, wan_pipel
         job.write_text(job.read_text().replace("width = 48", "width = 64"))
         result = render("run", str(job))
         assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_flux_refuses_a_negative_prompt(tmp_path: Path, flux_pipeline: Path) -> None:
+    result = render("run", str(generation_job(tmp_path, flux_pipeline)))   # negative_prompt = "blurry"
+    assert result.returncode == 2 and "source.negative_prompt" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
