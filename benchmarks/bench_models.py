@@ -1,13 +1,26 @@
-"""The real-size model configs the GPU benchmarks share, built with random weights
-(no weights can be downloaded here; the compute is the same)."""
+"""What the GPU benchmarks share: the real-size model configs, built with random
+weights (no weights can be downloaded here; the compute is the same), and the writer
+settings their jobs run with."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import diffusers
+
+
+def default_writers() -> int:
+    """PNG writer threads: all cores but 4, which keep the thread that queues the GPU's
+    kernels fed (16 writers on 16 cores starved it: benchmarks/RESULTS.md, issue 3)."""
+    return max(2, (os.cpu_count() or 4) - 4)
+
+
+def tuning_table(writers: int) -> str:
+    """The [tuning] table of a benchmark job: a ring and channels deep enough for the writers."""
+    return f"[tuning]\nchannel_depth = 3\npinned_buffers = {max(8, writers + 4)}\nwriter_threads = {writers}\n"
 
 
 def sd_class_vae() -> diffusers.AutoencoderKL:

@@ -13,8 +13,9 @@ timed alone with the device synchronised before and after; the median is reporte
 Every SD mode ends in the pipeline's quantisation to 8-bit RGB (the Wan clips are
 rounded to 8 bits the same way); PSNR is over those frames against untiled decode
 (peak 255), frame by frame, mean. "ours" is the
-pipeline's own Decoder with a tile plan (for AutoencoderKL: the mid block on the whole
-frame, the up blocks tiled, one set of GroupNorm statistics per frame).
+pipeline's own Decoder with the default preset's tile plan (for AutoencoderKL: the mid
+block and `whole_up_blocks` up blocks on the whole frame, the rest tiled, one set of
+GroupNorm statistics per frame), with the chunked mid-block attention load_vae installs.
 `wan_720p_81f_s` is a whole `render` of a clip job (source kind "clip", 81 frames
 written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only` is
 the chunked decode with the decode stage's quantisation and nothing downstream, over
@@ -28,7 +29,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import shutil
 import statistics
 import tempfile
@@ -41,7 +41,7 @@ from typing import Any
 import diffusers
 import torch
 import trio
-from bench_models import sd_class_vae
+from bench_models import default_writers, sd_class_vae, tuning_table
 from safetensors.torch import save_file
 
 from pipeline.attention import use_whole_frame_attention
@@ -175,10 +175,10 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     clip = torch.randn(16, t, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
     save_file({"latents": clip}, str(work / "clip.safetensors"))
     job_path = work / "wan.toml"
-    writers = args.wan_writers or max(2, (os.cpu_count() or 4) - 4)  # as gpu_pipeline.py measured best
+    writers = args.wan_writers or default_writers()
     job_path.write_text(WAN_JOB.format(frames=frames, width=width, height=height, model=work / "wan",
                                        clip=work / "clip.safetensors", root=work / "out", dtype=args.dtype,
-                                       writers=writers, buffers=writers + 4))
+                                       tuning=tuning_table(writers)))
     plan = make_plan(load_job(job_path), device)
     models = ModelCache(capacity=1)
     vae = models.get(plan.vae, plan.model_hash, plan.dtype, device, False)  # as the pipeline loads it
@@ -245,11 +245,7 @@ dtype = "{dtype}"
 [output]
 root = "{root}"
 formats = ["png"]
-[tuning]
-writer_threads = {writers}
-pinned_buffers = {buffers}
-channel_depth = 3
-"""
+{tuning}"""
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 import diffusers
 import torch
 import trio
-from bench_models import sdxl_class_pipeline
+from bench_models import default_writers, sdxl_class_pipeline, tuning_table
 from gpu_pipeline import NvmlSampler
 
 from pipeline.device import DeviceContext
@@ -64,11 +63,7 @@ dtype = "{dtype}"
 [output]
 root = "{root}"
 formats = ["png"]
-[tuning]
-writer_threads = {writers}
-pinned_buffers = {buffers}
-channel_depth = 3
-"""
+{tuning}"""
 
 
 def sync(device: torch.device) -> None:
@@ -100,11 +95,10 @@ def main() -> None:
                 pipe = sdxl_class_pipeline(work)
             pipe.to(DTYPES[args.dtype]).save_pretrained(folder, safe_serialization=True)
             del pipe
-        writers = max(2, (os.cpu_count() or 4) - 4)
         job_path = work / "job.toml"
         job_path.write_text(JOB.format(frames=args.frames, width=args.width, height=args.height, pipeline=folder,
                                        steps=args.steps, batch=args.batch, dtype=args.dtype, root=work / "out",
-                                       writers=writers, buffers=writers + 4))
+                                       tuning=tuning_table(default_writers())))
         job = load_job(job_path)
         plan = make_plan(job, device)
         assert plan.pipeline is not None and job.source.generation is not None

@@ -58,7 +58,7 @@ import diffusers
 import numpy as np
 import torch
 import trio
-from bench_models import sd_class_vae
+from bench_models import default_writers, sd_class_vae, tuning_table
 
 from pipeline.device import DeviceContext
 from pipeline.formats import FRAME_FORMATS
@@ -112,12 +112,7 @@ formats = {json.dumps(formats)}
 [watermark]
 enabled = true
 payload = "bench"
-[tuning]
-channel_depth = 3
-pinned_buffers = {max(8, writers + 4)}
-writer_threads = {writers}
-tiling = false
-""")
+{tuning_table(writers)}""")
     return path
 
 
@@ -422,7 +417,7 @@ def main() -> None:
                         help="frames of the naive and diffusers_tiled modes (seconds each at 4K)")
     parser.add_argument("--width", type=int, default=3840)
     parser.add_argument("--height", type=int, default=2160)
-    parser.add_argument("--writers", type=int, default=max(1, (os.cpu_count() or 1) - 4),
+    parser.add_argument("--writers", type=int, default=default_writers(),
                         help="writer threads (default: all cores but 4, which the pipeline's own "
                              "threads need: decode launches, copies, the trio loop)")
     parser.add_argument("--cases", default="sd_4k,tiny_4k")

@@ -1,14 +1,16 @@
 """Generation: a local diffusers pipeline makes each frame's latents.
 
 The pipeline is called with `output_type="latent"`, so it returns latents as its own
-VAE call would receive them (scaled by the VAE's scaling factor); the decode stage
-decodes them with the pipeline's own VAE, the same way it decodes latent files. Each
-frame has its own generator seeded with `frame_seed(job seed, frame)`, so a frame
-rendered alone, in another batch or on another worker gets the same noise.
+VAE call would receive them: scaled (SD, SDXL) and shifted (SD3, Flux) for the VAE,
+packed in 2x2 patches (Flux: unpacked here), or normalised with latents_mean/std (Wan);
+the decode stage decodes them with the pipeline's own VAE, the same way it decodes
+latent files. Each image frame has its own generator seeded with `frame_seed(job seed,
+frame)`, so a frame rendered alone, in another batch or on another worker gets the
+same noise; a text-to-video clip is one call, seeded from its first frame.
 
-`inspect_pipeline` reads only JSON (model_index.json and the configs), for planning and
-for the errors a user must see before anything loads; `load_pipeline` loads the
-weights from safetensors only.
+`inspect_pipeline` reads the JSON files and only the first and last MiB of each weight
+file (its fingerprint), for planning and for the errors a user must see before
+anything loads; `load_pipeline` loads the weights from safetensors only.
 """
 
 from __future__ import annotations
@@ -119,6 +121,10 @@ def _fingerprint(path: Path, components: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+COMMON_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler",
+                     "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+
+
 def check_scheduler(name: str | None) -> None:
     if name is None:
         return
@@ -126,13 +132,8 @@ def check_scheduler(name: str | None) -> None:
 
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and name.endswith("Scheduler") and hasattr(cls, "from_config")):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_")
-                       and "Flax" not in n)
-        raise JobError("source.scheduler", name, "not a diffusers scheduler; for example: "
-                       + ", ".join(n for n in known if n in ("DDIMScheduler", "EulerDiscreteScheduler",
-                                                              "EulerAncestralDiscreteScheduler",
-                                                              "DPMSolverMultistepScheduler",
-                                                              "UniPCMultistepScheduler")))
+        raise JobError("source.scheduler", name, "not a diffusers scheduler class; for example: "
+                       + ", ".join(COMMON_SCHEDULERS))
 
 
 def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None
@@ -188,15 +189,18 @@ _turns: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDicti
 _turns_guard = threading.Lock()
 
 
+def _turn(pipe: object) -> threading.Lock:
+    with _turns_guard:
+        return _turns.setdefault(pipe, threading.Lock())
+
+
 def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequence[int], seeds: Sequence[int],
                      width: int, height: int) -> torch.Tensor:
     """(B, C, h, w) latents for `frames`, which share one prompt and negative prompt."""
     prompt, negative = generation.prompts_for(frames[0])
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # same noise on any device
-    with _turns_guard:
-        turn = _turns.setdefault(pipe, threading.Lock())
     packed = type(pipe).__name__ in PACKED_PIPELINES
-    with turn:
+    with _turn(pipe):
         result = pipe(prompt=[prompt] * len(frames),
                       negative_prompt=[negative] * len(frames) if generation.guidance_scale > 1 and not packed
                       else None,
@@ -210,9 +214,7 @@ def generate_latents(pipe: torch.nn.Module, generation: Generation, frames: Sequ
 def generate_clip(pipe: torch.nn.Module, generation: Generation, frame_count: int, seed: int,
                   width: int, height: int) -> torch.Tensor:
     """(C, T, h, w) normalised latents of a whole clip of `frame_count` frames."""
-    with _turns_guard:
-        turn = _turns.setdefault(pipe, threading.Lock())
-    with turn:
+    with _turn(pipe):
         result = pipe(prompt=generation.prompt,
                       negative_prompt=generation.negative_prompt if generation.guidance_scale > 1 else None,
                       num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,

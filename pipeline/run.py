@@ -77,12 +77,16 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     pipe = None
     if plan.pipeline is not None:  # the pipeline's own VAE decodes, in the VAE's dtype
         assert job.source.generation is not None
-        pipelines = pipelines or PipelineCache()
-        pipe = await trio.to_thread.run_sync(pipelines.get, plan.pipeline, plan.pipeline_dtype, plan.device,
-                                             job.source.generation.scheduler)
-        vae = pipe.vae.to(DTYPES[plan.dtype])
-        if job.tuning.tiling:
-            vae.enable_tiling()
+        cache, generation = pipelines or PipelineCache(), job.source.generation
+
+        def load_generation() -> tuple[Any, Any]:  # off the trio thread: a dtype change copies weights
+            pipe = cache.get(plan.pipeline, plan.pipeline_dtype, plan.device, generation.scheduler)
+            vae = pipe.vae.to(DTYPES[plan.dtype])
+            if job.tuning.tiling:
+                vae.enable_tiling()
+            return pipe, vae
+
+        pipe, vae = await trio.to_thread.run_sync(load_generation)
     else:
         models = models or ModelCache(capacity=1)
         vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,

@@ -113,8 +113,9 @@ def pack(frame_count: int, tiles_per_frame: int, size: int) -> list[list[tuple[i
 def modelled_tile_bytes(widest_full_res_channels: int, tile_pixels: int, dtype_bytes: int,
                         live_tensors: float = 5.0) -> float:
     """Peak decode memory of one tile: `live_tensors` activations of the widest layer at
-    full resolution. 5.0 is what an H100 measured for the SD-class decoder's tail in
-    bf16 (batches of four 768x1008-pixel tiles: 1.82-1.84 GiB a tile beside the
-    whole-frame part, benchmarks/RESULTS.md); DESIGN.md's untiled reference (19 GiB for
-    a 3840x2160 frame) gives 4.8."""
+    full resolution. 5.0 fits the peaks an H100 measured for the SD-class decoder's tail
+    in bf16 (batches of four 768x1008-pixel tiles peaked at 7.58 and 8.05 GiB: about
+    1.83 GiB a tile once ~0.1 GiB of weights and the modelled whole-frame part are
+    taken off; benchmarks/RESULTS.md); DESIGN.md's untiled reference (19 GiB for a
+    3840x2160 frame) gives 4.8."""
     return live_tensors * widest_full_res_channels * tile_pixels * dtype_bytes

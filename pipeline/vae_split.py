@@ -3,7 +3,8 @@
 The head (post-quant conv, conv_in and the mid block, whose attention spans the whole
 frame) runs on the whole frame at latent resolution, where it is small: 512 channels
 at 270x480 cells is 133 MB a tensor for a 3840x2160 frame in bf16. Only the tail (the
-up blocks and the output convs, where the resolution grows 64-fold) is tiled. Tiling
+up blocks and the output convs, where the resolution grows 64-fold) is tiled; with
+`whole_up_blocks` the first up blocks' resnets join the head. Tiling
 the whole decoder would give each tile its own attention over its own cells, which no
 blending can undo: on a random SD-class VAE (CPU, float32, 384x512), 24-cell tiles
 with overlap 8 and whole-frame GroupNorm statistics measured 32.9 dB against untiled
