@@ -1,7 +1,8 @@
 """Decode benchmark (issue 4): this project's micro-task decode against diffusers'
 untiled decode and diffusers' `enable_tiling()`, side by side, on the same latents:
 seconds per frame, peak VRAM, PSNR against untiled; plus the Wan 2.1 VAE decoded
-chunk by chunk against diffusers' whole-clip decode.
+chunk by chunk (with pipeline.wan_fast's lean forwards, as load_vae gives them) against
+diffusers' whole-clip decode and diffusers' own forwards chunk by chunk.
 
     python benchmarks/decode.py [--out benchmarks/results/decode.json]        # one GPU
     python benchmarks/decode.py --device cpu --width 256 --height 144 --frames 1 \\
@@ -15,7 +16,9 @@ rounded to 8 bits the same way); PSNR is over those frames against untiled decod
 (peak 255), frame by frame, mean. "ours" is the
 pipeline's own Decoder with the default preset's tile plan (for AutoencoderKL: the mid
 block and `whole_up_blocks` up blocks on the whole frame, the rest tiled, one set of
-GroupNorm statistics per frame), with the chunked mid-block attention load_vae installs.
+GroupNorm statistics per frame), with what load_vae installs (fast_paths: the chunked
+mid-block attention, GroupNorm by spread-out reductions); `untiled_fast_paths` is
+diffusers' untiled decode with the same.
 `wan_720p_81f_s` is a whole `render` of a clip job (source kind "clip", 81 frames
 written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only` is
 the chunked decode with the decode stage's quantisation and nothing downstream, over
@@ -44,8 +47,8 @@ import trio
 from bench_models import default_writers, sd_class_vae, tuning_table
 from safetensors.torch import save_file
 
-from pipeline.attention import use_whole_frame_attention
 from pipeline.device import DeviceContext
+from pipeline.fast_paths import use_fast_paths
 from pipeline.frames import ClipChunk, LatentFrame
 from pipeline.job import load_job
 from pipeline.model import ModelCache, VaeInfo
@@ -126,11 +129,10 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     ctx = DeviceContext(device)
     host_latents = [z.cpu() for z in latents]
 
-    use_whole_frame_attention(vae)  # what the pipeline's load_vae installs
-    chunked, results["diffusers_untiled_chunked_attention"] = timed(diffusers_decode, latents, device)
-    results["diffusers_untiled_chunked_attention"]["psnr_vs_untiled"] = statistics.mean(map(psnr, chunked,
-                                                                                              untiled))
-    print("diffusers untiled, chunked attention", results["diffusers_untiled_chunked_attention"], flush=True)
+    use_fast_paths(vae, device)  # what the pipeline's load_vae installs: attention, GroupNorm
+    lean, results["untiled_fast_paths"] = timed(diffusers_decode, latents, device)
+    results["untiled_fast_paths"]["psnr_vs_untiled"] = statistics.mean(map(psnr, lean, untiled))
+    print("untiled with the fast paths", results["untiled_fast_paths"], flush=True)
 
     def ours(label: str, tile: int, overlap: int, proxy: int, budget: float, whole: int) -> dict[str, Any]:
         plan = tile_plan(info, (4, h, w), dtype, tile, overlap, budget, proxy, whole)
@@ -197,7 +199,10 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             pixels += [frame.pixels for frame in decoder.decode_clip(chunk)]
         return pixels
 
-    runs = [("diffusers_untiled", lambda: vae.decode(latents).sample),
+    # diffusers' own forwards (load_vae gives the pipeline's model the lean ones, wan_fast)
+    plain = diffusers.AutoencoderKLWan.from_pretrained(work / "wan", torch_dtype=vae.dtype).to(device).eval()
+    runs = [("diffusers_untiled", lambda: plain.decode(latents).sample),
+            ("diffusers_forwards_chunked", lambda: torch.cat(list(decode_chunks(plain, latents)), dim=2)),
             ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2)),
             ("gpu_only", gpu_only)]
     outputs = {}
@@ -213,7 +218,12 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             if label != "gpu_only":
                 outputs[label] = ((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu()
             print("wan", label, results[label], flush=True)
-    results["chunked_equals_untiled_psnr"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
+    results["chunked_equals_untiled_psnr"] = psnr(outputs["diffusers_forwards_chunked"],
+                                                  outputs["diffusers_untiled"])
+    results["ours_psnr_vs_diffusers_untiled"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
+    del outputs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     runs_s = []
     for attempt in range(2):  # the first run also pays for the writers' start and the allocator's growth
         shutil.rmtree(work / "out", ignore_errors=True)

@@ -75,21 +75,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES))
-    parser.add_argument("--pipeline", type=Path, help="an existing pipeline folder (default: build SDXL-class)")
+    parser.add_argument("--pipeline", type=Path,
+                        help="a pipeline folder; built there (SDXL-class) when it has no model_index.json "
+                             "(default: built in a temporary folder)")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1, help="frames per pipeline call")
+    parser.add_argument("--writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/generate.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ff-generate-") as tmp:
         work = Path(tmp)
-        folder = args.pipeline
-        if folder is None:
-            folder = work / "sdxl"
+        folder = args.pipeline or work / "sdxl"
+        if not (folder / "model_index.json").exists():
             with torch.device(device):  # random init on the device: seconds, not minutes
                 torch.manual_seed(0)
                 pipe = sdxl_class_pipeline(work)
@@ -98,7 +100,7 @@ def main() -> None:
         job_path = work / "job.toml"
         job_path.write_text(JOB.format(frames=args.frames, width=args.width, height=args.height, pipeline=folder,
                                        steps=args.steps, batch=args.batch, dtype=args.dtype, root=work / "out",
-                                       tuning=tuning_table(default_writers())))
+                                       tuning=tuning_table(args.writers or default_writers())))
         job = load_job(job_path)
         plan = make_plan(job, device)
         assert plan.pipeline is not None and job.source.generation is not None
@@ -122,7 +124,10 @@ def main() -> None:
             return time.perf_counter() - start
 
         gpu_only()  # warm-up
-        gpu_s = gpu_only()
+        with NvmlSampler(device.index or 0) as nvml:
+            gpu_s = gpu_only()
+            end = time.perf_counter()
+        gpu_only_busy = nvml.mean(end - gpu_s, end) if device.type == "cuda" else None
         print(f"gpu_only {gpu_s:.3f} s", flush=True)
         runs = []
         for attempt in range(2):
@@ -146,6 +151,7 @@ def main() -> None:
         "fps": round(report.frames / report.render_s, 4), "gpu_only_fps": round(args.frames / gpu_s, 4),
         "pipeline_over_gpu_only": round(gpu_s / report.render_s, 4),
         "gpu_busy_fraction": busy, "gpu_busy_how": "NVML utilisation, mean of 50 ms samples over the second run",
+        "gpu_only_busy_fraction": gpu_only_busy, "writers": args.writers or default_writers(),
         "first_run_s": round(runs[0].render_s, 3), "stages": report.stages,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -6,8 +6,9 @@ An SD-class VAE attends once over every latent cell of the frame, with one head 
 memory-efficient kernel, which measured 0.35 s a frame on an H100 (bf16): a third of
 the whole decode. Here the same product is two batched matmuls per chunk of query
 rows, with the logits in float32 (the matmul accumulates in float32 and, where
-PyTorch offers it, writes float32) and a float32 softmax: the same mathematics, the
-rounding of a matmul rather than of that kernel. Chunks bound the extra memory to
+PyTorch offers it, writes float32) and a float32 softmax written straight to the
+values' dtype (scaled_softmax.py: one Triton kernel on CUDA): the same mathematics,
+the rounding of a matmul rather than of that kernel. Chunks bound the extra memory to
 about `chunk_bytes` of logits, twice over while the softmax runs.
 
 Used only where it pays: CUDA tensors, no mask, no cross-attention, heads wider than
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from .scaled_softmax import scaled_softmax
 
 FLASH_HEAD_LIMIT = 256          # the widest head PyTorch's fused attention kernels take
 
@@ -35,9 +38,7 @@ def chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     rows = max(1, chunk_bytes // (4 * kt.shape[-1] * b * h))
     scale = d ** -0.5
     for start in range(0, n, rows):
-        logits = _logits(q[:, start:start + rows], kt)
-        weights = torch.softmax(logits.mul_(scale), dim=-1).to(v.dtype)
-        del logits
+        weights = scaled_softmax(_logits(q[:, start:start + rows], kt), scale, v.dtype)
         out[:, start:start + rows] = torch.bmm(weights, v)
     return out.reshape(b, h, n, d)
 

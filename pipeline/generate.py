@@ -141,7 +141,7 @@ def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, schedule
     import diffusers
     import transformers
 
-    from .attention import use_whole_frame_attention
+    from .fast_paths import use_fast_paths
 
     for library in (diffusers, transformers):  # progress bars and notices are not the run's output
         library.utils.logging.disable_progress_bar()
@@ -155,7 +155,7 @@ def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, schedule
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
-    use_whole_frame_attention(pipe.vae)
+    use_fast_paths(pipe.vae, device)
     return pipe
 
 

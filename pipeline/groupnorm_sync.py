@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
+
+from .group_norm import group_statistics, normalise
 
 # The layers are patched in place, so two decodes sharing a model (a farm worker with two
 # tasks in flight) must take turns: one lock per patched module tree.
@@ -45,9 +46,8 @@ class FrameNormStats:
         self.stats = {}
 
         def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            grouped = x.float().reshape(x.shape[0], layer.num_groups, -1)
-            self.stats[index] = (grouped.mean(-1), grouped.var(-1, unbiased=False))
-            return F.group_norm(x, layer.num_groups, layer.weight, layer.bias, layer.eps)
+            self.stats[index] = group_statistics(x, layer.num_groups)
+            return normalise(x, layer, *self.stats[index])
 
         with self._patched(hook):
             yield
@@ -67,30 +67,17 @@ class FrameNormStats:
     @contextlib.contextmanager
     def _patched(self, hook: Callable[[int, torch.nn.GroupNorm, torch.Tensor], torch.Tensor]
                  ) -> Iterator[None]:
+        before = [vars(layer).get("forward") for layer in self.layers]  # group_norm's, where installed
         try:
             for index, layer in enumerate(self.layers):
                 layer.forward = (lambda x, i=index, m=layer: hook(i, m, x))
             yield
         finally:
-            for layer in self.layers:  # drop the instance attribute: the class's forward again
-                vars(layer).pop("forward", None)
-
-
-def normalise(x: torch.Tensor, layer: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """GroupNorm of (B, C, ...) `x` with given (B, G) float32 statistics, in one pass:
-    the samples' channels folded into one batch-norm call in inference mode, which
-    reads and writes `x` once in its own dtype and computes in float32 (spelled out in
-    elementwise ops it took six passes over each full-size activation, in float32)."""
-    batch, channels = x.shape[:2]
-    per_channel = channels // layer.num_groups
-    mean = mean.repeat_interleave(per_channel, dim=1).reshape(-1)
-    var = var.repeat_interleave(per_channel, dim=1).reshape(-1)
-    weight = bias = None
-    if layer.affine:
-        weight = layer.weight.float().repeat(batch)
-        bias = layer.bias.float().repeat(batch)
-    folded = x.reshape(1, batch * channels, *x.shape[2:])
-    return F.batch_norm(folded, mean, var, weight, bias, training=False, eps=layer.eps).reshape(x.shape)
+            for layer, forward in zip(self.layers, before, strict=True):
+                if forward is None:   # drop the instance attribute: the class's forward again
+                    vars(layer).pop("forward", None)
+                else:
+                    layer.forward = forward
 
 
 def downscale(latents: torch.Tensor, proxy: int) -> torch.Tensor:

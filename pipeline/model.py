@@ -144,14 +144,14 @@ def effective_dtype(info: VaeInfo, dtype: str, device: torch.device) -> str:
 def load_vae(info: VaeInfo, dtype: str, device: torch.device, tiling: bool) -> torch.nn.Module:
     import diffusers  # deferred: importing diffusers costs seconds, not needed to plan
 
-    from .attention import use_whole_frame_attention
+    from .fast_paths import use_fast_paths
 
     cls = getattr(diffusers, info.class_name)
     # low_cpu_mem_usage=False: the default wants `accelerate` and warns without it
     vae = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True,
                               low_cpu_mem_usage=False)
     vae = vae.to(device).eval().requires_grad_(False)
-    use_whole_frame_attention(vae)
+    use_fast_paths(vae, device)
     if tiling:
         vae.enable_tiling()
     return vae

@@ -149,6 +149,38 @@ def test_chunked_attention_matches_fused_attention_on_cuda() -> None:
     assert (got - want).abs().max() < 0.05 * want.abs().max()
 
 
+def test_fused_softmax_matches_eager_softmax() -> None:
+    """The Triton kernel behind the chunked attention: rows longer than its block and
+    not a multiple of it, a row with -inf entries, bf16 out."""
+    from pipeline import scaled_softmax as fused
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(37, 5000, device="cuda", generator=gen) * 8
+    logits[3, :4000] = float("-inf")
+    want = torch.softmax(logits * 0.125, dim=-1).to(torch.bfloat16)
+    got = fused.scaled_softmax(logits.clone(), 0.125, torch.bfloat16)
+    assert not fused._broken, fused._broken
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-6)
+    assert torch.allclose(got.float().sum(-1), torch.ones(37, device="cuda"), atol=1e-2)
+
+
+def test_fast_group_norm_on_cuda_matches_float32_group_norm() -> None:
+    """bf16 on the GPU, a 4K-sized group (the case PyTorch's kernel is slow for):
+    as close to a float32 GroupNorm as PyTorch's own bf16 GroupNorm is."""
+    from pipeline.group_norm import use_fast_group_norm
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(1, 64, 540, 960, device="cuda", generator=gen) * 2 + 0.5)
+    layer = torch.nn.GroupNorm(32, 64).cuda()
+    want = layer(x)
+    layer.bfloat16()
+    native = layer(x.bfloat16()).float()
+    use_fast_group_norm(torch.nn.Sequential(layer))
+    fast = layer(x.bfloat16()).float()
+    assert (fast - want).abs().max() <= max(1.5 * (native - want).abs().max().item(), 0.02)
+
+
 def test_cuda_clip_render_matches_cpu(tmp_path: Path, wan_vae: Path) -> None:
     """A video VAE's clip job (chunked decode, denormalised latents, a chunk's frames
     sent on together) on the GPU against the same job on the CPU."""
