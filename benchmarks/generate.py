@@ -106,7 +106,7 @@ def main() -> None:
         assert plan.pipeline is not None and job.source.generation is not None
         generation = job.source.generation
         cache = PipelineCache()
-        pipe = cache.get(plan.pipeline, plan.pipeline_dtype, device, generation.scheduler)
+        pipe = cache.get(plan.pipeline, plan.pipeline_dtype, device, generation.scheduler, job.tuning.cuda_graphs)
         vae = pipe.vae.to(DTYPES[plan.dtype])
         decoder = Decoder(vae, plan.vae, plan.dtype, DeviceContext(device), torch.uint8)
 

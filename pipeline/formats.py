@@ -46,7 +46,7 @@ def pixel_dtype(formats: tuple[str, ...]) -> torch.dtype:
     return found.dtype if found else torch.uint8
 
 
-def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int) -> bytes:
+def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int) -> bytes | memoryview:
     if fmt.name == "exr":
         return exr.encode_exr(pixels)
     return png.encode_png(pixels, png_compression)

@@ -136,11 +136,12 @@ def check_scheduler(name: str | None) -> None:
                        + ", ".join(COMMON_SCHEDULERS))
 
 
-def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None
-                  ) -> torch.nn.Module:
+def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None,
+                  graphs: bool = False) -> torch.nn.Module:
     import diffusers
     import transformers
 
+    from .cuda_graphs import use_cuda_graphs
     from .fast_paths import use_fast_paths
 
     for library in (diffusers, transformers):  # progress bars and notices are not the run's output
@@ -156,6 +157,9 @@ def load_pipeline(info: PipelineInfo, dtype: str, device: torch.device, schedule
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     use_fast_paths(pipe.vae, device)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if graphs and denoiser is not None:
+        use_cuda_graphs(denoiser)   # CUDA only; a no-op elsewhere
     return pipe
 
 
@@ -169,14 +173,15 @@ class PipelineCache:
         self._lock = threading.Lock()
         self.loads = 0
 
-    def get(self, info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None) -> torch.nn.Module:
-        key = (str(info.path), info.fingerprint, dtype, str(device), scheduler)
+    def get(self, info: PipelineInfo, dtype: str, device: torch.device, scheduler: str | None,
+            graphs: bool = False) -> torch.nn.Module:
+        key = (str(info.path), info.fingerprint, dtype, str(device), scheduler, graphs)
         with self._lock:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
                 while len(self._pipes) >= self.capacity:  # free memory before loading the next
                     self._pipes.pop(next(iter(self._pipes)))
-                pipe = load_pipeline(info, dtype, device, scheduler)
+                pipe = load_pipeline(info, dtype, device, scheduler, graphs)
                 self.loads += 1
             self._pipes[key] = pipe
             return pipe

@@ -14,8 +14,10 @@ import numpy as np
 _local = threading.local()
 
 
-def encode_png(pixels: np.ndarray, compression: int) -> bytes:
-    """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth."""
+def encode_png(pixels: np.ndarray, compression: int) -> bytes | memoryview:
+    """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth (a view of the encoder's
+    packet where it made one: copying a 4K PNG into `bytes` holds the GIL for ~1 ms a
+    copy, time the thread that queues the GPU's kernels waits for)."""
     height, width, _ = pixels.shape
     deep = pixels.dtype == np.uint16
     key = (width, height, compression, deep)
@@ -28,7 +30,10 @@ def encode_png(pixels: np.ndarray, compression: int) -> bytes:
         codec.options = {"compression_level": str(compression)}
         _local.codecs = {**codecs, key: codec}
     frame = av.VideoFrame.from_ndarray(pixels, format="rgb48le" if deep else "rgb24")
-    return b"".join(bytes(packet) for packet in codec.encode(frame))
+    packets = codec.encode(frame)
+    if len(packets) == 1:
+        return memoryview(packets[0])   # keeps the packet alive; hashlib and write() take it as is
+    return b"".join(bytes(packet) for packet in packets)
 
 
 def read_png(path: Path, *, native: bool = False) -> np.ndarray:

@@ -32,7 +32,7 @@ def temp_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
 
 
-def publish_bytes(dest: Path, data: bytes) -> Published:
+def publish_bytes(dest: Path, data: bytes | memoryview) -> Published:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
     try:

@@ -80,7 +80,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         cache, generation = pipelines or PipelineCache(), job.source.generation
 
         def load_generation() -> tuple[Any, Any]:  # off the trio thread: a dtype change copies weights
-            pipe = cache.get(plan.pipeline, plan.pipeline_dtype, plan.device, generation.scheduler)
+            pipe = cache.get(plan.pipeline, plan.pipeline_dtype, plan.device, generation.scheduler,
+                             job.tuning.cuda_graphs)
             vae = pipe.vae.to(DTYPES[plan.dtype])
             if job.tuning.tiling:
                 vae.enable_tiling()

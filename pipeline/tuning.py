@@ -37,6 +37,7 @@ class Tuning:
     video_preset: str
     compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
     watermark_priority: str  # of the watermark stream
+    cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
@@ -98,6 +99,7 @@ def _parse(t: Table) -> Tuning:
         ),
         compute_priority=t.string("compute_priority", choices=PRIORITIES),
         watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
+        cuda_graphs=t.boolean("cuda_graphs"),
     )
     t.done()
     if tuning.decode == "tiles" and tuning.tile_overlap >= tuning.tile_size:
