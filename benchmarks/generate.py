@@ -6,6 +6,8 @@ generation plus decode with nothing downstream (`gpu_only`), in one process.
     python benchmarks/generate.py --device cpu --pipeline FOLDER --width 48 --height 32 \\
         --frames 4 --steps 2 --dtype float32 --out /tmp/generate.json            # smoke, any pipeline
 
+Generation replays the denoiser from CUDA graphs as a job does by default ([tuning]
+cuda_graphs; the warm-up `gpu_only` run captures them, so no run times a capture).
 The pipeline is built on the device, saved with save_pretrained (safetensors) and
 rendered from that folder as a user's job would be. Timing: `gpu_only` runs the
 generation stage's call and the decode stage's decode frame by frame, synchronised at
@@ -80,7 +82,8 @@ def main() -> None:
                              "(default: built in a temporary folder)")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=24,
+                        help="frames of the shot (8 measured 0.93: a shot's fill and drain, ~0.2 s, weigh more)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1, help="frames per pipeline call")
     parser.add_argument("--writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
