@@ -14,8 +14,9 @@ every other one (a timestep is a tensor in diffusers' pipelines, so the steps of
 shot share one graph). Captures use the thread-local capture mode, so the other
 threads' CUDA work (decode and copies of earlier frames, on other streams) does not
 invalidate them. A forward that cannot be captured (a host sync inside, an argument
-this cannot copy) runs eagerly for that signature from then on; a module that keeps
-changing signature stops being captured. Callers hold the pipeline's lock
+this cannot copy) runs eagerly for that signature from then on; a module whose
+signature changes nearly every call stops being captured. Each kept graph holds its
+own memory pool (a forward's activations), MAX_GRAPHS of them per module. Callers hold the pipeline's lock
 (generate._turn): one graph's buffers serve one call at a time.
 """
 
@@ -33,7 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 MAX_GRAPHS = 4        # signatures kept per module (a shot has one or two: full and last batch)
-MAX_CAPTURES = 8      # after this many, the signature changes every call: stay eager
+MAX_CAPTURES = 8      # past this many, with a capture for more than 1 call in 4: stay eager
 WARMUP_CALLS = 2      # eager calls before capture: cuBLAS handles, lazy buffers, autotuning
 
 
@@ -81,17 +82,24 @@ class GraphedForward:
     def __init__(self, forward: Callable[..., Any]) -> None:
         self.forward = forward
         self.graphs: OrderedDict[Any, Captured | None] = OrderedDict()   # None: runs eagerly
+        self.calls = 0
         self.captures = 0
         self.replays = 0
 
+    def worth_capturing(self) -> bool:
+        """A farm worker meets a new signature with each job (one capture, then a shot's
+        worth of replays); a model whose arguments change every call never replays."""
+        return self.captures < MAX_CAPTURES or self.captures * 4 <= self.calls
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
         tensors: list[torch.Tensor] = []
         try:
             key = signature((args, kwargs), tensors)
         except Unsupported:
             return self.forward(*args, **kwargs)
         if key not in self.graphs:
-            if self.captures >= MAX_CAPTURES:
+            if not self.worth_capturing():
                 return self.forward(*args, **kwargs)
             self.graphs[key] = self._capture(args, kwargs, tensors)
             while len(self.graphs) > MAX_GRAPHS:

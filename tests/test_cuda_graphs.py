@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.cuda_graphs import Unsupported, rebuild, signature, use_cuda_graphs
+from pipeline.cuda_graphs import MAX_CAPTURES, GraphedForward, Unsupported, rebuild, signature, use_cuda_graphs
 
 
 def test_cpu_models_are_not_wrapped() -> None:
@@ -33,3 +33,13 @@ def test_rebuild_replaces_tensors_in_order_and_keeps_the_rest() -> None:
     (positional, keywords) = rebuild(args, iter(new))
     assert positional[0] is new[0] and positional[1] == 1.5
     assert keywords["added"]["text"] is new[1] and keywords["return_dict"] is False
+
+
+def test_capturing_stops_only_when_signatures_change_nearly_every_call() -> None:
+    graphed = GraphedForward(lambda: None)
+    graphed.captures, graphed.calls = MAX_CAPTURES, 50 * MAX_CAPTURES   # a worker after many jobs
+    assert graphed.worth_capturing()
+    graphed.calls = MAX_CAPTURES + 1                                    # a new signature each call
+    assert not graphed.worth_capturing()
+    graphed.captures, graphed.calls = MAX_CAPTURES - 1, MAX_CAPTURES - 1
+    assert graphed.worth_capturing()
