@@ -16,7 +16,9 @@ threads' CUDA work (decode and copies of earlier frames, on other streams) does 
 invalidate them. A forward that cannot be captured (a host sync inside, an argument
 this cannot copy) runs eagerly for that signature from then on; a module whose
 signature changes nearly every call stops being captured. Each kept graph holds its
-own memory pool (a forward's activations), MAX_GRAPHS of them per module. Callers hold the pipeline's lock
+own memory pool (a forward's activations), MAX_GRAPHS of them per module. A graph reads
+the parameters where they were at capture: the module must not be moved or cast after
+`use_cuda_graphs` (load_pipeline installs it last; in-place weight updates are seen). Callers hold the pipeline's lock
 (generate._turn): one graph's buffers serve one call at a time.
 """
 
