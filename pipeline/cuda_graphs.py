@@ -3,7 +3,8 @@
 An SDXL-class UNet's eager forward is a few thousand kernel launches from Python. At
 1024x1024 with few steps the GPU finishes them faster than the host queues them: on
 the H100 machine the GPU was busy 40-44 % of a generation-only loop (NVML), and the
-rest of the pipeline's threads, taking their share of the host, slowed it further.
+whole pipeline ran at 0.70-0.81 of that loop, most likely as its other threads took
+host time from the one queueing the UNet.
 A CUDA graph records the forward's kernels once per input signature and replays them
 with one launch. The inputs are copied into the recorded buffers and the outputs
 copied out, so the pipeline sees an ordinary forward; the arithmetic is the same
@@ -16,10 +17,11 @@ threads' CUDA work (decode and copies of earlier frames, on other streams) does 
 invalidate them. A forward that cannot be captured (a host sync inside, an argument
 this cannot copy) runs eagerly for that signature from then on; a module whose
 signature changes nearly every call stops being captured. Each kept graph holds its
-own memory pool (a forward's activations), MAX_GRAPHS of them per module. A graph reads
-the parameters where they were at capture: the module must not be moved or cast after
-`use_cuda_graphs` (load_pipeline installs it last; in-place weight updates are seen). Callers hold the pipeline's lock
-(generate._turn): one graph's buffers serve one call at a time.
+own memory pool (a forward's activations), MAX_GRAPHS of them per module. A graph
+reads the parameters where they were at capture: the module must not be moved or cast
+after `use_cuda_graphs` (load_pipeline installs it last; in-place weight updates are
+seen). Callers hold the pipeline's lock (generate._turn): one graph's buffers serve one
+call at a time.
 """
 
 from __future__ import annotations

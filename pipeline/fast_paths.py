@@ -1,7 +1,7 @@
 """What a loaded VAE gets in place of diffusers' slowest steps, in one list: the
 chunked whole-frame attention (attention.py), the Wan decoder's leaner forwards
 (wan_fast.py) and, on CUDA, GroupNorm by spread-out reductions (group_norm.py). Each
-computes what diffusers' step computes; each has its test against diffusers'."""
+computes what the step it replaces computes, and has a test against it."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ most of an H100 waits (profiled: 4.5 ms a layer, 136 ms of a 0.79 s frame, for r
 that take ~0.2 ms at memory speed). Here the sums of x and x² are ordinary
 reductions, which PyTorch spreads over many blocks per output, accumulated in float32
 straight from the input's dtype; then `normalise` applies them in one pass.
-Installed on CUDA models only (load_vae); the CPU kernel has no such problem.
+Installed on CUDA models only (fast_paths, at load); the CPU kernel has no such problem.
 """
 
 from __future__ import annotations

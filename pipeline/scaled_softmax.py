@@ -2,10 +2,10 @@
 
 The whole-frame attention (attention.py) keeps its logits in float32. In eager
 PyTorch the scale, the softmax and the cast to bfloat16 are three kernels with a
-float32 tensor between each: at 3840x2160 that moves ~370 GB (from the tensor sizes) and took 170 ms of a
-0.79 s frame on an H100 (profiled). This Triton kernel reads each row twice (an
-online max and sum, then the result) and writes the 16-bit result once: about half
-the traffic. Triton comes with PyTorch's CUDA builds; where it is missing or cannot
+float32 tensor between each: at 3840x2160 that moves ~370 GB (estimated from the
+tensor sizes) and took 170 ms of a 0.79 s frame on an H100 (profiled). This Triton
+kernel reads each row twice (an online max and sum, then the result) and writes the
+16-bit result once: under half the traffic. Triton comes with PyTorch's CUDA builds; where it is missing or cannot
 compile (no C compiler for its launcher), the eager three kernels run instead, and
 once a compile has failed it is not tried again in this process.
 """
