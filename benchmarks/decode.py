@@ -58,6 +58,7 @@ from pipeline.stages.decode import Decoder, quantise_hwc
 from pipeline.tile_plan import tile_plan
 from pipeline.tuning import load_tuning
 from pipeline.wan_chunks import chunk_frames, decode_chunks
+from pipeline.wan_tiles import TiledClipDecoder
 
 GIB = 2**30
 
@@ -221,6 +222,31 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["chunked_equals_untiled_psnr"] = psnr(outputs["diffusers_forwards_chunked"],
                                                   outputs["diffusers_untiled"])
     results["ours_psnr_vs_diffusers_untiled"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
+    del outputs["diffusers_forwards_chunked"]
+    results["tiled"] = []
+    for tile, budget in ((args.tile, args.budget), (args.wan_small_tile, args.small_budget)):
+        tiles = tile_plan(plan.vae, plan.latent_shape, dtype, tile, args.overlap, budget, 0)
+        tiled = TiledClipDecoder(vae, tiles.grid, tiles.batch, device)
+        def run(decoder: TiledClipDecoder = tiled) -> torch.Tensor:
+            return torch.cat([decoder.step(latents[:, :, i:i + 1], i == 0) for i in range(t)], dim=2)
+
+        with torch.no_grad():
+            run()
+            sync(device)
+            reset_peak(device)
+            start = time.perf_counter()
+            out = run()
+            sync(device)
+        figures = {"tile": tile, "overlap": args.overlap, "budget_gib": budget, "tiles": len(tiles.grid.tiles),
+                   "tile_cells": list(tiles.grid.tile_shape), "batch": tiled.batch,
+                   "s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device),
+                   "modelled_gib": round((tiles.whole_bytes + tiles.batch * tiles.tile_bytes) / 2**30, 2),
+                   "psnr_vs_diffusers_untiled": psnr(((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu(),
+                                                     outputs["diffusers_untiled"]), **tiled.statistics()}
+        tiled.finish()
+        del out
+        results["tiled"].append(figures)
+        print("wan tiled", figures, flush=True)
     del outputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -235,7 +261,47 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["pipeline"] = {"s": runs_s[-1], "first_run_s": runs_s[0], "peak_vram_gib": peak_gib(device),
                            "frames_written": report.frames, "format": "png", "stages": report.stages}
     results["pipeline_over_gpu_only"] = round(results["gpu_only"]["s"] / runs_s[-1], 4)
+    if args.wan_blocks:  # where a chunk's GPU time goes, alone and in the pipeline (not timed runs)
+        results["block_ms"] = {"gpu_only": block_times(vae, device, gpu_only)}
+        shutil.rmtree(work / "out", ignore_errors=True)
+        results["block_ms"]["pipeline"] = block_times(vae, device, lambda: trio.run(functools.partial(
+            render, plan, lambda frame: None, models, handle_signals=False)))
+        print("wan block ms", results["block_ms"], flush=True)
     return results
+
+
+def block_times(vae: torch.nn.Module, device: torch.device, run: Callable[[], Any]) -> dict[str, float]:
+    """GPU milliseconds from each of the Wan decoder's blocks' start to its end, summed
+    over a run: CUDA events recorded by hooks on the stream the block runs on. A block
+    whose kernels wait for the host to queue them takes longer than its kernels."""
+    if device.type != "cuda":
+        return {}
+    blocks = {"mid": vae.decoder.mid_block, **{f"up{i}": b for i, b in enumerate(vae.decoder.up_blocks)}}
+    events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+    open_: dict[str, torch.cuda.Event] = {}
+    handles = []
+    for name, block in blocks.items():
+        def pre(module: Any, args: Any, name: str = name) -> None:
+            open_[name] = torch.cuda.Event(enable_timing=True)
+            open_[name].record()
+
+        def post(module: Any, args: Any, out: Any, name: str = name) -> None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            events.append((name, open_.pop(name), end))
+
+        handles += [block.register_forward_pre_hook(pre), block.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            run()
+        sync(device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    totals: dict[str, float] = {}
+    for name, begin, end in events:
+        totals[name] = totals.get(name, 0.0) + begin.elapsed_time(end)
+    return {name: round(ms, 1) for name, ms in totals.items()}
 
 
 WAN_JOB = """seed = 1
@@ -276,6 +342,8 @@ def main() -> None:
     parser.add_argument("--wan-size", default="1280x720")
     parser.add_argument("--wan-frames", type=int, default=81)
     parser.add_argument("--no-wan", action="store_true")
+    parser.add_argument("--wan-small-tile", type=int, default=64, help="Wan tiles with --small-budget")
+    parser.add_argument("--wan-blocks", action="store_true", help="also time the Wan decoder's blocks")
     parser.add_argument("--no-sd", action="store_true")
     parser.add_argument("--wan-writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))

@@ -92,7 +92,8 @@ class Plan:
             f"device: {self.device}",
             (f"decode: a clip of {self.clip_frames} latent frame(s), one at a time with the causal cache "
              f"kept (1 frame, then {self.vae.temporal_scale} a latent frame), each chunk's frames sent on "
-             "at once" if self.vae.is_video else
+             "at once" + (f"; {self.tiles.describe(len(self.todo))}" if self.tiles is not None else "")
+             if self.vae.is_video else
              self.tiles.describe(len(self.todo)) if self.tiles is not None else
              f"decode: {tiles} tile(s) per frame"
              + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
@@ -238,10 +239,9 @@ def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: ran
     if frames != shot.frames:
         raise JobError("shot", f"frames {frames.start}-{frames.stop - 1}",
                        "a clip decodes from its first latent frame: render the whole shot as one task")
-    for field, value in (("tuning.decode", job.tuning.decode), ("tuning.tiling", job.tuning.tiling)):
-        if value not in ("whole", False):
-            raise JobError(field, value, f"tiled decode is not available for a {vae.class_name} yet; "
-                           'use decode = "whole" and tiling = false')
+    if job.tuning.tiling:  # diffusers' tiling works on whole clips; this decodes them chunk by chunk
+        raise JobError("tuning.tiling", True, f"diffusers' tiling does not apply to a {vae.class_name}'s "
+                       'chunked decode; use decode = "tiles" (tiled chunk by chunk) and tiling = false')
     clip = (shape[0], 1 + (count - 1) // scale, *shape[1:])
     if kind == "clip":
         check_clip_file(job.source, clip, f"for {count} frames at {shot.width}x{shot.height} with this VAE "

@@ -122,7 +122,14 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         on_frame(frame)
 
     depth = job.tuning.channel_depth
+    # A clip's decode hands on a chunk of frames at once; while the transfer waits for
+    # the first of them, the rest must fit in the channel, or the decode cannot queue
+    # the next chunk until this one has finished on the GPU, which then idles while
+    # the host queues the next chunk's first (small, launch-bound) kernels.
+    depth_after_decode = max(depth, plan.vae.temporal_scale) if plan.clip_frames else depth
     render_start = time.perf_counter()
+    for stage_stats in stats.values():
+        stage_stats.origin = render_start
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals and threading.current_thread() is threading.main_thread():
@@ -139,9 +146,10 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
                     (shot.width, shot.height), stats["generate"], tx, stop))
             else:
                 rx = _chain_source(nursery, plan, stats, depth, stop)
-            rx = _chain(nursery, depth, rx, lambda r, t: decode_stage(decoder, stats["decode"], r, t))
+            rx = _chain(nursery, depth_after_decode, rx,
+                        lambda r, t: decode_stage(decoder, stats["decode"], r, t))
             if offsets is not None:
-                rx = _chain(nursery, depth, rx,
+                rx = _chain(nursery, depth_after_decode, rx,
                             lambda r, t: watermark_stage(offsets, ctx, stats["watermark"], r, t))
             rx = _chain(nursery, depth, rx, lambda r, t: transfer_stage(ring, ctx, stats["transfer"], r, t))
             sequencer = None if video is None else VideoSequencer(
@@ -156,9 +164,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
-    report.stages["decode"].update(await trio.to_thread.run_sync(decoder.busy.statistics))
-    if decoder.tiled is not None:
-        report.stages["decode"].update(decoder.tiled.statistics())
+    report.stages["decode"].update(await trio.to_thread.run_sync(decoder.statistics))
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report

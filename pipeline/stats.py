@@ -2,7 +2,9 @@
 
 A stage reads through `receive`, sends through `send` and wraps its work in `busy()`;
 the run summary shows where the time went (the slowest stage is busy all the time,
-the others wait on it).
+the others wait on it). `first_out_s`/`last_out_s`, seconds from `origin` (the run's
+start) to the stage's first and last item out, show the shot's fill and drain: how
+long before the last stage's first frame, and after the decode's last one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class StageStats:
     blocked_s: float = 0.0
     items: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    origin: float = field(default_factory=time.perf_counter)
+    first_out: float | None = None
+    last_out: float | None = None
 
     async def receive(self, channel: trio.MemoryReceiveChannel) -> Any:
         """Next item, or raise trio.EndOfChannel once the stage before has finished."""
@@ -40,6 +45,13 @@ class StageStats:
         finally:
             self.blocked_s += time.perf_counter() - start
             self.items += 1
+            self.mark_out()
+
+    def mark_out(self) -> None:
+        """An item left the stage (`send` calls it; a last stage calls it itself)."""
+        self.last_out = time.perf_counter()
+        if self.first_out is None:
+            self.first_out = self.last_out
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -50,5 +62,7 @@ class StageStats:
             self.busy_s += time.perf_counter() - start
 
     def as_dict(self) -> dict[str, Any]:
+        times = {"first_out_s": round(self.first_out - self.origin, 3),
+                 "last_out_s": round(self.last_out - self.origin, 3)} if self.first_out and self.last_out else {}
         return {"busy_s": round(self.busy_s, 3), "waiting_s": round(self.waiting_s, 3),
-                "blocked_s": round(self.blocked_s, 3), "items": self.items, **self.extra}
+                "blocked_s": round(self.blocked_s, 3), "items": self.items, **times, **self.extra}

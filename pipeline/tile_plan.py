@@ -19,6 +19,16 @@ MIB = 2**20
 MIN_PROXY_SIDE = 24
 
 
+# A Wan-style video VAE's tiled decoder tail, per output pixel of a tile, in elements of
+# its full-resolution width (`full_res_channels`): the causal cache it keeps between
+# chunks (Wan 2.1: 2316 elements a pixel at width 96, counted on the CPU after three
+# chunks), and the activations of one chunk per frame it makes (an H100 decoding
+# 720p chunks whole in bf16 peaked at 10.96 GiB: less the weights and that cache,
+# about 10 such tensors per frame; benchmarks/RESULTS.md).
+CLIP_CACHE_PER_PIXEL = 24.1
+CLIP_LIVE_PER_FRAME = 10.0
+
+
 @dataclass(frozen=True)
 class TilePlan:
     grid: TileGrid
@@ -28,10 +38,17 @@ class TilePlan:
     norm_proxy: int         # GroupNorm statistics proxy; 0 = per tile
     whole_bytes: float = 0.0  # what stays allocated beside the batches: weights, whole-frame features, canvas
     whole_up_blocks: int = 0  # AutoencoderKL: up blocks whose resnets run whole before the tiles
+    clip: bool = False        # a video VAE: tiles decode chunk by chunk, each batch with its cache
 
     def describe(self, frames: int) -> str:
         th, tw = self.grid.tile_shape
         tiles = len(self.grid.tiles)
+        if self.clip:
+            return (f"each latent frame's features in {tiles} tile(s) of {th}x{tw} latent cells "
+                    f"(at most {self.grid.tile}), overlap {self.grid.overlap}, batches of up to {self.batch} "
+                    f"tile(s) within {self.budget_bytes / 2**30:.2f} GiB (~{self.tile_bytes / MIB:.0f} MiB a "
+                    f"tile's chunk; {self.whole_bytes / MIB:.0f} MiB for the weights, every tile's causal cache "
+                    "and the canvas; modelled); conv_in and the mid block on the whole frame")
         norm = ("per tile" if self.norm_proxy == 0 else "from the whole frame" if self.norm_proxy == 1
                 else f"from the frame subsampled {self.norm_proxy}x")
         return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells (at most {self.grid.tile}), "
@@ -54,6 +71,8 @@ def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dty
     _, height, width = latent_shape
     grid = make_grid(height, width, tile, overlap)
     th, tw = grid.tile_shape
+    if vae.is_video:
+        return clip_tile_plan(vae, grid, dtype.itemsize, budget_gib)
     tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, dtype.itemsize)
     whole = whole_up_blocks if vae.class_name == "AutoencoderKL" else 0
     whole_bytes = whole_frame_bytes(vae, height, width, whole, dtype.itemsize) + vae.parameters * dtype.itemsize
@@ -84,3 +103,19 @@ def usable_proxy(requested: int, height: int, width: int) -> int:
     while proxy > 1 and min(height, width) // proxy < MIN_PROXY_SIDE:
         proxy -= 1
     return proxy
+
+
+def clip_tile_plan(vae: VaeInfo, grid: TileGrid, itemsize: int, budget_gib: float) -> TilePlan:
+    """A video VAE's tiles: every tile's cache stays allocated for the whole clip, so
+    the budget holds all of them, the weights and the canvas, plus one batch's chunk."""
+    th, tw = grid.tile_shape
+    pixels = th * tw * vae.scale**2
+    frames = vae.temporal_scale
+    caches = len(grid.tiles) * CLIP_CACHE_PER_PIXEL * vae.full_res_channels * pixels * itemsize
+    canvas = 3 * frames * grid.height * grid.width * vae.scale**2 * 4
+    whole_bytes = caches + canvas + vae.parameters * itemsize
+    tile_bytes = CLIP_LIVE_PER_FRAME * vae.full_res_channels * pixels * frames * itemsize
+    budget = budget_gib * 2**30
+    batch = balanced_batch(len(grid.tiles), batch_size(budget - whole_bytes, tile_bytes))
+    return TilePlan(grid=grid, batch=batch, tile_bytes=tile_bytes, budget_bytes=budget, whole_bytes=whole_bytes,
+                    norm_proxy=0, clip=True)

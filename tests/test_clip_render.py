@@ -56,7 +56,7 @@ def test_a_noise_clip_renders(tmp_path: Path, wan_vae: Path) -> None:
 @pytest.mark.parametrize(("overrides", "needles"), [
     ({"shot": {"frame_end": 8, "width": 64, "height": 48}}, ["shot.frame_end", "1 + 4k frames", "5 or 9"]),
     ({"source": {"kind": "latents", "path": "clip{frame}.safetensors"}}, ["source.kind", "whole clips"]),
-    ({"tuning": {"decode": "tiles"}}, ["tuning.decode", "not available"]),
+    ({"tuning": {"tiling": True}}, ["tuning.tiling", "does not apply", "decode = \"tiles\""]),
 ])
 def test_clip_jobs_refused(tmp_path: Path, wan_vae: Path, overrides: dict, needles: list[str]) -> None:
     job = clip_job(tmp_path, wan_vae, **overrides)

@@ -4,7 +4,9 @@ The VAE output is clamped, scaled, quantised to the frame format's precision (ui
 uint16 or float16; `pipeline.formats`) and laid out HWC on the device, so the copy
 moves final bytes only. Whole-frame decode; the micro-task decode (overlapping tiles
 in budgeted batches, `pipeline.tiled_decode`) when the preset says `decode = "tiles"`;
-or diffusers' own tiling when it says `tiling = true`.
+or diffusers' own tiling when it says `tiling = true`. A video VAE decodes its clip a
+latent frame at a time (`pipeline.wan_chunks`), tiled in space when the preset says
+`decode = "tiles"` (`pipeline.wan_tiles`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..tiled_decode import TiledDecoder
 from ..tiles import make_grid
 from ..vae_split import split_decoder
 from ..wan_chunks import ClipDecoder
+from ..wan_tiles import TiledClipDecoder
 
 
 def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -47,8 +50,9 @@ class Decoder:
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
         self.tiled: TiledDecoder | None = None
-        self.split = split_decoder(vae, tiles.whole_up_blocks) if tiles is not None else None
-        if tiles is not None:
+        image_tiles = tiles if not info.is_video else None   # a clip's tiles: TiledClipDecoder
+        self.split = split_decoder(vae, tiles.whole_up_blocks) if image_tiles is not None else None
+        if image_tiles is not None:
             # tile only the split decoder's tail when there is one: the head runs whole
             tiled_part = self.split.tail_modules if self.split else vae.decoder
             decode_batch = self.split.tail if self.split else (lambda batch: vae.decode(batch).sample)
@@ -60,13 +64,24 @@ class Decoder:
                 norm = FrameNormStats(tiled_part)
             self.tiled = TiledDecoder(decode_batch, grid, info.scale // f, tiles.batch, ctx.device,
                                       norm=norm, proxy=tiles.norm_proxy)
-        self.clip = ClipDecoder(vae) if info.is_video else None
+        self.clip: ClipDecoder | TiledClipDecoder | None = None
+        if info.is_video:
+            self.clip = (TiledClipDecoder(vae, tiles.grid, tiles.batch, ctx.device) if tiles is not None
+                         else ClipDecoder(vae))
         self.latents_mean = self.latents_std = None
         if info.latents_mean is not None and info.latents_std is not None:
             view = (-1, 1, 1, 1)  # per channel of (C, T, h, w)
             self.latents_mean = torch.tensor(info.latents_mean, device=ctx.device).reshape(view)
             self.latents_std = torch.tensor(info.latents_std, device=ctx.device).reshape(view)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
+
+    def statistics(self) -> dict[str, float]:
+        """The compute stream's busy time (waits for the GPU) and the tiles' batches and splits."""
+        figures = dict(self.busy.statistics())
+        tiled = self.tiled or (self.clip if isinstance(self.clip, TiledClipDecoder) else None)
+        if tiled is not None:
+            figures.update(tiled.statistics())
+        return figures
 
     def decode(self, item: LatentFrame) -> DeviceFrame:
         """Runs in a worker thread. On a GPU it only queues the work; it can still wait
@@ -99,7 +114,8 @@ class Decoder:
         return latents.to(self.ctx.device, non_blocking=True).to(self.dtype)
 
     def decode_clip(self, item: ClipChunk) -> list[DeviceFrame]:
-        """A video VAE's next latent frame -> its pixel frames, all ready at one event."""
+        """A video VAE's next latent frame -> its pixel frames, all ready at one event
+        (tiled in space when the preset says `decode = "tiles"`)."""
         assert self.clip is not None
         with torch.no_grad(), self.ctx.on(self.ctx.compute):
             begin = self.busy.start(self.ctx.compute)

@@ -119,6 +119,7 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
                 finally:
                     ring.release(item.slot)
                 stats.items += 1
+                stats.mark_out()
                 on_done(item.frame)
 
     async with rx, trio.open_nursery() as nursery:
