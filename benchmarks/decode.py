@@ -22,7 +22,10 @@ diffusers' untiled decode with the same.
 `wan_720p_81f_s` is a whole `render` of a clip job (source kind "clip", 81 frames
 written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only` is
 the chunked decode with the decode stage's quantisation and nothing downstream, over
-that.
+that; `pipeline_png_stored` the same render with png_compression = 0. `wan.tiled`: the
+clip decoded tiled in space (pipeline.wan_tiles) with --tile and --budget, then
+--wan-small-tile and --small-budget; `--wan-blocks` adds the GPU time of the Wan
+decoder's blocks alone and in the pipeline.
 Not collected by pytest.
 """
 
@@ -261,6 +264,17 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["pipeline"] = {"s": runs_s[-1], "first_run_s": runs_s[0], "peak_vram_gib": peak_gib(device),
                            "frames_written": report.frames, "format": "png", "stages": report.stages}
     results["pipeline_over_gpu_only"] = round(results["gpu_only"]["s"] / runs_s[-1], 4)
+    # The same with PNG stored uncompressed (png_compression = 0, a job's choice): what is
+    # left of the gap when the last chunk's frames take ~4 ms each to encode, not ~80.
+    stored = work / "wan_stored.toml"
+    stored.write_text(job_path.read_text() + "png_compression = 0\n")
+    stored_plan = make_plan(load_job(stored), device)
+    for _ in range(2):
+        shutil.rmtree(work / "out", ignore_errors=True)
+        report = trio.run(functools.partial(render, stored_plan, lambda frame: None, models, handle_signals=False))
+    results["pipeline_png_stored"] = {"s": round(report.render_s, 3), "stages": report.stages,
+                                      "over_gpu_only": round(results["gpu_only"]["s"] / report.render_s, 4)}
+    print("wan pipeline, PNG stored", results["pipeline_png_stored"]["s"], "s", flush=True)
     if args.wan_blocks:  # where a chunk's GPU time goes, alone and in the pipeline (not timed runs)
         results["block_ms"] = {"gpu_only": block_times(vae, device, gpu_only)}
         shutil.rmtree(work / "out", ignore_errors=True)

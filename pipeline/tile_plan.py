@@ -22,11 +22,13 @@ MIN_PROXY_SIDE = 24
 # A Wan-style video VAE's tiled decoder tail, per output pixel of a tile, in elements of
 # its full-resolution width (`full_res_channels`): the causal cache it keeps between
 # chunks (Wan 2.1: 2316 elements a pixel at width 96, counted on the CPU after three
-# chunks), and the activations of one chunk per frame it makes (an H100 decoding
-# 720p chunks whole in bf16 peaked at 10.96 GiB: less the weights and that cache,
-# about 10 such tensors per frame; benchmarks/RESULTS.md).
+# chunks) and the activations of one chunk, per frame it makes; plus a part that did not
+# shrink with the tiles. The last two fit the peaks of an H100 decoding 1280x720 chunks
+# in bf16 in 2 tiles (10.50 GiB) and in 6 (8.01 GiB) (benchmarks/RESULTS.md); the same
+# model gives 10.9 GiB untiled, where 10.96 was measured.
 CLIP_CACHE_PER_PIXEL = 24.1
-CLIP_LIVE_PER_FRAME = 10.0
+CLIP_LIVE_PER_FRAME = 8.5
+CLIP_FIXED_BYTES = 1.0 * 2**30
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class TilePlan:
     whole_up_blocks: int = 0  # AutoencoderKL: up blocks whose resnets run whole before the tiles
     clip: bool = False        # a video VAE: tiles decode chunk by chunk, each batch with its cache
 
+    @property
+    def modelled_peak(self) -> float:
+        return self.whole_bytes + self.batch * self.tile_bytes
+
     def describe(self, frames: int) -> str:
         th, tw = self.grid.tile_shape
         tiles = len(self.grid.tiles)
@@ -48,7 +54,10 @@ class TilePlan:
                     f"(at most {self.grid.tile}), overlap {self.grid.overlap}, batches of up to {self.batch} "
                     f"tile(s) within {self.budget_bytes / 2**30:.2f} GiB (~{self.tile_bytes / MIB:.0f} MiB a "
                     f"tile's chunk; {self.whole_bytes / MIB:.0f} MiB for the weights, every tile's causal cache "
-                    "and the canvas; modelled); conv_in and the mid block on the whole frame")
+                    "and the canvas; modelled); conv_in and the mid block on the whole frame"
+                    + (f"; over the budget: {self.modelled_peak / 2**30:.2f} GiB with one tile a batch "
+                       "(smaller tiles lower it; the caches of the whole frame stay)"
+                       if self.modelled_peak > self.budget_bytes else ""))
         norm = ("per tile" if self.norm_proxy == 0 else "from the whole frame" if self.norm_proxy == 1
                 else f"from the frame subsampled {self.norm_proxy}x")
         return (f"decode: {tiles} tile(s) per frame of {th}x{tw} latent cells (at most {self.grid.tile}), "
@@ -107,14 +116,16 @@ def usable_proxy(requested: int, height: int, width: int) -> int:
 
 def clip_tile_plan(vae: VaeInfo, grid: TileGrid, itemsize: int, budget_gib: float) -> TilePlan:
     """A video VAE's tiles: every tile's cache stays allocated for the whole clip, so
-    the budget holds all of them, the weights and the canvas, plus one batch's chunk."""
+    the budget holds all of them, the weights and the canvas, plus one batch's chunk:
+    its activations and its cache a second time (the entries the step replaces are
+    kept until it has finished, to roll back to if it runs out of memory)."""
     th, tw = grid.tile_shape
     pixels = th * tw * vae.scale**2
     frames = vae.temporal_scale
-    caches = len(grid.tiles) * CLIP_CACHE_PER_PIXEL * vae.full_res_channels * pixels * itemsize
+    cache = CLIP_CACHE_PER_PIXEL * vae.full_res_channels * pixels * itemsize
     canvas = 3 * frames * grid.height * grid.width * vae.scale**2 * 4
-    whole_bytes = caches + canvas + vae.parameters * itemsize
-    tile_bytes = CLIP_LIVE_PER_FRAME * vae.full_res_channels * pixels * frames * itemsize
+    whole_bytes = len(grid.tiles) * cache + canvas + vae.parameters * itemsize + CLIP_FIXED_BYTES
+    tile_bytes = CLIP_LIVE_PER_FRAME * vae.full_res_channels * pixels * frames * itemsize + cache
     budget = budget_gib * 2**30
     batch = balanced_batch(len(grid.tiles), batch_size(budget - whole_bytes, tile_bytes))
     return TilePlan(grid=grid, batch=batch, tile_bytes=tile_bytes, budget_bytes=budget, whole_bytes=whole_bytes,
