@@ -23,8 +23,8 @@ diffusers' untiled decode with the same.
 written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only` is
 the chunked decode with the decode stage's quantisation and nothing downstream, over
 that; `pipeline_png_stored` the same render with png_compression = 0. `wan.tiled`: the
-clip decoded tiled in space (pipeline.wan_tiles) with --tile and --budget, then
---wan-small-tile and --small-budget; `--wan-blocks` adds the GPU time of the Wan
+clip decoded tiled in space (pipeline.wan_tiles) with --tile and --budget, then with
+--wan-large-budget; `--wan-blocks` adds the GPU time of the Wan
 decoder's blocks alone and in the pipeline.
 Not collected by pytest.
 """
@@ -227,7 +227,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["ours_psnr_vs_diffusers_untiled"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
     del outputs["diffusers_forwards_chunked"]
     results["tiled"] = []
-    for tile, budget in ((args.tile, args.budget), (args.wan_small_tile, args.small_budget)):
+    for tile, budget in ((args.tile, args.budget), (args.tile, args.wan_large_budget)):
         tiles = tile_plan(plan.vae, plan.latent_shape, dtype, tile, args.overlap, budget, 0)
         tiled = TiledClipDecoder(vae, tiles.grid, tiles.batch, device)
         def run(decoder: TiledClipDecoder = tiled) -> torch.Tensor:
@@ -356,7 +356,8 @@ def main() -> None:
     parser.add_argument("--wan-size", default="1280x720")
     parser.add_argument("--wan-frames", type=int, default=81)
     parser.add_argument("--no-wan", action="store_true")
-    parser.add_argument("--wan-small-tile", type=int, default=64, help="Wan tiles with --small-budget")
+    parser.add_argument("--wan-large-budget", type=float, default=16.0,
+                        help="a second Wan tiled run's budget, in GiB")
     parser.add_argument("--wan-blocks", action="store_true", help="also time the Wan decoder's blocks")
     parser.add_argument("--no-sd", action="store_true")
     parser.add_argument("--wan-writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")

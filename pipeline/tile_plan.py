@@ -24,11 +24,11 @@ MIN_PROXY_SIDE = 24
 # chunks (Wan 2.1: 2316 elements a pixel at width 96, counted on the CPU after three
 # chunks) and the activations of one chunk, per frame it makes; plus a part that did not
 # shrink with the tiles. The last two fit the peaks of an H100 decoding 1280x720 chunks
-# in bf16 in 2 tiles (10.50 GiB) and in 6 (8.01 GiB) (benchmarks/RESULTS.md); the same
-# model gives 10.9 GiB untiled, where 10.96 was measured.
+# in bf16 in 2 tiles (10.57 GiB) and in 6 (8.07 GiB), the higher of two runs each
+# (benchmarks/RESULTS.md); the same model gives 11.0 GiB untiled, where 10.96 was measured.
 CLIP_CACHE_PER_PIXEL = 24.1
 CLIP_LIVE_PER_FRAME = 8.5
-CLIP_FIXED_BYTES = 1.0 * 2**30
+CLIP_FIXED_BYTES = 1.15 * 2**30
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class TilePlan:
                     f"tile(s) within {self.budget_bytes / 2**30:.2f} GiB (~{self.tile_bytes / MIB:.0f} MiB a "
                     f"tile's chunk; {self.whole_bytes / MIB:.0f} MiB for the weights, every tile's causal cache "
                     "and the canvas; modelled); conv_in and the mid block on the whole frame"
-                    + (f"; over the budget: {self.modelled_peak / 2**30:.2f} GiB with one tile a batch "
-                       "(smaller tiles lower it; the caches of the whole frame stay)"
+                    + (f"; over the budget: {self.modelled_peak / 2**30:.2f} GiB at the least (every "
+                       "tile's cache stays for the clip: a frame's worth and their overlaps)"
                        if self.modelled_peak > self.budget_bytes else ""))
         norm = ("per tile" if self.norm_proxy == 0 else "from the whole frame" if self.norm_proxy == 1
                 else f"from the frame subsampled {self.norm_proxy}x")
@@ -81,7 +81,7 @@ def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dty
     grid = make_grid(height, width, tile, overlap)
     th, tw = grid.tile_shape
     if vae.is_video:
-        return clip_tile_plan(vae, grid, dtype.itemsize, budget_gib)
+        return clip_tiles_within(vae, latent_shape, dtype.itemsize, tile, overlap, budget_gib)
     tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, dtype.itemsize)
     whole = whole_up_blocks if vae.class_name == "AutoencoderKL" else 0
     whole_bytes = whole_frame_bytes(vae, height, width, whole, dtype.itemsize) + vae.parameters * dtype.itemsize
@@ -112,6 +112,26 @@ def usable_proxy(requested: int, height: int, width: int) -> int:
     while proxy > 1 and min(height, width) // proxy < MIN_PROXY_SIDE:
         proxy -= 1
     return proxy
+
+
+def clip_tiles_within(vae: VaeInfo, latent_shape: tuple[int, int, int], itemsize: int, tile: int,
+                      overlap: int, budget_gib: float) -> TilePlan:
+    """A clip's tile plan with the largest tiles, up to `tile` cells, that fit the budget.
+    For a clip a batch of one tile is not the end: smaller tiles need less for their
+    chunk (but every tile's cache stays, and their overlaps grow), so when `tile` does
+    not fit, smaller ones are tried, 8 cells at a time; when none fits, the plan that
+    needs the least is taken, and says it is over."""
+    _, height, width = latent_shape
+    sizes = range(tile, overlap, -8) if tile > overlap + 8 else [tile]
+    best = None
+    for size in sizes:
+        plan = clip_tile_plan(vae, make_grid(height, width, size, overlap), itemsize, budget_gib)
+        if plan.modelled_peak <= plan.budget_bytes:
+            return plan
+        if best is None or plan.modelled_peak < best.modelled_peak:
+            best = plan
+    assert best is not None
+    return best
 
 
 def clip_tile_plan(vae: VaeInfo, grid: TileGrid, itemsize: int, budget_gib: float) -> TilePlan:
