@@ -1,16 +1,24 @@
 """The micro-task planner (pipeline.tiles), property-tested: every latent cell and
 every pixel covered, blend weights summing to one, batches within the budget and
-holding every task once, in order."""
+holding every task once, in order; a clip's tiles within the budget, or the plan that
+needs the least when nothing fits."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.model import VaeInfo
+from pipeline.tile_plan import clip_tile_plan, tile_plan
 from pipeline.tiles import balanced_batch, batch_size, blend_weights, make_grid, pack
+
+WAN21 = VaeInfo(path=Path("wan"), class_name="AutoencoderKLWan", latent_channels=16, scale=8, scaling_factor=1.0,
+                shift_factor=0.0, force_upcast=False, sample_size=256, full_res_channels=96, temporal_scale=4,
+                parameters=126_892_531)
 
 
 @st.composite
@@ -75,6 +83,21 @@ def test_batch_size_stays_within_the_budget(budget: float, tile_bytes: float) ->
     size = batch_size(budget, tile_bytes)
     assert size >= 1
     assert size == 1 or size * tile_bytes <= budget
+
+
+@given(grids(max_side=300), st.floats(0.5, 100.0))
+@settings(deadline=None)
+def test_clip_tiles_fit_the_budget_or_need_the_least(case: tuple[int, int, int, int], budget_gib: float) -> None:
+    height, width, tile, overlap = case
+    plan = tile_plan(WAN21, (16, height, width), torch.bfloat16, tile, overlap, budget_gib, 0)
+    th, tw = plan.grid.tile_shape
+    assert plan.clip and th <= max(tile, 1) and tw <= max(tile, 1)
+    assert 1 <= plan.batch <= len(plan.grid.tiles)
+    if plan.modelled_peak > plan.budget_bytes:   # nothing fits: no tile size from `tile` down needs less
+        assert plan.batch == 1
+        sizes = range(tile, overlap, -8) if tile > overlap + 8 else [tile]
+        assert all(clip_tile_plan(WAN21, make_grid(height, width, size, overlap), 2, budget_gib).modelled_peak
+                   >= plan.modelled_peak for size in sizes)
 
 
 def test_groupnorm_proxy_is_lowered_for_small_frames() -> None:
