@@ -229,7 +229,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["tiled"] = []
     for tile, budget in ((args.tile, args.budget), (args.tile, args.wan_large_budget)):
         tiles = tile_plan(plan.vae, plan.latent_shape, dtype, tile, args.overlap, budget, 0)
-        tiled = TiledClipDecoder(vae, tiles.grid, tiles.batch, device)
+        tiled = TiledClipDecoder(vae, tiles.grid, tiles.batch)
         def run(decoder: TiledClipDecoder = tiled) -> torch.Tensor:
             return torch.cat([decoder.step(latents[:, :, i:i + 1], i == 0) for i in range(t)], dim=2)
 

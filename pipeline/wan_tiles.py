@@ -70,7 +70,7 @@ def cache_slots(decoder: torch.nn.Module) -> tuple[int, int]:
     return in_head, count(decoder) - in_head
 
 
-@dataclass
+@dataclass(eq=False)   # batches are told apart by identity (their caches hold tensors)
 class TileBatch:
     tiles: list[int]      # indices into the grid, the cache's batch order
     cache: Cache
@@ -79,13 +79,12 @@ class TileBatch:
 class TiledClipDecoder:
     """ClipDecoder's interface (`step`, `finish`), tiled in space."""
 
-    def __init__(self, vae: torch.nn.Module, grid: TileGrid, batch: int, device: torch.device | str) -> None:
+    def __init__(self, vae: torch.nn.Module, grid: TileGrid, batch: int) -> None:
         self.vae = vae
         self.grid = grid
         self.batch = batch
         self.head_slots, self.tail_slots = cache_slots(vae.decoder)
-        self.weights: torch.Tensor | None = None
-        self.device = device
+        self.weights: torch.Tensor | None = None   # made on the device of the first tiles
         self.head_cache: Cache | None = None
         self.batches: list[TileBatch] = []
         self.oom_splits = 0

@@ -47,7 +47,7 @@ def psnr(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def test_one_tile_over_the_whole_frame_is_the_untiled_decode(vae: torch.nn.Module) -> None:
     latents = clip(6, 10)
     whole = decode(ClipDecoder(vae), latents)
-    tiled = decode(TiledClipDecoder(vae, make_grid(6, 10, 16, 0), 1, "cpu"), latents)
+    tiled = decode(TiledClipDecoder(vae, make_grid(6, 10, 16, 0), 1), latents)
     assert [t.shape[2] for t in tiled] == [1, 4, 4, 4]
     for got, want in zip(tiled, whole, strict=True):
         assert torch.equal(got, want.float())
@@ -59,9 +59,9 @@ def test_overlapping_tiles_come_close_and_batching_changes_nothing(vae: torch.nn
     tile borders is what the overlap must cover."""
     latents = clip(24, 40)
     whole = decode(ClipDecoder(vae), latents)
-    one_by_one = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 8), 1, "cpu"), latents)
-    batched = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 8), 3, "cpu"), latents)
-    narrow = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 2), 2, "cpu"), latents)
+    one_by_one = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 8), 1), latents)
+    batched = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 8), 3), latents)
+    narrow = decode(TiledClipDecoder(vae, make_grid(24, 40, 16, 2), 2), latents)
     for a, b in zip(one_by_one, batched, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert psnr(one_by_one, whole) > 42
@@ -75,7 +75,7 @@ def test_out_of_memory_rolls_the_cache_back_and_splits_the_batch(vae: torch.nn.M
     latents = clip(12, 20)
     grid = make_grid(12, 20, 8, 4)
     assert len(grid.tiles) == 8
-    want = decode(TiledClipDecoder(vae, grid, 8, "cpu"), latents)
+    want = decode(TiledClipDecoder(vae, grid, 8), latents)
     real_tail, sizes = wan_tiles.tail, []
 
     def tight(decoder: torch.nn.Module, x: torch.Tensor, cache: list, first: bool) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_out_of_memory_rolls_the_cache_back_and_splits_the_batch(vae: torch.nn.M
         return out
 
     monkeypatch.setattr(wan_tiles, "tail", tight)
-    decoder = TiledClipDecoder(vae, grid, 8, "cpu")
+    decoder = TiledClipDecoder(vae, grid, 8)
     got = decode(decoder, latents)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -101,7 +101,7 @@ def test_a_tile_that_does_not_fit_fails_the_clip(vae: torch.nn.Module, monkeypat
 
     monkeypatch.setattr(wan_tiles, "tail", never)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        decode(TiledClipDecoder(vae, make_grid(12, 20, 8, 4), 4, "cpu"), clip(12, 20))
+        decode(TiledClipDecoder(vae, make_grid(12, 20, 8, 4), 4), clip(12, 20))
 
 
 def test_the_budget_holds_every_tile_cache_and_one_batch(wan_vae: Path) -> None:

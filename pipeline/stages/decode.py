@@ -66,7 +66,7 @@ class Decoder:
                                       norm=norm, proxy=tiles.norm_proxy)
         self.clip: ClipDecoder | TiledClipDecoder | None = None
         if info.is_video:
-            self.clip = (TiledClipDecoder(vae, tiles.grid, tiles.batch, ctx.device) if tiles is not None
+            self.clip = (TiledClipDecoder(vae, tiles.grid, tiles.batch) if tiles is not None
                          else ClipDecoder(vae))
         self.latents_mean = self.latents_std = None
         if info.latents_mean is not None and info.latents_std is not None:
