@@ -24,7 +24,8 @@ written as PNG, second of two runs in one process); `wan_pipeline_over_gpu_only`
 the chunked decode with the decode stage's quantisation and nothing downstream, over
 that; `pipeline_png_stored` the same render with png_compression = 0. `wan.tiled`: the
 clip decoded tiled in space (pipeline.wan_tiles) with --tile and --budget, then with
---wan-large-budget; `--wan-blocks` adds the GPU time of the Wan
+--wan-large-budget, each timed and its peak taken keeping no output (PSNR from a third
+run); `--wan-fit` adds the peaks of fixed tile plans; `--wan-blocks` adds the GPU time of the Wan
 decoder's blocks alone and in the pipeline.
 Not collected by pytest.
 """
@@ -59,8 +60,9 @@ from pipeline.plan import make_plan
 from pipeline.run import render
 from pipeline.stages.decode import Decoder, quantise_hwc
 from pipeline.tile_plan import tile_plan
+from pipeline.tiles import TileGrid, make_grid
 from pipeline.tuning import load_tuning
-from pipeline.wan_chunks import chunk_frames, decode_chunks
+from pipeline.wan_chunks import ClipDecoder, chunk_frames, decode_chunks
 from pipeline.wan_tiles import TiledClipDecoder
 
 GIB = 2**30
@@ -229,27 +231,17 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["tiled"] = []
     for tile, budget in ((args.tile, args.budget), (args.tile, args.wan_large_budget)):
         tiles = tile_plan(plan.vae, plan.latent_shape, dtype, tile, args.overlap, budget, 0)
-        tiled = TiledClipDecoder(vae, tiles.grid, tiles.batch)
-        def run(decoder: TiledClipDecoder = tiled) -> torch.Tensor:
-            return torch.cat([decoder.step(latents[:, :, i:i + 1], i == 0) for i in range(t)], dim=2)
-
-        with torch.no_grad():
-            run()
-            sync(device)
-            reset_peak(device)
-            start = time.perf_counter()
-            out = run()
-            sync(device)
-        figures = {"tile": tile, "overlap": args.overlap, "budget_gib": budget, "tiles": len(tiles.grid.tiles),
-                   "tile_cells": list(tiles.grid.tile_shape), "batch": tiled.batch,
-                   "s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device),
-                   "modelled_gib": round((tiles.whole_bytes + tiles.batch * tiles.tile_bytes) / 2**30, 2),
-                   "psnr_vs_diffusers_untiled": psnr(((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu(),
-                                                     outputs["diffusers_untiled"]), **tiled.statistics()}
-        tiled.finish()
-        del out
+        figures = tiled_clip(vae, tiles.grid, tiles.batch, latents, device, outputs["diffusers_untiled"])
+        figures.update(tile=tile, overlap=args.overlap, budget_gib=budget,
+                       modelled_gib=round(tiles.modelled_peak / 2**30, 2))
         results["tiled"].append(figures)
         print("wan tiled", figures, flush=True)
+    if args.wan_fit:  # the decoder's own peaks for pipeline.tile_plan's clip model
+        results["tiled_fit"] = [{"tile": tile, **tiled_clip(vae, make_grid(*plan.latent_shape[1:], tile, args.overlap),
+                                                            batch, latents, device, None)}
+                                for tile, batch in ((128, 1), (64, 1), (56, 1), (128, 2))]
+        results["untiled_fit"] = tiled_clip(vae, None, 1, latents, device, None)
+        print("wan tiled fit", results["tiled_fit"], results["untiled_fit"], flush=True)
     del outputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -282,6 +274,37 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             render, plan, lambda frame: None, models, handle_signals=False)))
         print("wan block ms", results["block_ms"], flush=True)
     return results
+
+
+def tiled_clip(vae: torch.nn.Module, grid: TileGrid | None, batch: int, latents: torch.Tensor,
+               device: torch.device, reference: torch.Tensor | None) -> dict[str, Any]:
+    """The clip through TiledClipDecoder (`grid` None: ClipDecoder, untiled): a warm-up,
+    then a timed run keeping no output (as the pipeline, which hands each chunk on), its
+    peak the decoder's own; with `reference`, an untimed run for PSNR against it."""
+    def run(keep: bool) -> tuple[list[torch.Tensor], dict[str, int]]:
+        decoder = TiledClipDecoder(vae, grid, batch) if grid is not None else ClipDecoder(vae)
+        kept = []
+        for i in range(latents.shape[2]):
+            out = decoder.step(latents[:, :, i:i + 1], i == 0)
+            if keep:
+                kept.append(((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu())
+        counts = decoder.statistics() if isinstance(decoder, TiledClipDecoder) else {}
+        decoder.finish()
+        return kept, counts
+
+    with torch.no_grad():
+        run(False)
+        sync(device)
+        reset_peak(device)
+        start = time.perf_counter()
+        _, counts = run(False)
+        sync(device)
+        figures = {"s": round(time.perf_counter() - start, 3), "peak_vram_gib": peak_gib(device)}
+        if grid is not None:
+            figures.update(tiles=len(grid.tiles), tile_cells=list(grid.tile_shape), batch=batch, **counts)
+        if reference is not None:
+            figures["psnr_vs_diffusers_untiled"] = psnr(torch.cat(run(True)[0], dim=2), reference)
+    return figures
 
 
 def block_times(vae: torch.nn.Module, device: torch.device, run: Callable[[], Any]) -> dict[str, float]:
@@ -359,6 +382,8 @@ def main() -> None:
     parser.add_argument("--wan-large-budget", type=float, default=16.0,
                         help="a second Wan tiled run's budget, in GiB")
     parser.add_argument("--wan-blocks", action="store_true", help="also time the Wan decoder's blocks")
+    parser.add_argument("--wan-fit", action="store_true",
+                        help="also the Wan decoder's peaks at fixed tiles, for the clip memory model")
     parser.add_argument("--no-sd", action="store_true")
     parser.add_argument("--wan-writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
