@@ -23,13 +23,14 @@ MIN_PROXY_SIDE = 24
 # its full-resolution width (`full_res_channels`): the causal cache it keeps between
 # chunks (Wan 2.1: 2316 elements a pixel at width 96, counted on the CPU after three
 # chunks) and the activations of one chunk, per frame it makes; plus a part that did not
-# shrink with the tiles. The last two are fitted to an H100 decoding 1280x720 chunks in
-# bf16 (benchmarks/RESULTS.md) so that the model is at or above each measured peak: 2
-# tiles a batch of one 10.57 GiB (modelled 10.82), 6 tiles 8.07 (8.33), 8 tiles 8.08
-# (8.10), 2 tiles in one batch 14.99 (15.85).
+# shrink with the tiles. The last two are fitted (least squares, then raised by the
+# largest residual, so the model is at or above every point) to the decoder's own peaks
+# on an H100, 1280x720 chunks in bf16 (benchmarks/RESULTS.md): 2 tiles a batch of one
+# 9.82 GiB (modelled 9.82), 6 tiles 7.54 (7.56), 8 tiles 7.33 (7.35), 2 tiles in one
+# batch 14.45 (14.47).
 CLIP_CACHE_PER_PIXEL = 24.1
-CLIP_LIVE_PER_FRAME = 8.5
-CLIP_FIXED_BYTES = 1.35 * 2**30
+CLIP_LIVE_PER_FRAME = 7.43
+CLIP_FIXED_BYTES = 0.72 * 2**30
 
 
 @dataclass(frozen=True)
