@@ -198,7 +198,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     latents = (clip * std + mean)[None].to(device, dtype)
     results: dict[str, Any] = {"width": width, "height": height, "frames": frames, "latent_frames": t}
 
-    def gpu_only(decoder: Decoder = decoder) -> list[torch.Tensor]:
+    def gpu_only() -> list[torch.Tensor]:
         """What the decode stage does, chunk by chunk, with nothing downstream."""
         pixels = []
         for index in range(t):
@@ -273,16 +273,11 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     results["pipeline_png_stored"] = {"s": round(report.render_s, 3), "stages": report.stages,
                                       "over_gpu_only": round(results["gpu_only"]["s"] / report.render_s, 4)}
     print("wan pipeline, PNG stored", results["pipeline_png_stored"]["s"], "s", flush=True)
-    if args.wan_blocks:  # where a chunk's GPU time goes, alone and in the pipeline (not timed runs),
-        # with cuda_graphs off: a graph replays a chunk in one launch, its blocks not timed apart
-        eager_job = work / "wan_eager.toml"
-        eager_job.write_text(job_path.read_text() + "cuda_graphs = false\n")
-        eager_plan = make_plan(load_job(eager_job), device)
-        eager = Decoder(vae, plan.vae, plan.dtype, DeviceContext(device), torch.uint8)
-        results["block_ms"] = {"gpu_only": block_times(vae, device, functools.partial(gpu_only, eager))}
+    if args.wan_blocks:  # where a chunk's GPU time goes, alone and in the pipeline (not timed runs)
+        results["block_ms"] = {"gpu_only": block_times(vae, device, gpu_only)}
         shutil.rmtree(work / "out", ignore_errors=True)
         results["block_ms"]["pipeline"] = block_times(vae, device, lambda: trio.run(functools.partial(
-            render, eager_plan, lambda frame: None, models, handle_signals=False)))
+            render, plan, lambda frame: None, models, handle_signals=False)))
         print("wan block ms", results["block_ms"], flush=True)
     return results
 

@@ -37,7 +37,7 @@ _lock = threading.Lock()
 class ChunkGraph:
     graph: torch.cuda.CUDAGraph
     latent: torch.Tensor           # the buffer the graph reads the latent frame from
-    cache: list[torch.Tensor | None]   # ... and the cache from; it writes the new cache back
+    cache: list[torch.Tensor]      # ... and the cache from; it writes the new cache back
     out: torch.Tensor              # where it leaves the chunk's frames
     owner: weakref.ref | None = field(default=None)   # the clip using it: a clip that died
                                                       # without `release` frees it too
@@ -48,12 +48,9 @@ class ChunkGraph:
 
 
 def _key(latent: torch.Tensor, cache: list) -> tuple | None:
-    """None while the cache is still filling ("Rep" markers); slots no convolution of
-    this decoder uses stay None and are left out of the graph."""
-    if any(c is not None and not isinstance(c, torch.Tensor) for c in cache):
+    if not all(isinstance(c, torch.Tensor) for c in cache):
         return None
-    return (tuple(latent.shape), latent.dtype, latent.device,
-            tuple(None if c is None else tuple(c.shape) for c in cache))
+    return (tuple(latent.shape), latent.dtype, latent.device, tuple(tuple(c.shape) for c in cache))
 
 
 def graphs_of(vae: torch.nn.Module) -> dict[tuple, ChunkGraph | None]:
@@ -98,7 +95,7 @@ def release(vae: torch.nn.Module, owner: Any) -> None:
 
 
 def capture(step: Any, latent: torch.Tensor, cache: list) -> ChunkGraph | None:
-    buffers = [None if c is None else c.clone() for c in cache]
+    buffers = [c.clone() for c in cache]
     static_latent = latent.clone()
     graph = torch.cuda.CUDAGraph()
     try:
@@ -111,10 +108,7 @@ def capture(step: Any, latent: torch.Tensor, cache: list) -> ChunkGraph | None:
             working = list(buffers)
             out = step(static_latent, working)
             for buffer, new in zip(buffers, working, strict=True):
-                if buffer is not None:
-                    buffer.copy_(new)
-                elif new is not None:
-                    raise ValueError("a cache slot unused until now was filled in a steady chunk")
+                buffer.copy_(new)
     except Exception as err:  # capture errors come as RuntimeError or from inside the model
         log.warning("a video VAE's chunk step could not be captured in a CUDA graph; decoding eagerly: %s",
                     str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -129,7 +123,6 @@ def replay(found: ChunkGraph, latent: torch.Tensor, cache: list | None) -> torch
     found.latent.copy_(latent)
     if cache is not None:
         for buffer, current in zip(found.cache, cache, strict=True):
-            if buffer is not None:
-                buffer.copy_(current)
+            buffer.copy_(current)
     found.graph.replay()
     return found.out.clone()

@@ -50,26 +50,3 @@ def test_graphs_off_the_gpu_decode_eagerly(tmp_path: Path) -> None:
                 assert torch.equal(graphed.step(latents[:, :, i:i + 1], i == 0),
                                    eager.step(latents[:, :, i:i + 1], i == 0))
     assert graphed.replays == 0
-
-
-def test_the_cache_is_steady_from_the_third_chunk(tmp_path: Path) -> None:
-    """What pipeline.wan_graph captures: after two chunks every cache slot a convolution
-    uses holds a tensor whose shape no later chunk changes; after one, some still hold
-    diffusers' "Rep" marker (their first chunk takes another path)."""
-    from diffusers import AutoencoderKLWan
-
-    from pipeline.wan_chunks import ClipDecoder
-    from pipeline.wan_graph import STEADY_FROM, _key
-
-    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                     temperal_downsample=[False, True, True]).save_pretrained(tmp_path / "wan")
-    vae = AutoencoderKLWan.from_pretrained(tmp_path / "wan", low_cpu_mem_usage=False).eval()
-    latents = torch.randn(1, 4, 5, 6, 8, generator=torch.Generator().manual_seed(1))
-    clip, keys = ClipDecoder(vae), []
-    with torch.no_grad():
-        for i in range(5):
-            clip.step(latents[:, :, i:i + 1], i == 0)
-            keys.append(_key(latents[:, :, :1], clip.cache))
-    assert keys[0] is None and keys[STEADY_FROM - 1] is not None
-    assert len(set(keys[STEADY_FROM - 1:])) == 1
-    assert any(c is None for c in clip.cache)   # slots of convolutions that keep no cache
