@@ -51,7 +51,6 @@ import trio
 from bench_models import default_writers, sd_class_vae, tuning_table
 from safetensors.torch import save_file
 
-from pipeline import wan_graph
 from pipeline.device import DeviceContext
 from pipeline.fast_paths import use_fast_paths
 from pipeline.frames import ClipChunk, LatentFrame
@@ -226,10 +225,6 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             if label != "gpu_only":
                 outputs[label] = ((out.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().cpu()
             print("wan", label, results[label], flush=True)
-    del out
-    wan_graph.forget(vae)   # gpu_only's chunk graph holds a chunk's memory: not in the tiled peaks
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     results["chunked_equals_untiled_psnr"] = psnr(outputs["diffusers_forwards_chunked"],
                                                   outputs["diffusers_untiled"])
     results["ours_psnr_vs_diffusers_untiled"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])

@@ -81,12 +81,6 @@ def claim(vae: torch.nn.Module, owner: Any, step: Any, latent: torch.Tensor, cac
         return found
 
 
-def forget(vae: torch.nn.Module) -> None:
-    """Drop the model's graphs (and the memory they hold); the next clip captures anew."""
-    with _lock:
-        graphs_of(vae).clear()
-
-
 def release(vae: torch.nn.Module, owner: Any) -> None:
     with _lock:
         for found in graphs_of(vae).values():
