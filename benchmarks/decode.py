@@ -190,8 +190,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     plan = make_plan(load_job(job_path), device)
     models = ModelCache(capacity=1)
     vae = models.get(plan.vae, plan.model_hash, plan.dtype, device, False)  # as the pipeline loads it
-    decoder = Decoder(vae, plan.vae, plan.dtype, DeviceContext(device), torch.uint8,
-                      graphs=plan.job.tuning.cuda_graphs)   # as the pipeline's
+    decoder = Decoder(vae, plan.vae, plan.dtype, DeviceContext(device), torch.uint8)
     mean = torch.tensor(plan.vae.latents_mean).reshape(-1, 1, 1, 1)
     std = torch.tensor(plan.vae.latents_std).reshape(-1, 1, 1, 1)
     latents = (clip * std + mean)[None].to(device, dtype)

@@ -92,8 +92,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         models = models or ModelCache(capacity=1)
         vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                             job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles,
-                      graphs=job.tuning.cuda_graphs)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles)
     report.load_s = time.perf_counter() - load_start
 
     plan.root.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ class Tuning:
     video_preset: str
     compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
     watermark_priority: str  # of the watermark stream
-    cuda_graphs: bool       # replay generation's denoiser and a video VAE's chunk step from CUDA graphs
+    cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))

@@ -15,64 +15,34 @@ from collections.abc import Iterator
 
 import torch
 
-from . import wan_graph
-from .wan_graph import ChunkGraph
-
 VIDEO_VAES = ("AutoencoderKLWan",)
 
 
 class ClipDecoder:
-    """With `graphs`, on CUDA, the steps from the third chunk on replay one CUDA graph
-    (pipeline.wan_graph); otherwise, or when it cannot be had, they run eagerly."""
-
-    def __init__(self, vae: torch.nn.Module, graphs: bool = False) -> None:
+    def __init__(self, vae: torch.nn.Module) -> None:
         from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
         self.vae = vae
         self.convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
         self.cache: list | None = None
-        self.graphs = graphs
-        self.index = 0                 # chunks of this clip decoded so far
-        self.graph: ChunkGraph | None = None
-        self.replays = 0
 
     def step(self, latent_frame: torch.Tensor, first: bool) -> torch.Tensor:
         """(1, C, 1, h, w) denormalised latents of the clip's next latent frame (`first`
         starts a clip) -> (1, 3, t, H, W) pixel frames in [-1, 1]."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
         if first:
-            self.finish()
             self.cache = [None] * self.convs
         if self.cache is None:
             raise RuntimeError("a clip's first chunk must be decoded first")
-        self.index += 1
-        if self.graphs and latent_frame.is_cuda and self.index > wan_graph.STEADY_FROM:
-            if self.graph is None:
-                self.graph = wan_graph.claim(self.vae, self, self._eager, latent_frame, self.cache)
-                if self.graph is not None:   # the graph's buffers hold the cache from now on
-                    out = wan_graph.replay(self.graph, latent_frame, self.cache)
-                    self.cache = self.graph.cache
-                    self.replays += 1
-                    return out
-            else:
-                self.replays += 1
-                return wan_graph.replay(self.graph, latent_frame, None)
-        return self._eager(latent_frame, self.cache, first)
-
-    def _eager(self, latent_frame: torch.Tensor, cache: list, first: bool = False) -> torch.Tensor:
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
         x = self.vae.post_quant_conv(latent_frame)   # 1x1x1: the same frame by frame as whole
-        out = self.vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first)
+        out = self.vae.decoder(x, feat_cache=self.cache, feat_idx=[0], first_chunk=first)
         if self.vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=self.vae.config.patch_size)
         return out.clamp(-1.0, 1.0)
 
     def finish(self) -> None:
         self.cache = None  # the cache holds a few frames of activations: give them back
-        self.index = 0
-        if self.graph is not None:
-            wan_graph.release(self.vae, self)
-            self.graph = None
 
 
 def decode_chunks(vae: torch.nn.Module, latents: torch.Tensor) -> Iterator[torch.Tensor]:

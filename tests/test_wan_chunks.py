@@ -29,24 +29,3 @@ def test_chunked_wan_decode_equals_whole_clip_decode(tmp_path: Path) -> None:
     with torch.no_grad():  # the cache is cleared between clips: a second clip decodes the same
         again = torch.cat(list(decode_chunks(vae, latents)), dim=2)
     assert torch.equal(again, whole)
-
-
-def test_graphs_off_the_gpu_decode_eagerly(tmp_path: Path) -> None:
-    """`graphs=True` asks for CUDA graphs (pipeline.wan_graph); on the CPU there are none
-    and the steps are the eager ones, clip after clip."""
-    from diffusers import AutoencoderKLWan
-
-    from pipeline.wan_chunks import ClipDecoder
-
-    torch.manual_seed(0)
-    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                     temperal_downsample=[False, True, True]).save_pretrained(tmp_path / "wan")
-    vae = AutoencoderKLWan.from_pretrained(tmp_path / "wan", low_cpu_mem_usage=False).eval()
-    latents = torch.randn(1, 4, 5, 6, 8, generator=torch.Generator().manual_seed(1))
-    eager, graphed = ClipDecoder(vae), ClipDecoder(vae, graphs=True)
-    with torch.no_grad():
-        for _ in range(2):
-            for i in range(5):
-                assert torch.equal(graphed.step(latents[:, :, i:i + 1], i == 0),
-                                   eager.step(latents[:, :, i:i + 1], i == 0))
-    assert graphed.replays == 0

@@ -43,8 +43,7 @@ def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch
 
 class Decoder:
     def __init__(self, vae: torch.nn.Module, info: VaeInfo, dtype: str, ctx: DeviceContext,
-                 pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None,
-                 graphs: bool = False) -> None:
+                 pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None) -> None:
         self.vae = vae
         self.info = info
         self.dtype = DTYPES[dtype]
@@ -68,7 +67,7 @@ class Decoder:
         self.clip: ClipDecoder | TiledClipDecoder | None = None
         if info.is_video:
             self.clip = (TiledClipDecoder(vae, tiles.grid, tiles.batch) if tiles is not None
-                         else ClipDecoder(vae, graphs=graphs))   # graphs: CUDA only (wan_graph)
+                         else ClipDecoder(vae))
         self.latents_mean = self.latents_std = None
         if info.latents_mean is not None and info.latents_std is not None:
             view = (-1, 1, 1, 1)  # per channel of (C, T, h, w)
