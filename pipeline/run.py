@@ -124,8 +124,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     depth = job.tuning.channel_depth
     # A clip's decode hands on a chunk of frames at once; while the transfer waits for
     # the first of them, the rest must fit in the channel, or the decode cannot queue
-    # the next chunk until this one has finished on the GPU, which then idles while
-    # the host queues the next chunk's first (small, launch-bound) kernels.
+    # the next chunk until this one has finished on the GPU (which then waits for the
+    # host to start it).
     depth_after_decode = max(depth, plan.vae.temporal_scale) if plan.clip_frames else depth
     render_start = time.perf_counter()
     for stage_stats in stats.values():
