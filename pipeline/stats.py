@@ -62,7 +62,9 @@ class StageStats:
             self.busy_s += time.perf_counter() - start
 
     def as_dict(self) -> dict[str, Any]:
-        times = {"first_out_s": round(self.first_out - self.origin, 3),
-                 "last_out_s": round(self.last_out - self.origin, 3)} if self.first_out and self.last_out else {}
+        times = {}
+        if self.first_out is not None and self.last_out is not None:
+            times = {"first_out_s": round(self.first_out - self.origin, 3),
+                     "last_out_s": round(self.last_out - self.origin, 3)}
         return {"busy_s": round(self.busy_s, 3), "waiting_s": round(self.waiting_s, 3),
                 "blocked_s": round(self.blocked_s, 3), "items": self.items, **times, **self.extra}

@@ -26,8 +26,8 @@ MIN_PROXY_SIDE = 24
 # shrink with the tiles. The last two are fitted (least squares, then raised by the
 # largest residual, so the model is at or above every point) to the decoder's own peaks
 # on an H100, 1280x720 chunks in bf16 (benchmarks/RESULTS.md): 2 tiles a batch of one
-# 9.61 GiB (modelled 9.62), 6 tiles 7.33 (7.35), 8 tiles 7.12 (7.14), 2 tiles in one
-# batch 14.24 (14.26).
+# 9.61 GiB (modelled 9.61), 6 tiles 7.33 (7.35), 8 tiles 7.12 (7.15), 2 tiles in one
+# batch 14.24 (14.27).
 CLIP_CACHE_PER_PIXEL = 24.1
 CLIP_LIVE_PER_FRAME = 7.43
 CLIP_FIXED_BYTES = 0.51 * 2**30
