@@ -77,16 +77,17 @@ class TiledDecoder:
         except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError on torch >= 2.5
             if len(tiles) == 1:
                 raise  # one tile does not fit: the frame fails, with the allocator's message
-            self.oom_splits += 1
-            self.batch = min(self.batch, len(tiles) // 2)
-            if tiles.is_cuda:
-                torch.cuda.empty_cache()  # give the failed batch's blocks back before retrying
-            parts, start = [], 0
-            while start < len(tiles):  # at the size that is known to fit so far
-                size = self.batch
-                parts.append(self._decode(tiles[start:start + size], frames[start:start + size]))
-                start += size
-            return torch.cat(parts)
+        # re-split outside the handler: its traceback holds the failed batch's tensors
+        self.oom_splits += 1
+        self.batch = min(self.batch, len(tiles) // 2)
+        if tiles.is_cuda:
+            torch.cuda.empty_cache()  # give the failed batch's blocks back before retrying
+        parts, start = [], 0
+        while start < len(tiles):  # at the size that is known to fit so far
+            size = self.batch
+            parts.append(self._decode(tiles[start:start + size], frames[start:start + size]))
+            start += size
+        return torch.cat(parts)
 
     def statistics(self) -> dict[str, int]:
         return {"tile_batches": self.batches, "batch_size": self.batch, "oom_splits": self.oom_splits}

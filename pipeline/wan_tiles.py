@@ -130,6 +130,8 @@ class TiledClipDecoder:
             batch.cache[:] = before   # the failed step replaced some entries: undo
             if len(batch.tiles) == 1:
                 raise  # one tile does not fit: the clip fails, with the allocator's message
+            images = None
+        if images is None:   # retried outside the handler: its traceback holds the failed step's tensors
             del crops
             self.oom_splits += 1
             if features.is_cuda:
