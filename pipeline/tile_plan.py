@@ -79,11 +79,11 @@ def plan_tiles(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int],
 
 def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dtype, tile: int, overlap: int,
               budget_gib: float, norm_proxy: int, whole_up_blocks: int = 0) -> TilePlan:
+    if vae.is_video:
+        return clip_tiles_within(vae, latent_shape, dtype.itemsize, tile, overlap, budget_gib)
     _, height, width = latent_shape
     grid = make_grid(height, width, tile, overlap)
     th, tw = grid.tile_shape
-    if vae.is_video:
-        return clip_tiles_within(vae, latent_shape, dtype.itemsize, tile, overlap, budget_gib)
     tile_bytes = modelled_tile_bytes(vae.full_res_channels, th * tw * vae.scale**2, dtype.itemsize)
     whole = whole_up_blocks if vae.class_name == "AutoencoderKL" else 0
     whole_bytes = whole_frame_bytes(vae, height, width, whole, dtype.itemsize) + vae.parameters * dtype.itemsize
