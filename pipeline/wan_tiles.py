@@ -27,12 +27,27 @@ from dataclasses import dataclass
 import torch
 
 from .tiles import TileGrid, blend_weights
-from .wan_chunks import Cache, cached_causal
+
+Cache = list   # per causal convolution: None, diffusers' "Rep" marker, or a tensor
+
+
+def _causal(conv: torch.nn.Module, x: torch.Tensor, cache: Cache, index: list[int]) -> torch.Tensor:
+    """One cached causal convolution, as WanDecoder3d.forward runs conv_in and conv_out."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T
+
+    i = index[0]
+    keep = x[:, :, -CACHE_T:].clone()
+    if keep.shape[2] < 2 and cache[i] is not None:   # one new frame: keep the last cached one too
+        keep = torch.cat([cache[i][:, :, -1:].to(keep.device), keep], dim=2)
+    out = conv(x, cache[i])
+    cache[i] = keep
+    index[0] += 1
+    return out
 
 
 def head(decoder: torch.nn.Module, x: torch.Tensor, cache: Cache) -> torch.Tensor:
     index = [0]
-    x = cached_causal(decoder.conv_in, x, cache, index)
+    x = _causal(decoder.conv_in, x, cache, index)
     return decoder.mid_block(x, feat_cache=cache, feat_idx=index)
 
 
@@ -41,7 +56,7 @@ def tail(decoder: torch.nn.Module, x: torch.Tensor, cache: Cache, first: bool) -
     for up_block in decoder.up_blocks:
         x = up_block(x, feat_cache=cache, feat_idx=index, first_chunk=first)
     x = decoder.nonlinearity(decoder.norm_out(x))
-    return cached_causal(decoder.conv_out, x, cache, index)
+    return _causal(decoder.conv_out, x, cache, index)
 
 
 def cache_slots(decoder: torch.nn.Module) -> tuple[int, int]:

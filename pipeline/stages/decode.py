@@ -122,25 +122,16 @@ class Decoder:
             latents = self._to_device(item.latents)
             if self.latents_mean is not None:  # the generating pipeline normalised them: (z - mean) / std
                 latents = latents * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
-            if item.last and item.index > 0 and isinstance(self.clip, ClipDecoder):
-                # nothing follows the clip's last latent frame: hand its frames on one by one,
-                # each at its own event, so the first are written while the last decodes
-                pixels, ready = [], []
-                for image in self.clip.step_frames(latents[None]):
-                    pixels.append(quantise_hwc(image[0, :, 0], self.pixel_dtype))
-                    ready.append(self.ctx.record(self.ctx.compute))
-            else:
-                images = self.clip.step(latents[None], first=item.index == 0)[0]   # (3, t, H, W)
-                pixels = [quantise_hwc(images[:, i], self.pixel_dtype) for i in range(images.shape[1])]
-                ready = [self.ctx.record(self.ctx.compute)] * len(pixels)
-            if len(pixels) != len(item.frames):
-                raise RuntimeError(f"latent frame {item.index} decoded to {len(pixels)} frames, "
+            images = self.clip.step(latents[None], first=item.index == 0)[0]   # (3, t, H, W)
+            if images.shape[1] != len(item.frames):
+                raise RuntimeError(f"latent frame {item.index} decoded to {images.shape[1]} frames, "
                                    f"expected {len(item.frames)}")
+            pixels = [quantise_hwc(images[:, i], self.pixel_dtype) for i in range(images.shape[1])]
+            ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
             if item.last:
                 self.clip.finish()
-        return [DeviceFrame(f, seed, p, r)
-                for f, seed, p, r in zip(item.frames, item.seeds, pixels, ready, strict=True)]
+        return [DeviceFrame(f, seed, p, ready) for f, seed, p in zip(item.frames, item.seeds, pixels, strict=True)]
 
 
 async def decode_stage(decoder: Decoder, stats: StageStats, rx: trio.MemoryReceiveChannel,
