@@ -1,7 +1,7 @@
 """Farm frame throughput on one host with several GPUs: one worker against one worker
 per GPU, both draining the same shot from the SQLite queue.
 
-    python benchmarks/farm_gpus.py [--frames 96] [--chunk 4] [--repeats 2]
+    python benchmarks/farm_gpus.py [--frames 96] [--chunk 4] [--repeats 2] [--no-turns]
                                    [--out benchmarks/results/farm_gpus.json]
 
 The shot: an SD-class VAE (random weights, real config, bf16) decoding 3840x2160 frames
@@ -13,6 +13,9 @@ last frame acknowledged (`fps` = frames / that). `steady_fps` is the slope over 
 middle 80 % of the frames' publish times (no fill, no drain). NVML utilisation of each
 GPU is sampled every 100 ms while the shot runs. Counts 1 and N (all GPUs) alternate
 `--repeats` times; `n_over_one` compares the medians.
+
+Workers take turns at each GPU between their task slots (pipeline.gpu_turn); with
+`--no-turns` the slots share it, as before turns existed, for comparison.
 
 `--cpu` runs the same plumbing on CPU workers with a small frame (a smoke test; the
 figures mean nothing). Needs CUDA otherwise; not collected by pytest.
@@ -70,10 +73,10 @@ payload = "farm"
     return path
 
 
-def worker_process(url: str, root: str, device: str, name: str, log_file: str) -> None:
+def worker_process(url: str, root: str, device: str, name: str, log_file: str, turns: bool) -> None:
     logging.basicConfig(level=logging.INFO, filename=log_file, format="%(asctime)s %(name)s %(message)s")
     run_worker(WorkerConfig(queue_url=url, output_root=Path(root), model_roots=(Path(root),), device=device,
-                            name=name, idle_poll_s=0.05))
+                            name=name, idle_poll_s=0.05, gpu_turns=turns))
 
 
 def wait_done(url: str, job_id: str, frames: int, timeout_s: float = 540.0) -> float:
@@ -147,7 +150,7 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
                      frames=args.frames, width=width, height=height, writers=writers, dtype=args.dtype)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=worker_process, args=(url, str(work), device, f"w{i}",
-                                                              str(args.logs / f"run{run}-w{i}.log")))
+                                                              str(args.logs / f"run{run}-w{i}.log"), not args.no_turns))
                  for i, device in enumerate(devices)]
     for process in processes:
         process.start()
@@ -195,6 +198,8 @@ def main() -> None:
     parser.add_argument("--size", default="3840x2160")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="smoke test on CPU workers (two of them)")
+    parser.add_argument("--no-turns", action="store_true",
+                        help="a worker's task slots share the GPU instead of taking turns (for comparison)")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "farm_gpus_logs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "farm_gpus.json")
     args = parser.parse_args()
@@ -216,7 +221,8 @@ def main() -> None:
         "machine": f"{platform.node()} ({os.cpu_count()} cores)",
         "devices": [torch.cuda.get_device_name(i) for i in range(gpus)] if not args.cpu else ["cpu"],
         "torch": torch.__version__, "frames": args.frames, "chunk": args.chunk, "size": args.size,
-        "queue": "sqlite", "shot": f"SD-class VAE, random weights, {args.dtype}, noise latents, decode = tiles, PNG",
+        "queue": "sqlite", "gpu_turns": not args.no_turns, "slots": WorkerConfig.slots,
+        "shot": f"SD-class VAE, random weights, {args.dtype}, noise latents, decode = tiles, PNG",
         "runs": []}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)

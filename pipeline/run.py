@@ -24,6 +24,7 @@ from .device import DeviceContext
 from .errors import RunInterrupted, StageFailed, leaves
 from .formats import pixel_dtype
 from .generate import PipelineCache
+from .gpu_turn import GpuTurn, TurnHold
 from .manifest import Manifest
 from .model import DTYPES, ModelCache
 from .plan import Plan
@@ -61,11 +62,12 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
                  *, handle_signals: bool = True, stop: trio.Event | None = None,
-                 pipelines: PipelineCache | None = None) -> RunReport:
+                 pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None) -> RunReport:
     """Render a plan inside a trio run. `models` and `pipelines` keep VAEs and
     generation pipelines loaded across calls (farm workers); `handle_signals=False`
     leaves Ctrl-C and SIGTERM to the caller; setting `stop` lets the frames in flight
-    finish and starts no more."""
+    finish and starts no more; renders given one `gpu_turn` take turns at the GPU
+    (pipeline.gpu_turn)."""
     started = time.perf_counter()
     report = RunReport(skipped=len(plan.skipped))
     job, shot = plan.job, plan.job.shot
@@ -127,6 +129,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     # the next chunk until this one has finished on the GPU (which then waits for the
     # host to start it).
     depth_after_decode = max(depth, plan.vae.temporal_scale) if plan.clip_frames else depth
+    turn = TurnHold(gpu_turn)
     render_start = time.perf_counter()
     for stage_stats in stats.values():
         stage_stats.origin = render_start
@@ -136,18 +139,20 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
                 nursery.start_soon(_stop_on_signal)
             if pipe is not None and plan.clip_frames:
                 tx, rx = trio.open_memory_channel[Any](depth)
-                nursery.start_soon(functools.partial(
+                nursery.start_soon(turn.after_taking(functools.partial(
                     generate_clip_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
-                    (shot.width, shot.height), plan.vae.temporal_scale, stats["generate"], tx))
+                    (shot.width, shot.height), plan.vae.temporal_scale, stats["generate"], tx)))
             elif pipe is not None:
                 tx, rx = trio.open_memory_channel[Any](depth)
-                nursery.start_soon(functools.partial(
+                nursery.start_soon(turn.after_taking(functools.partial(
                     generate_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
-                    (shot.width, shot.height), stats["generate"], tx, stop))
+                    (shot.width, shot.height), stats["generate"], tx, stop)))
             else:
                 rx = _chain_source(nursery, plan, stats, depth, stop)
+                if gpu_turn is not None:
+                    rx = _chain(nursery, depth, rx, turn.gate)
             rx = _chain(nursery, depth_after_decode, rx,
-                        lambda r, t: decode_stage(decoder, stats["decode"], r, t))
+                        lambda r, t: turn.giving_back(decode_stage(decoder, stats["decode"], r, t)))
             if offsets is not None:
                 rx = _chain(nursery, depth_after_decode, rx,
                             lambda r, t: watermark_stage(offsets, ctx, stats["watermark"], r, t))
@@ -165,6 +170,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
     report.stages["decode"].update(await trio.to_thread.run_sync(decoder.statistics))
+    if gpu_turn is not None:
+        report.stages["decode"]["gpu_turn_wait_s"] = round(turn.waited_s, 3)
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
     return report

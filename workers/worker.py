@@ -6,7 +6,10 @@ acknowledge once the frames are durable.
         render, renewing the lease meanwhile -> ack (or fail with the error)
 
 Several task slots run at once so the GPU has the next task's frames while one task's
-last frames are written. Models stay loaded between tasks (`ModelCache`). SIGTERM or
+last frames are written; they take turns at the GPU (pipeline.gpu_turn), so that one
+task's decodes run while another's frames are prepared or written, rather than both
+sharing the GPU and waiting on their host work at the same moments. Models stay loaded
+between tasks (`ModelCache`). SIGTERM or
 Ctrl-C drains: no new task is leased, tasks in progress finish the frames in flight,
 and the rest is released at once for other workers. A queue that cannot be reached
 (Redis restarting) is retried with backoff; a lost lease stops the task (its frames
@@ -34,6 +37,7 @@ import trio
 
 from pipeline.device import pick_device
 from pipeline.errors import JobError, describe
+from pipeline.gpu_turn import GpuTurn
 from pipeline.job import Job, parse_job
 from pipeline.model import ModelCache
 from pipeline.plan import make_plan
@@ -60,6 +64,7 @@ class WorkerConfig:
     exit_when_idle: bool = False        # stop once no task is left (batch use, tests)
     heartbeat_s: float = 5.0
     metrics_port: int | None = None
+    gpu_turns: bool = True              # slots take turns at the GPU (off: they share it, for comparison)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -86,13 +91,14 @@ async def serve(config: WorkerConfig) -> WorkerState:
     metrics = WorkerMetrics(config.metrics_port, device, queue)
     state = WorkerState()
     models = ModelCache()
+    turn = GpuTurn() if config.gpu_turns else None   # one GPU per worker process
     log.info("worker %s on %s, queue %s", config.name, device, redact(config.queue_url))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_drain_on_signal, state)
         nursery.start_soon(_heartbeats, config, queue, state, device, metrics)
         async with trio.open_nursery() as slots:
             for _ in range(config.slots):
-                slots.start_soon(_slot, config, queue, state, device, models, metrics)
+                slots.start_soon(_slot, config, queue, state, device, models, metrics, turn)
         nursery.cancel_scope.cancel()
     with contextlib.suppress(QueueUnavailable):
         await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(state, device))
@@ -103,7 +109,7 @@ async def serve(config: WorkerConfig) -> WorkerState:
 
 
 async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, device: torch.device,
-                models: ModelCache, metrics: WorkerMetrics) -> None:
+                models: ModelCache, metrics: WorkerMetrics, turn: GpuTurn | None) -> None:
     while not state.draining.is_set():
         lease = functools.partial(queue.lease, config.name, config.lease_s, frozenset(state.skip_jobs))
         try:
@@ -117,11 +123,11 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
             with trio.move_on_after(config.idle_poll_s):
                 await state.draining.wait()
             continue
-        await _process(config, queue, state, device, models, metrics, task)
+        await _process(config, queue, state, device, models, metrics, turn, task)
 
 
 async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, device: torch.device,
-                   models: ModelCache, metrics: WorkerMetrics, task: Task) -> None:
+                   models: ModelCache, metrics: WorkerMetrics, turn: GpuTurn | None, task: Task) -> None:
     started = time.perf_counter()
     label = f"task {task.job_id}:{task.kind} {task.first}-{task.last} (attempt {task.attempt})"
     stop = trio.Event()
@@ -162,7 +168,7 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
             nursery.start_soon(keep_lease)
             nursery.start_soon(relay_drain)
             report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
-                                  pipelines=models.pipelines)
+                                  pipelines=models.pipelines, gpu_turn=turn)
             nursery.cancel_scope.cancel()
     except Exception as err:  # ours, a bug or an environment fault: report it with the task, keep serving
         await _failed(config, queue, state, metrics, task, describe(err))

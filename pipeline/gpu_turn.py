@@ -1,0 +1,72 @@
+"""Renders sharing one GPU in one process (a farm worker's task slots) take turns at it.
+
+Without turns, two tasks started together share the GPU evenly, finish together, and
+start the next two together: the host-only ends of both (preparing the first frame,
+encoding the last ones) fall at the same moment, and the GPU waits through them (a
+worker with two slots on an H100 kept its GPU 73 % busy on 4K frames). With turns, one
+render's GPU stages (generation, decode) run at a time, and the next render's start as
+soon as this one has queued its last decode, while its frames are still being copied
+and written: one task's ends overlap the other's GPU work.
+
+A render takes the turn when its first latents are ready (or before it generates) and
+gives it back when its decode stage ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+
+class GpuTurn:
+    """One per GPU and process; handed to every `render` that shares the GPU."""
+
+    def __init__(self) -> None:
+        self._free = trio.Semaphore(1)   # not a Lock: taken and given back by different trio tasks
+
+
+class TurnHold:
+    """One render's use of a GpuTurn; with none, every call here does nothing."""
+
+    def __init__(self, turn: GpuTurn | None) -> None:
+        self.turn = turn
+        self.held = False
+        self.waited_s = 0.0
+
+    async def take(self) -> None:
+        if self.turn is None or self.held:
+            return
+        start = time.perf_counter()
+        await self.turn._free.acquire()
+        self.held = True
+        self.waited_s += time.perf_counter() - start
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.turn._free.release()
+
+    async def gate(self, rx: trio.MemoryReceiveChannel, tx: trio.MemorySendChannel) -> None:
+        """Pass items on, taking the turn before the first: the source prepares the first
+        latents while another render still has the GPU."""
+        async with rx, tx:
+            async for item in rx:
+                await self.take()
+                await tx.send(item)
+
+    def after_taking(self, stage: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """A stage that uses the GPU from its start (generation), started once the turn is taken."""
+        async def run() -> None:
+            await self.take()
+            await stage()
+        return run
+
+    async def giving_back(self, stage: Awaitable[Any]) -> None:
+        """Run the render's last GPU stage (decode); the turn goes back when it ends."""
+        try:
+            await stage
+        finally:
+            self.give()
