@@ -166,6 +166,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
         if video is not None:
             video.abort()
         raise _one_error(group, report.frames) from None
+    finally:
+        turn.give()  # a stage cancelled just after taking the turn, before the decode ended
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     report.stages = {name: s.as_dict() for name, s in stats.items()}
