@@ -70,7 +70,8 @@ class Generation:
 @dataclass(frozen=True)
 class Source:
     kind: str                 # "latents" | "clip" | "noise" | "diffusers"
-    path: str | None          # latents: absolute pattern with {frame}; clip: one absolute file;
+    path: str | None          # latents: absolute pattern with {frame} (patterns.input_pattern);
+                              #   clip: one absolute file, as a pattern (braces doubled);
                               #   diffusers: the pipeline folder
     tensor: str               # tensor name inside a safetensors file
     generation: Generation | None = None   # diffusers only
@@ -158,14 +159,14 @@ def _source(t: Table, job_dir: Path, shot: Shot) -> Source:
         patterns.check_pattern("source.path", pattern, needs_frame=True)
         if not pattern.endswith((".safetensors", ".npy")):
             raise JobError("source.path", pattern, "expected a .safetensors or .npy file pattern")
-        path = pattern if Path(pattern).is_absolute() else str(job_dir / pattern)
+        path = patterns.input_pattern(job_dir, pattern, shot=shot.name)
         source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
     elif kind == "clip":  # a video VAE's latents for the whole shot: (C, T, h, w) in one file
         raw = t.string("path")
         patterns.check_pattern("source.path", raw, needs_frame=False, allow_frame=False)
         if not raw.endswith((".safetensors", ".npy")):
             raise JobError("source.path", raw, "expected a .safetensors or .npy file")
-        path = raw if Path(raw).is_absolute() else str(job_dir / raw)
+        path = patterns.input_pattern(job_dir, raw, shot=shot.name)
         source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
     else:
         source = Source(kind=kind, path=None, tensor="latents")

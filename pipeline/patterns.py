@@ -45,6 +45,23 @@ def fill(pattern: str, *, shot: str, frame: int | None = None) -> str:
     return pattern.format_map(values)
 
 
+def input_pattern(base: Path, pattern: str, *, shot: str) -> str:
+    """An input file pattern made absolute, its ``{shot}`` filled now and only ``{frame}``
+    left for `fill`: braces in `base` (a folder's name) are escaped, not read as
+    placeholders. `pattern` has passed `check_pattern`."""
+    out = []
+    for text, name, spec, _conversion in string.Formatter().parse(pattern):
+        out.append(text.replace("{", "{{").replace("}", "}}"))
+        if name == "shot":
+            out.append(shot)
+        elif name == "frame":
+            out.append("{frame" + (f":{spec}" if spec else "") + "}")
+    relative = "".join(out)
+    if Path(pattern).is_absolute():
+        return relative
+    return str(Path(str(base).replace("{", "{{").replace("}", "}}")) / relative)
+
+
 def check_relative(field: str, pattern: str, relative: str) -> None:
     """An output pattern must stay inside the output root."""
     path = PurePosixPath(relative)

@@ -209,3 +209,24 @@ def test_a_failing_stage_names_stage_and_frame_and_keeps_finished_frames(
     assert not list(root.rglob("*.part"))
     assert cli("verify", str(root))[0] == 0
     assert {r["frame"] for r in manifest(root)} <= {1, 2, 3, 4}
+
+
+def test_latent_paths_name_the_shot_and_job_folders_may_hold_braces(
+        cli: Callable[..., tuple], tmp_path: Path, kl_vae: Path) -> None:
+    """`{shot}` in source.path is the shot's name (it was filled with ""), and a job in a
+    folder whose name has braces reads its latents from there (they were taken for
+    placeholders)."""
+    from conftest import base_job, job_toml
+
+    folder = tmp_path / "take{2}"
+    write_latents(folder / "hero_latents", range(1, 3), (4, 12, 16))
+    job = base_job(kl_vae, shot={"name": "hero", "frame_end": 2},
+                   source={"kind": "latents", "path": "{shot}_latents/frame_{frame:04d}.safetensors"},
+                   output={"root": str(tmp_path / "out"), "formats": ["png"]})
+    (folder / "job.toml").write_text(job_toml(job))
+    code, _out, err = cli("run", str(folder / "job.toml"), "--device", "cpu", "-q")
+    assert code == 0, err
+    for frame in (1, 2):
+        latents = load_file(folder / "hero_latents" / f"frame_{frame:04d}.safetensors")["latents"]
+        written = read_png(tmp_path / "out" / "hero" / f"hero.{frame:04d}.png")
+        assert np.abs(written.astype(int) - expected_frame(kl_vae, latents).astype(int)).max() <= 1

@@ -27,7 +27,7 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 def latent_path(source: Source, frame: int) -> Path:
-    assert source.path is not None
+    assert source.path is not None   # {shot} was filled when the job was read
     return Path(patterns.fill(source.path, shot="", frame=frame))
 
 
