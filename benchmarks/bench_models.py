@@ -23,6 +23,34 @@ def tuning_table(writers: int) -> str:
     return f"[tuning]\nchannel_depth = 3\npinned_buffers = {max(8, writers + 4)}\nwriter_threads = {writers}\n"
 
 
+def noise_job(path: Path, *, seed: int, name: str, model: Path, root: Path, frames: int, width: int,
+              height: int, formats: list[str], writers: int, dtype: str = "bfloat16", tuning: str = "") -> Path:
+    """A benchmark job decoding frames from the noise source (latents drawn from the job
+    seed, nothing read), watermarked; `tuning` adds lines to its [tuning] table."""
+    path.write_text(f"""seed = {seed}
+preset = "default"
+[shot]
+name = "{name}"
+frame_start = 1
+frame_end = {frames}
+fps = 24
+width = {width}
+height = {height}
+[source]
+kind = "noise"
+[model]
+path = "{model}"
+dtype = "{dtype}"
+[output]
+root = "{root}"
+formats = {json.dumps(formats)}
+[watermark]
+enabled = true
+payload = "{name}"
+{tuning_table(writers)}{tuning}""")
+    return path
+
+
 def sd_class_vae() -> diffusers.AutoencoderKL:
     """Stable Diffusion's VAE architecture: block_out_channels 128/256/512/512."""
     return diffusers.AutoencoderKL(

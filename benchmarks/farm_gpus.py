@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_models import sd_class_vae, tuning_table
+from bench_models import noise_job, sd_class_vae
 
 from workers.queue import open_queue
 from workers.submit import submit_job
@@ -49,28 +49,8 @@ SEED = 7
 
 def write_job(path: Path, *, name: str, model: Path, root: Path, frames: int, width: int, height: int,
               writers: int, dtype: str) -> Path:
-    path.write_text(f"""seed = {SEED}
-[shot]
-name = "{name}"
-frame_start = 1
-frame_end = {frames}
-fps = 24
-width = {width}
-height = {height}
-[source]
-kind = "noise"
-[model]
-path = "{model}"
-dtype = "{dtype}"
-[output]
-root = "{root}"
-formats = ["png"]
-[watermark]
-enabled = true
-payload = "farm"
-{tuning_table(writers)}decode = "tiles"
-""")
-    return path
+    return noise_job(path, seed=SEED, name=name, model=model, root=root, frames=frames, width=width,
+                     height=height, formats=["png"], writers=writers, dtype=dtype, tuning='decode = "tiles"\n')
 
 
 def worker_process(url: str, root: str, device: str, name: str, log_file: str, turns: bool) -> None:

@@ -58,7 +58,7 @@ import diffusers
 import numpy as np
 import torch
 import trio
-from bench_models import default_writers, sd_class_vae, tuning_table
+from bench_models import default_writers, noise_job, sd_class_vae
 
 from pipeline.device import DeviceContext
 from pipeline.formats import FRAME_FORMATS
@@ -92,28 +92,8 @@ def make_vae(kind: str, folder: Path) -> Path:
 
 def write_job(path: Path, *, model: Path, root: Path, frames: int, width: int, height: int,
               formats: list[str], writers: int) -> Path:
-    path.write_text(f"""seed = {SEED}
-preset = "default"
-[shot]
-name = "bench"
-frame_start = 1
-frame_end = {frames}
-fps = 24
-width = {width}
-height = {height}
-[source]
-kind = "noise"
-[model]
-path = "{model}"
-dtype = "bfloat16"
-[output]
-root = "{root}"
-formats = {json.dumps(formats)}
-[watermark]
-enabled = true
-payload = "bench"
-{tuning_table(writers)}""")
-    return path
+    return noise_job(path, seed=SEED, name="bench", model=model, root=root, frames=frames, width=width,
+                     height=height, formats=formats, writers=writers)
 
 
 def latents_for(frames: int, shape: tuple[int, int, int]) -> list[tuple[int, torch.Tensor]]:
