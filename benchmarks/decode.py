@@ -22,7 +22,8 @@ diffusers' untiled decode with the same.
 `wan_720p_81f_s` is a whole `render` of a clip job (source kind "clip", 81 frames
 written as PNG; the median of runs 2-4 in one process, the first warms up);
 `wan_pipeline_over_gpu_only` is the chunked decode with the decode stage's quantisation
-and nothing downstream (median of three), over that; `pipeline_png_stored` the same
+and nothing downstream (median of three), over that; `pipeline.drain_s`, per run, the
+seconds from the last frame's copy to the last PNG published; `pipeline_png_stored` the same
 render with png_compression = 0. `wan.tiled`: the clip decoded tiled in space
 (pipeline.wan_tiles) with --tile and --budget, then with --wan-large-budget, each
 timed and its peak taken keeping no output (PSNR from a third run); `--wan-fit` adds

@@ -9,7 +9,8 @@ from the noise source with the micro-task decode, written as PNG, watermarked. E
 measurement starts fresh worker processes (the same `run_worker` that `render worker
 --device cuda:N` runs), warms them with a small job until every worker has rendered
 (models loaded, CUDA started), then submits the shot and times it from submit to its
-last frame acknowledged (`fps` = frames / that). `steady_fps` is the slope over the
+last frame acknowledged (`fps` = frames / that; the workers poll an idle queue every
+50 ms, not the CLI's 1 s, so the submit is picked up at once). `steady_fps` is the slope over the
 middle 80 % of the frames' publish times (no fill, no drain). NVML utilisation of each
 GPU is sampled every 100 ms while the shot runs. Counts 1 and N (all GPUs) alternate
 `--repeats` times; `n_over_one` compares the medians.

@@ -3,10 +3,11 @@
 Without turns, two tasks started together share the GPU evenly, finish together, and
 start the next two together: the host-only ends of both (preparing the first frame,
 encoding the last ones) fall at the same moment, and the GPU waits through them (a
-worker with two slots on an H100 kept its GPU 73 % busy on 4K frames). With turns, one
-render's GPU stages (generation, decode) run at a time, and the next render's start as
-soon as this one has queued its last decode, while its frames are still being copied
-and written: one task's ends overlap the other's GPU work.
+worker with two slots on an H100 kept its GPU 69-73 % busy on 4K frames, 89-91 % with
+turns: benchmarks/RESULTS.md). With turns, one render's GPU stages (generation, decode)
+run at a time, and the next render's begin as soon as this one has queued its last
+decode, while its frames are still being copied and written: one task's ends overlap
+the other's GPU work.
 
 A render takes the turn when its first latents are ready (or before it generates) and
 gives it back when its decode stage ends, however it ends.

@@ -9,9 +9,8 @@ Several task slots run at once so the GPU has the next task's frames while one t
 last frames are written; they take turns at the GPU (pipeline.gpu_turn), so that one
 task's decodes run while another's frames are prepared or written, rather than both
 sharing the GPU and waiting on their host work at the same moments. Models stay loaded
-between tasks (`ModelCache`). SIGTERM or
-Ctrl-C drains: no new task is leased, tasks in progress finish the frames in flight,
-and the rest is released at once for other workers. A queue that cannot be reached
+between tasks (`ModelCache`). SIGTERM or Ctrl-C drains: no new task is leased, tasks in
+progress finish the frames in flight, and the rest is released at once for other workers. A queue that cannot be reached
 (Redis restarting) is retried with backoff; a lost lease stops the task (its frames
 already published stay: publishing is first-writer-wins).
 """
