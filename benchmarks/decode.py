@@ -1,7 +1,7 @@
 """Decode benchmark (issue 4): this project's micro-task decode against diffusers'
 untiled decode and diffusers' `enable_tiling()`, side by side, on the same latents:
 seconds per frame, peak VRAM, PSNR against untiled; plus the Wan 2.1 VAE decoded
-chunk by chunk (with pipeline.wan_fast's lean forwards, as load_vae gives them) against
+chunk by chunk (with pipeline.kernels.wan's lean forwards, as load_vae gives them) against
 diffusers' whole-clip decode and diffusers' own forwards chunk by chunk.
 
     python benchmarks/decode.py [--out benchmarks/results/decode.json]        # one GPU
@@ -25,7 +25,7 @@ written as PNG; the median of runs 2-4 in one process, the first warms up);
 and nothing downstream (median of three), over that; `pipeline.drain_s`, per run, the
 seconds from the last frame's copy to the last PNG published; `pipeline_png_stored` the same
 render with png_compression = 0. `wan.tiled`: the clip decoded tiled in space
-(pipeline.wan_tiles) with --tile and --budget, then with --wan-large-budget, each
+(pipeline.decode.video.tiled) with --tile and --budget, then with --wan-large-budget, each
 timed and its peak taken keeping no output (PSNR from a third run); `--wan-fit` adds
 the peaks of fixed tile plans; `--wan-blocks` adds the GPU time of the Wan
 decoder's blocks alone and in the pipeline.
@@ -53,19 +53,21 @@ import trio
 from bench_models import default_writers, sd_class_vae, tuning_table
 from safetensors.torch import save_file
 
-from pipeline.device import DeviceContext
-from pipeline.fast_paths import use_fast_paths
-from pipeline.frames import ClipChunk, LatentFrame
-from pipeline.job import load_job
-from pipeline.model import ModelCache, VaeInfo
+from pipeline.config.job import load_job
+from pipeline.config.tuning import load_tuning
+from pipeline.decode.budget import tile_plan
+from pipeline.decode.quantise import quantise_hwc
+from pipeline.decode.tiles import TileGrid, make_grid
+from pipeline.decode.video.chunks import ClipDecoder, chunk_frames, decode_chunks
+from pipeline.decode.video.tiled import TiledClipDecoder
+from pipeline.flow.frames import ClipChunk, LatentFrame
+from pipeline.gpu.device import DeviceContext
+from pipeline.kernels.install import use_fast_paths
+from pipeline.models.cache import ModelCache
+from pipeline.models.vae import VaeInfo
 from pipeline.plan import make_plan
 from pipeline.run import render
-from pipeline.stages.decode import Decoder, quantise_hwc
-from pipeline.tile_plan import tile_plan
-from pipeline.tiles import TileGrid, make_grid
-from pipeline.tuning import load_tuning
-from pipeline.wan_chunks import ClipDecoder, chunk_frames, decode_chunks
-from pipeline.wan_tiles import TiledClipDecoder
+from pipeline.stages.decode import Decoder
 
 GIB = 2**30
 
@@ -150,11 +152,10 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
             return decoder.decode(LatentFrame(0, 0, z)).pixels
 
         outputs, figures = timed(run, host_latents, device)  # the pipeline's source hands over host latents
-        assert decoder.tiled is not None
         figures.update(psnr_vs_untiled=statistics.mean(map(psnr, outputs, untiled)), budget_gib=budget,
                        tiles_per_frame=len(plan.grid.tiles), tile=list(plan.grid.tile_shape), overlap=overlap,
                        groupnorm_proxy=plan.norm_proxy, whole_up_blocks=plan.whole_up_blocks,
-                       **decoder.tiled.statistics())
+                       **decoder.strategy.statistics())
         print(label, figures, flush=True)
         return figures
 
@@ -246,7 +247,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                        modelled_gib=round(tiles.modelled_peak / 2**30, 2))
         results["tiled"].append(figures)
         print("wan tiled", figures, flush=True)
-    if args.wan_fit:  # the decoder's own peaks for pipeline.tile_plan's clip model
+    if args.wan_fit:  # the decoder's own peaks for pipeline.decode.budget's clip model
         results["tiled_fit"] = [{"tile": tile, **tiled_clip(vae, make_grid(*plan.latent_shape[1:], tile, args.overlap),
                                                             batch, latents, device, None)}
                                 for tile, batch in ((128, 1), (64, 1), (56, 1), (128, 2))]

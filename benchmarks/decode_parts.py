@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from bench_models import sd_class_vae
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pipeline.device import DeviceContext
-from pipeline.fast_paths import use_fast_paths
-from pipeline.frames import LatentFrame
-from pipeline.model import VaeInfo
+from pipeline.config.tuning import load_tuning
+from pipeline.decode.budget import tile_plan
+from pipeline.decode.kl_split import split_decoder
+from pipeline.flow.frames import LatentFrame
+from pipeline.gpu.device import DeviceContext
+from pipeline.kernels.install import use_fast_paths
+from pipeline.models.vae import VaeInfo
 from pipeline.stages.decode import Decoder
-from pipeline.tile_plan import tile_plan
-from pipeline.tuning import load_tuning
-from pipeline.vae_split import split_decoder
 
 
 def seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -62,8 +62,8 @@ def profile_table(fn: Callable[[], Any]) -> str:
 def wan_parts(args: argparse.Namespace) -> None:
     import diffusers
 
-    from pipeline.wan_chunks import decode_chunks
-    from pipeline.wan_fast import use_lean_wan_forwards
+    from pipeline.decode.video.chunks import decode_chunks
+    from pipeline.kernels.wan import use_lean_wan_forwards
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKLWan().to("cuda", torch.bfloat16).eval()

@@ -21,8 +21,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.publish import publish_bytes
-from workers.queue import JobSpec, open_queue
+from pipeline.files.publish import publish_bytes
+from workers.queue import open_queue
+from workers.tasks import JobSpec
 
 
 def worker(url: str, name: str, out_dir: str, start: float, results: multiprocessing.Queue) -> None:

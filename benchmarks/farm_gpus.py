@@ -15,7 +15,7 @@ middle 80 % of the frames' publish times (no fill, no drain). NVML utilisation o
 GPU is sampled every 100 ms while the shot runs. Counts 1 and N (all GPUs) alternate
 `--repeats` times; `n_over_one` compares the medians.
 
-Workers take turns at each GPU between their task slots (pipeline.gpu_turn); with
+Workers take turns at each GPU between their task slots (pipeline.gpu.turns); with
 `--no-turns` the slots share it, as before turns existed, for comparison.
 
 `--cpu` runs the same plumbing on CPU workers with a small frame (a smoke test; the

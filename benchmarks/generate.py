@@ -34,14 +34,15 @@ import trio
 from bench_models import default_writers, sdxl_class_pipeline, tuning_table
 from gpu_pipeline import NvmlSampler
 
-from pipeline.device import DeviceContext
-from pipeline.frames import LatentFrame
-from pipeline.generate import PipelineCache, batches, generate_latents
-from pipeline.job import load_job
-from pipeline.model import DTYPES
+from pipeline.config.job import load_job
+from pipeline.config.seeds import frame_seed
+from pipeline.flow.frames import LatentFrame
+from pipeline.gpu.device import DeviceContext
+from pipeline.models.cache import PipelineCache
+from pipeline.models.dtypes import DTYPES
+from pipeline.models.generation import batches, generate_latents
 from pipeline.plan import make_plan
 from pipeline.run import render
-from pipeline.seeds import frame_seed
 from pipeline.stages.decode import Decoder
 
 JOB = """seed = 5

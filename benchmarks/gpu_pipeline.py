@@ -26,7 +26,7 @@ Figures:
                    sustain neither more than the GPU decodes nor more than the writers
                    publish. `pipeline_over_*` use it; `*_whole_run` ratios use `fps`
   gpu_busy_fraction  CUDA timing events around each decode on the compute stream
-                   (pipeline.busy.BusyClock): GPU-busy time over the span from the first
+                   (pipeline.gpu.busy.BusyClock): GPU-busy time over the span from the first
                    decode's start to the last one's end; `nvml_util_mean`: pynvml's
                    utilisation sampled every 50 ms, averaged over the steady window
   peak_vram_gib    torch.cuda.max_memory_allocated during the mode; `peak_reserved_gib`
@@ -60,21 +60,21 @@ import torch
 import trio
 from bench_models import default_writers, noise_job, sd_class_vae
 
-from pipeline.device import DeviceContext
-from pipeline.formats import FRAME_FORMATS
-from pipeline.frames import LatentFrame
-from pipeline.job import load_job
-from pipeline.manifest import Manifest
-from pipeline.model import ModelCache
+from pipeline.config.formats import FRAME_FORMATS
+from pipeline.config.job import load_job
+from pipeline.config.seeds import frame_seed
+from pipeline.files.manifest import Manifest
+from pipeline.files.png import encode_png
+from pipeline.flow.frames import LatentFrame
+from pipeline.gpu.device import DeviceContext
+from pipeline.models.cache import ModelCache
 from pipeline.plan import make_plan
-from pipeline.png import encode_png
 from pipeline.run import render
-from pipeline.seeds import frame_seed
 from pipeline.stages.decode import Decoder
 from pipeline.stages.source import noise_latents
 from pipeline.stages.watermark import offsets_for
 from pipeline.stages.write import FrameOutputs
-from pipeline.watermark import embed
+from pipeline.watermark.spread_spectrum import embed
 
 SEED = 7
 GIB = 2**30
@@ -294,7 +294,7 @@ def writer_limit(pictures: list[np.ndarray], frames: int, threads: int, out: Pat
 
 def mp4_writer_limit(pictures: list[np.ndarray], frames: int, out: Path) -> dict[str, Any]:
     """The pipeline's video writer alone: frames in order into PyAV's libx264."""
-    from pipeline.video import VideoFile
+    from pipeline.files.video import VideoFile
 
     root = fresh_dir(out)
     height, width, _ = pictures[0].shape

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EXIT_BAD_INPUT, FramefarmError, VerifyFailed
+from pipeline.errors import EXIT_BAD_INPUT, FramefarmError, VerifyFailed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,9 +45,9 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
     OUTPUT_ROOT/manifest.jsonl; an interrupted run leaves no partial file and can be
     continued with --resume.
     """
-    from .device import pick_device
-    from .job import load_job
-    from .plan import make_plan
+    from pipeline.config.job import load_job
+    from pipeline.gpu.device import pick_device
+    from pipeline.plan import make_plan
 
     job = load_job(job_file, output_root=output_root)
     plan = make_plan(job, pick_device(device), resume=resume)
@@ -59,8 +59,8 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
                    f"are finished and match the manifest in {plan.root}")
         return
 
-    from .run import run_plan
-    from .summary import format_summary
+    from pipeline.run import run_plan
+    from pipeline.summary import format_summary
 
     started = time.perf_counter()
     show = not quiet and len(plan.todo) > 0
@@ -77,9 +77,9 @@ def verify(outdir: Path) -> None:
 
     Exits 0 when every file is present with its recorded size and SHA-256, 1 otherwise.
     """
-    from .errors import JobError
-    from .manifest import MANIFEST_NAME
-    from .manifest import verify as verify_outputs
+    from pipeline.errors import JobError
+    from pipeline.files.manifest import MANIFEST_NAME
+    from pipeline.files.manifest import verify as verify_outputs
 
     if not (outdir / MANIFEST_NAME).is_file():
         raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
@@ -101,9 +101,9 @@ def watermark() -> None:
 @click.option("--key", default="framefarm", show_default=True, help="The watermark key the job used.")
 def watermark_verify(files: tuple[Path, ...], key: str) -> None:
     """Look for the watermark in PNG (8- or 16-bit) or EXR files; exit 1 if any file lacks it."""
-    from .errors import JobError
-    from .formats import read_frame, to_rgb8
-    from .watermark import detect
+    from pipeline.errors import JobError
+    from pipeline.files.formats import read_frame, to_rgb8
+    from pipeline.watermark.spread_spectrum import detect
 
     missing = 0
     for path in files:

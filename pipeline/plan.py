@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from . import patterns
-from .errors import JobError
-from .formats import FrameFormat, frame_format
-from .generate import PipelineInfo, check_scheduler, inspect_pipeline, size_multiple
-from .job import Job
-from .manifest import check_record, latest_by_path, read_records
-from .model import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
-from .stages.source import check_clip_file, check_latent_files
-from .tile_plan import TilePlan, plan_tiles
+from pipeline.config import patterns
+from pipeline.config.formats import FrameFormat, frame_format
+from pipeline.config.job import Job
+from pipeline.decode.budget import TilePlan, plan_tiles
+from pipeline.errors import JobError
+from pipeline.files.latents import check_clip_file, check_latent_files
+from pipeline.files.manifest import check_record, latest_by_path, read_records
+from pipeline.models.generation import PipelineInfo, check_scheduler, inspect_pipeline, size_multiple
+from pipeline.models.vae import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
 
 
 @dataclass(frozen=True)

@@ -1,43 +1,47 @@
 """The one place the stages are wired: one trio nursery, bounded channels between them.
 
-    source -> decode -> [watermark] -> transfer -> write (N writers, ordered video)
+    source | generate -> decode -> [watermark] -> transfer -> write (N writers, ordered video)
 
-Load the model, open the outputs, start every stage; the first error cancels the rest
-and comes back as a `StageFailed` naming the stage and frame; Ctrl-C or SIGTERM comes
-back as `RunInterrupted`. In-flight writes finish (threads are never abandoned) and
-an unfinished video is removed, so no partial file is left either way.
+Every stage has one shape, `stage(..., stats, rx, tx)` (the first has no rx, the last
+no tx), so a run is a list of stages joined in order. The first error cancels the
+rest and comes back as a `StageFailed` naming the stage and frame; Ctrl-C or SIGTERM
+comes back as `RunInterrupted`. In-flight writes finish (threads are never abandoned)
+and an unfinished video is removed, so no partial file is left either way.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import torch
 import trio
 
-from .device import DeviceContext
-from .errors import RunInterrupted, StageFailed, leaves
-from .formats import pixel_dtype
-from .generate import PipelineCache
-from .gpu_turn import GpuTurn, TurnHold
-from .manifest import Manifest
-from .model import DTYPES, ModelCache
-from .plan import Plan
-from .publish import sweep_stale_temps
-from .ring import HostRing
-from .stages.decode import Decoder, decode_stage
-from .stages.generate import generate_clip_stage, generate_stage
-from .stages.source import clip_source_stage, source_stage
-from .stages.transfer import transfer_stage
-from .stages.watermark import offsets_for, watermark_stage
-from .stages.write import FrameOutputs, VideoSequencer, read_back, write_stage
-from .stats import StageStats
-from .video import VideoFile
+from pipeline.errors import RunInterrupted, StageFailed, leaves
+from pipeline.files.formats import pixel_dtype
+from pipeline.files.manifest import Manifest
+from pipeline.files.publish import sweep_stale_temps
+from pipeline.files.video import VideoFile
+from pipeline.flow.stats import StageStats
+from pipeline.gpu.device import DeviceContext
+from pipeline.gpu.ring import HostRing
+from pipeline.gpu.turns import GpuTurn, TurnHold
+from pipeline.models.cache import ModelCache, PipelineCache
+from pipeline.models.dtypes import DTYPES
+from pipeline.models.generation import Pipeline
+from pipeline.models.vae import Vae
+from pipeline.plan import Plan
+from pipeline.stages.decode import Decoder, decode_stage
+from pipeline.stages.generate import generate_clip_stage, generate_stage
+from pipeline.stages.source import clip_source_stage, source_stage
+from pipeline.stages.transfer import transfer_stage
+from pipeline.stages.watermark import offsets_for, watermark_stage
+from pipeline.stages.write import FrameOutputs, VideoSequencer, read_back, write_stage
 
 
 @dataclass
@@ -63,27 +67,63 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
                  *, handle_signals: bool = True, stop: trio.Event | None = None,
                  pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None) -> RunReport:
-    """Render a plan inside a trio run. `models` and `pipelines` keep VAEs and
-    generation pipelines loaded across calls (farm workers); `handle_signals=False`
-    leaves Ctrl-C and SIGTERM to the caller; setting `stop` lets the frames in flight
-    finish and starts no more; renders given one `gpu_turn` take turns at the GPU
-    (pipeline.gpu_turn)."""
+    """Render a plan inside a trio run: load the model, prepare the outputs, wire the
+    stages and run them, report. `models` and `pipelines` keep VAEs and generation
+    pipelines loaded across calls (farm workers); `handle_signals=False` leaves Ctrl-C
+    and SIGTERM to the caller; setting `stop` lets the frames in flight finish and
+    starts no more; renders given one `gpu_turn` take turns at the GPU."""
     started = time.perf_counter()
-    report = RunReport(skipped=len(plan.skipped))
-    job, shot = plan.job, plan.job.shot
-    ctx = DeviceContext(plan.device, compute_priority=job.tuning.compute_priority,
-                        watermark_priority=job.tuning.watermark_priority)
-    report.device = ctx.describe()
+    ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
+                        watermark_priority=plan.job.tuning.watermark_priority)
+    report = RunReport(skipped=len(plan.skipped), device=ctx.describe())
 
-    load_start = time.perf_counter()
+    decoder, pipe = await _load(plan, ctx, models, pipelines)
+    report.load_s = time.perf_counter() - started
+
+    outputs = await _prepare_outputs(plan, ctx, decoder.pixel_dtype)
+
+    def frame_written(frame: int) -> None:
+        report.frames += 1
+        on_frame(frame)
+
+    turn = TurnHold(gpu_turn)
+    stages = _stages(plan, ctx, decoder, pipe, outputs, turn, stop, frame_written)
+    render_start = time.perf_counter()
+    try:
+        await _run_stages(stages, render_start, handle_signals)
+    except BaseException as group:
+        if outputs.video is not None:
+            outputs.video.abort()
+        raise _one_error(group, report.frames) from None
+    finally:
+        turn.give()  # a stage cancelled just after taking the turn, before the decode ended
+    report.render_s = time.perf_counter() - render_start
+    report.wall_s = time.perf_counter() - started
+
+    report.stages = {stage.name: stage.stats.as_dict() for stage in stages}
+    report.stages["decode"].update(await trio.to_thread.run_sync(decoder.statistics))
+    if gpu_turn is not None:
+        report.stages["decode"]["gpu_turn_wait_s"] = round(turn.waited_s, 3)
+    report.stages["transfer"].update(ctx.statistics())
+    report.stages["transfer"].update({f"ring_{k}": v for k, v in outputs.ring.statistics().items()})
+    return report
+
+
+async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
+                pipelines: PipelineCache | None) -> tuple[Decoder, Pipeline | None]:
+    """The decoder, and the generation pipeline when the job generates (its own VAE
+    decodes, in the VAE's dtype). Off the trio thread: loading reads weights, and a
+    dtype change copies them."""
+    job = plan.job
     pipe = None
-    if plan.pipeline is not None:  # the pipeline's own VAE decodes, in the VAE's dtype
+    if plan.pipeline is not None:
         assert job.source.generation is not None
-        cache, generation = pipelines or PipelineCache(), job.source.generation
+        pipeline_cache, pipeline_info = pipelines or PipelineCache(), plan.pipeline
+        scheduler = job.source.generation.scheduler
 
-        def load_generation() -> tuple[Any, Any]:  # off the trio thread: a dtype change copies weights
-            pipe = cache.get(plan.pipeline, plan.pipeline_dtype, plan.device, generation.scheduler,
-                             job.tuning.cuda_graphs)
+        def load_generation() -> tuple[Pipeline, Vae]:
+            pipe = pipeline_cache.get(pipeline_info, plan.pipeline_dtype, plan.device, scheduler,
+                                      job.tuning.cuda_graphs)
             vae = pipe.vae.to(DTYPES[plan.dtype])
             if job.tuning.tiling:
                 vae.enable_tiling()
@@ -91,113 +131,106 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
 
         pipe, vae = await trio.to_thread.run_sync(load_generation)
     else:
-        models = models or ModelCache(capacity=1)
-        vae = await trio.to_thread.run_sync(models.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
+        vae_cache = models or ModelCache(capacity=1)
+        vae = await trio.to_thread.run_sync(vae_cache.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                             job.tuning.tiling)
     decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles)
-    report.load_s = time.perf_counter() - load_start
+    return decoder, pipe
 
+
+@dataclass
+class _Outputs:
+    files: FrameOutputs
+    ring: HostRing                     # pinned host buffers, one frame each
+    video: VideoFile | None            # None: no video, or a resumed run found it finished
+    watermark: torch.Tensor | None     # the run's mark, drawn once; None: no watermark
+
+
+async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dtype) -> _Outputs:
+    """Folders made and swept of temporary files a killed run left, the host ring, the
+    open video, and the watermark's pattern."""
+    job, shot = plan.job, plan.job.shot
     plan.root.mkdir(parents=True, exist_ok=True)
     for folder in {p.parent for p in plan.frame_paths.values()}:
         folder.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(folder)
-    outputs = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
-                           png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
-                           record_base={"shot": shot.name, "model_hash": plan.model_hash,
-                                        "job_hash": plan.job_hash, "device": str(plan.device)})
-    names = ["generate" if pipe is not None else "source", "decode",
-             *(["watermark"] if job.watermark.enabled else []), "transfer", "write"]
-    stats = {name: StageStats(name) for name in names}
-    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), decoder.pixel_dtype)
-    offsets = None
+    files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
+                         png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
+                         record_base={"shot": shot.name, "model_hash": plan.model_hash,
+                                      "job_hash": plan.job_hash, "device": str(plan.device)})
+    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype)
+    mark = None
     if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
-        offsets = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
+        mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
     video = None
     if plan.video_path is not None:
         sweep_stale_temps(plan.video_path.parent)
         video = VideoFile(plan.video_path, width=shot.width, height=shot.height, fps=shot.fps,
-                          codec=job.tuning.video_codec, crf=job.tuning.video_crf,
-                          preset=job.tuning.video_preset)
+                          codec=job.tuning.video_codec, crf=job.tuning.video_crf, preset=job.tuning.video_preset)
+    return _Outputs(files, ring, video, mark)
 
-    def frame_written(frame: int) -> None:
-        report.frames += 1
-        on_frame(frame)
 
-    depth = job.tuning.channel_depth
+@dataclass
+class _Stage:
+    """One stage as wired here: `work(stats, rx, tx)` with its other arguments bound;
+    `depth` bounds the channel to the next stage."""
+    name: str
+    work: Callable[[StageStats, Any, Any], Awaitable[None]]
+    depth: int
+    stats: StageStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = StageStats(self.name)
+
+
+def _stages(plan: Plan, ctx: DeviceContext, decoder: Decoder, pipe: Pipeline | None, outputs: _Outputs, turn: TurnHold,
+            stop: trio.Event | None, frame_written: Callable[[int], None]) -> list[_Stage]:
+    """The run's stages in order, each with its arguments."""
+    job, shot = plan.job, plan.job.shot
+    todo, depth = list(plan.todo), job.tuning.channel_depth
     # A clip's decode hands on a chunk of frames at once; while the transfer waits for
     # the first of them, the rest must fit in the channel, or the decode cannot queue
-    # the next chunk until this one has finished on the GPU (which then waits for the
-    # host to start it).
-    depth_after_decode = max(depth, plan.vae.temporal_scale) if plan.clip_frames else depth
-    turn = TurnHold(gpu_turn)
-    render_start = time.perf_counter()
-    for stage_stats in stats.values():
-        stage_stats.origin = render_start
-    try:
-        async with trio.open_nursery() as nursery:
-            if handle_signals and threading.current_thread() is threading.main_thread():
-                nursery.start_soon(_stop_on_signal)
-            if pipe is not None and plan.clip_frames:
-                tx, rx = trio.open_memory_channel[Any](depth)
-                nursery.start_soon(turn.after_taking(functools.partial(
-                    generate_clip_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
-                    (shot.width, shot.height), plan.vae.temporal_scale, stats["generate"], tx)))
-            elif pipe is not None:
-                tx, rx = trio.open_memory_channel[Any](depth)
-                nursery.start_soon(turn.after_taking(functools.partial(
-                    generate_stage, pipe, job.source.generation, ctx, list(plan.todo), job.seed,
-                    (shot.width, shot.height), stats["generate"], tx, stop)))
-            else:
-                rx = _chain_source(nursery, plan, stats, depth, stop)
-                if gpu_turn is not None:
-                    rx = _chain(nursery, depth, rx, turn.gate)
-            rx = _chain(nursery, depth_after_decode, rx,
-                        lambda r, t: turn.giving_back(decode_stage(decoder, stats["decode"], r, t)))
-            if offsets is not None:
-                rx = _chain(nursery, depth_after_decode, rx,
-                            lambda r, t: watermark_stage(offsets, ctx, stats["watermark"], r, t))
-            rx = _chain(nursery, depth, rx, lambda r, t: transfer_stage(ring, ctx, stats["transfer"], r, t))
-            sequencer = None if video is None else VideoSequencer(
-                video, shot.frames, plan.skipped, read_back(outputs))
-            await write_stage(outputs, sequencer, ring, job.tuning.writers(), stats["write"],
-                              frame_written, rx)
-            nursery.cancel_scope.cancel()  # the signal watcher is all that is left
-    except BaseException as group:
-        if video is not None:
-            video.abort()
-        raise _one_error(group, report.frames) from None
-    finally:
-        turn.give()  # a stage cancelled just after taking the turn, before the decode ended
-    report.render_s = time.perf_counter() - render_start
-    report.wall_s = time.perf_counter() - started
-    report.stages = {name: s.as_dict() for name, s in stats.items()}
-    report.stages["decode"].update(await trio.to_thread.run_sync(decoder.statistics))
-    if gpu_turn is not None:
-        report.stages["decode"]["gpu_turn_wait_s"] = round(turn.waited_s, 3)
-    report.stages["transfer"].update(ctx.statistics())
-    report.stages["transfer"].update({f"ring_{k}": v for k, v in ring.statistics().items()})
-    return report
+    # the next chunk until this one has finished on the GPU.
+    chunk_depth = max(depth, plan.vae.temporal_scale) if plan.clip_frames else depth
+    size, scale = (shot.width, shot.height), plan.vae.temporal_scale
+    generation = job.source.generation
+    if pipe is not None and generation is not None and plan.clip_frames:
+        first = _Stage("generate", partial(generate_clip_stage, pipe, generation, ctx, todo, job.seed, size, scale,
+                                           turn), depth)
+    elif pipe is not None and generation is not None:
+        first = _Stage("generate", partial(generate_stage, pipe, generation, ctx, todo, job.seed, size, stop,
+                                           turn), depth)
+    elif plan.clip_frames:
+        first = _Stage("source", partial(clip_source_stage, job.source, todo, job.seed, plan.clip_shape, scale),
+                       depth)
+    else:
+        first = _Stage("source", partial(source_stage, job.source, todo, job.seed, plan.latent_shape, stop), depth)
+    stages = [first, _Stage("decode", partial(decode_stage, decoder, turn), chunk_depth)]
+    if outputs.watermark is not None:
+        stages.append(_Stage("watermark", partial(watermark_stage, outputs.watermark, ctx), chunk_depth))
+    stages.append(_Stage("transfer", partial(transfer_stage, outputs.ring, ctx), depth))
+    video = None if outputs.video is None else VideoSequencer(outputs.video, shot.frames, plan.skipped,
+                                                              read_back(outputs.files))
+    stages.append(_Stage("write", partial(write_stage, outputs.files, video, outputs.ring, job.tuning.writers(),
+                                          frame_written), 0))
+    return stages
 
 
-def _chain_source(nursery: trio.Nursery, plan: Plan, stats: dict[str, StageStats],
-                  depth: int, stop: trio.Event | None) -> trio.MemoryReceiveChannel:
-    tx, rx = trio.open_memory_channel[Any](depth)
-    job = plan.job
-    if plan.clip_frames:
-        nursery.start_soon(clip_source_stage, job.source, list(plan.todo), job.seed, plan.clip_shape,
-                           plan.vae.temporal_scale, stats["source"], tx)
-        return rx
-    nursery.start_soon(source_stage, job.source, list(plan.todo), job.seed, plan.latent_shape,
-                       stats["source"], tx, stop)
-    return rx
-
-
-def _chain(nursery: trio.Nursery, depth: int, rx: trio.MemoryReceiveChannel,
-           stage: Callable[[trio.MemoryReceiveChannel, trio.MemorySendChannel], Any]
-           ) -> trio.MemoryReceiveChannel:
-    tx, next_rx = trio.open_memory_channel[Any](depth)
-    nursery.start_soon(stage, rx, tx)
-    return next_rx
+async def _run_stages(stages: list[_Stage], origin: float, handle_signals: bool) -> None:
+    """Every stage in one nursery, each joined to the next by a bounded channel; returns
+    when the last stage has finished."""
+    for stage in stages:
+        stage.stats.origin = origin
+    async with trio.open_nursery() as nursery:
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            nursery.start_soon(_stop_on_signal)
+        rx = None
+        for stage in stages[:-1]:
+            tx, next_rx = trio.open_memory_channel[Any](stage.depth)
+            nursery.start_soon(stage.work, stage.stats, rx, tx)
+            rx = next_rx
+        await stages[-1].work(stages[-1].stats, rx, None)
+        nursery.cancel_scope.cancel()  # the signal watcher is all that is left
 
 
 class _Stop(Exception):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .plan import Plan
-from .run import RunReport
+from pipeline.plan import Plan
+from pipeline.run import RunReport
 
 
 def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:

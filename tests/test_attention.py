@@ -1,4 +1,4 @@
-"""Whole-frame attention in query chunks (pipeline.attention) against PyTorch's fused
+"""Whole-frame attention in query chunks (pipeline.kernels.attention) against PyTorch's fused
 attention and diffusers' own processor, on the CPU in float32."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.attention import WholeFrameAttnProcessor, chunked_attention
+from pipeline.kernels.attention import WholeFrameAttnProcessor, chunked_attention
 
 
 @pytest.mark.parametrize("chunk_bytes", [64 * 4 * 300, 2**30])   # many chunks (one of 64 rows), and one
@@ -36,7 +36,7 @@ def test_the_processor_decodes_as_diffusers_does(monkeypatch: pytest.MonkeyPatch
     with torch.no_grad():
         want = vae.decode(latents).sample
         vae.set_attn_processor(WholeFrameAttnProcessor())
-        monkeypatch.setattr("pipeline.attention.chunked_attention", counted)
+        monkeypatch.setattr("pipeline.kernels.attention.chunked_attention", counted)
         assert torch.equal(vae.decode(latents).sample, want), "on the CPU it leaves diffusers' path alone"
         monkeypatch.setattr(WholeFrameAttnProcessor, "devices", ("cpu", "cuda"))
         got = vae.decode(latents).sample

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WAN_MEAN, WAN_STD, clip_job, make_kl_vae, render
+from helpers import WAN_MEAN, WAN_STD, clip_job, make_kl_vae, render
 from safetensors.torch import save_file
 
 
 def test_a_clip_renders_as_diffusers_decodes_it(tmp_path: Path, wan_vae: Path) -> None:
     from diffusers import AutoencoderKLWan
 
-    from pipeline.png import read_png
-    from pipeline.video import read_video_info
+    from pipeline.files.png import read_png
+    from pipeline.files.video import read_video_info
 
     job = clip_job(tmp_path, wan_vae)
     dry = render("run", str(job), "--dry-run")
@@ -95,7 +95,7 @@ def test_the_farm_renders_a_clip_as_one_task(tmp_path: Path, wan_vae: Path) -> N
     assert worker.returncode == 0, worker.stderr
     state = json.loads(render("status", "--queue", queue, "--json").stdout)["jobs"][0]
     assert (state["done"], state["failed"], state["state"]) == (9, 0, "done")
-    from pipeline.video import read_video_info
+    from pipeline.files.video import read_video_info
 
     assert render("verify", str(tmp_path / "out")).returncode == 0
     assert read_video_info(tmp_path / "out" / "test.mp4") == (9, 64, 48)

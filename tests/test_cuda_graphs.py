@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.cuda_graphs import MAX_CAPTURES, GraphedForward, Unsupported, rebuild, signature, use_cuda_graphs
+from pipeline.models.cuda_graphs import MAX_CAPTURES, GraphedForward, Unsupported, rebuild, signature, use_cuda_graphs
 
 
 def test_cpu_models_are_not_wrapped() -> None:

@@ -9,11 +9,11 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from conftest import render
+from helpers import render
 
-from pipeline.png import read_png
-from pipeline.video import read_video_info
-from pipeline.watermark import detect
+from pipeline.files.png import read_png
+from pipeline.files.video import read_video_info
+from pipeline.watermark.spread_spectrum import detect
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

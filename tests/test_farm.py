@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import render, write_latents
+from helpers import render, write_latents
 
-from pipeline.video import read_video_info
+from pipeline.files.video import read_video_info
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import render
+from helpers import render
 from safetensors.torch import load_file
 
-from pipeline.exr import read_exr
-from pipeline.formats import read_frame, to_rgb8
-from pipeline.png import read_png
-from pipeline.video import read_video_info
+from pipeline.files.exr import read_exr
+from pipeline.files.formats import read_frame, to_rgb8
+from pipeline.files.png import read_png
+from pipeline.files.video import read_video_info
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     job_toml,
     make_flux_pipeline,
     make_sd3_pipeline,
@@ -21,7 +21,7 @@ from conftest import (
     render,
 )
 
-from pipeline.job import Generation, PromptRange
+from pipeline.config.job import Generation, PromptRange
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def generation_job(tmp_path: Path, pipeline: Path, name: str = "job.toml", *, st
 
 
 def frames(root: Path, numbers: range) -> list[np.ndarray]:
-    from pipeline.png import read_png
+    from pipeline.files.png import read_png
 
     return [read_png(root / "gen" / f"gen.{n:04d}.png").astype(int) for n in numbers]
 
@@ -101,7 +101,7 @@ def test_frames_are_what_the_pipeline_itself_decodes(tmp_path: Path, family: str
     the same call."""
     import diffusers
 
-    from pipeline.seeds import frame_seed
+    from pipeline.config.seeds import frame_seed
 
     folder = request.getfixturevalue(f"{family}_pipeline")
     negative = None if family == "flux" else ["blurry"]
@@ -134,7 +134,7 @@ def test_sdxl_generates_with_prompt_overrides(tmp_path: Path, sdxl_pipeline: Pat
 
 
 def test_batches_share_a_prompt_and_keep_order() -> None:
-    from pipeline.generate import batches
+    from pipeline.models.generation import batches
 
     gen = Generation(prompt="a", negative_prompt="", steps=1, guidance_scale=1.0, scheduler=None, batch_size=3,
                      overrides=(PromptRange(4, 5, "b", None),))
@@ -209,7 +209,7 @@ def test_wan_generates_a_clip_as_the_pipeline_decodes_it(tmp_path: Path, wan_pip
     by chunk by our decode stage; against diffusers' own decode of the same call."""
     from diffusers import WanPipeline
 
-    from pipeline.seeds import frame_seed
+    from pipeline.config.seeds import frame_seed
 
     job = generation_job(tmp_path, wan_pipeline, end=9, batch_size=1)
     job.write_text(job.read_text().replace("width = 48", "width = 64"))

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import trio
-from conftest import clip_job, render
+from helpers import clip_job, render
 
-from pipeline.device import DeviceContext, pick_device
+from pipeline.gpu.device import DeviceContext, pick_device
 
 pytestmark = pytest.mark.gpu
 
@@ -55,7 +55,7 @@ def render_on_cpu_and_cuda(write_job: Callable[..., Path], job_dir: Path, **over
 
 
 def assert_frames_match(job_dir: Path, cpu: str, cuda: str, suffix: str, tolerance: float) -> None:
-    from pipeline.formats import read_frame
+    from pipeline.files.formats import read_frame
 
     for frame in range(1, 7):
         name = f"test/test.{frame:04d}{suffix}"
@@ -96,7 +96,7 @@ def test_priorities_are_configurable() -> None:
 def test_busy_clock_sees_a_fed_stream_busy_and_a_starved_one_idle() -> None:
     import time
 
-    from pipeline.busy import BusyClock
+    from pipeline.gpu.busy import BusyClock
 
     ctx = DeviceContext(torch.device("cuda:0"))
     x = torch.randn(4096, 4096, device=ctx.device)
@@ -139,7 +139,7 @@ def test_cuda_tiled_decode_matches_cpu_tiled_decode(write_job: Callable[..., Pat
 def test_chunked_attention_matches_fused_attention_on_cuda() -> None:
     """bf16 on the GPU, one 512-channel head (the SD VAE's mid block) over 8,192 cells,
     in 4 chunks: against PyTorch's memory-efficient kernel."""
-    from pipeline.attention import chunked_attention
+    from pipeline.kernels.attention import chunked_attention
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 1, 8192, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
@@ -152,7 +152,7 @@ def test_chunked_attention_matches_fused_attention_on_cuda() -> None:
 def test_fused_softmax_matches_eager_softmax() -> None:
     """The Triton kernel behind the chunked attention: rows longer than its block and
     not a multiple of it, a row with -inf entries, bf16 out."""
-    from pipeline import scaled_softmax as fused
+    from pipeline.kernels import softmax as fused
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(37, 5000, device="cuda", generator=gen) * 8
@@ -168,7 +168,7 @@ def test_fused_softmax_matches_eager_softmax() -> None:
 def test_fast_group_norm_on_cuda_matches_float32_group_norm() -> None:
     """bf16 on the GPU, a 4K-sized group (the case PyTorch's kernel is slow for):
     as close to a float32 GroupNorm as PyTorch's own bf16 GroupNorm is."""
-    from pipeline.group_norm import use_fast_group_norm
+    from pipeline.kernels.group_norm import use_fast_group_norm
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = (torch.randn(1, 64, 540, 960, device="cuda", generator=gen) * 2 + 0.5)
@@ -187,7 +187,7 @@ def test_cuda_clip_render_matches_cpu(tmp_path: Path, wan_vae: Path, tuning: dic
     """A video VAE's clip job (chunked decode, denormalised latents, a chunk's frames
     sent on together; tiled: every batch of tiles with its own cache, blended on the
     device) on the GPU against the same job on the CPU."""
-    from pipeline.formats import read_frame
+    from pipeline.files.formats import read_frame
 
     for dev in ("cpu", "cuda"):
         job = clip_job(tmp_path, wan_vae, name=f"{dev}.toml", tuning=tuning,
@@ -206,7 +206,7 @@ def test_cuda_generation_matches_cpu(tmp_path: Path) -> None:
     """A generation job (tiny StableDiffusion pipeline) on the GPU: generation on the
     compute stream, latents handed to decode on the device. The noise is drawn on the
     CPU, so the frames match the CPU render within the kernels' rounding."""
-    from conftest import make_sd_pipeline
+    from helpers import make_sd_pipeline
     from test_generate import frames, generation_job
 
     pipeline = make_sd_pipeline(tmp_path / "sd")
@@ -221,7 +221,7 @@ def test_cuda_generation_matches_cpu(tmp_path: Path) -> None:
 def test_cuda_graph_replays_equal_eager_forwards() -> None:
     """Keyword and dict arguments, a changing timestep tensor, tuple outputs; a forward
     with a host sync falls back to eager without an error."""
-    from pipeline.cuda_graphs import use_cuda_graphs
+    from pipeline.models.cuda_graphs import use_cuda_graphs
 
     class Denoiser(torch.nn.Module):
         def __init__(self) -> None:
@@ -262,11 +262,11 @@ def test_cuda_graph_replays_equal_eager_forwards() -> None:
 
 def test_generation_with_cuda_graphs_equals_eager(tmp_path: Path) -> None:
     """The tiny SD pipeline's UNet replayed from graphs: the same latents as eager."""
-    from conftest import make_sd_pipeline
+    from helpers import make_sd_pipeline
     from test_generate import generation_job
 
-    from pipeline.generate import generate_latents, load_pipeline
-    from pipeline.job import load_job
+    from pipeline.config.job import load_job
+    from pipeline.models.generation import generate_latents, load_pipeline
     from pipeline.plan import make_plan
 
     job = load_job(generation_job(tmp_path, make_sd_pipeline(tmp_path / "sd")))

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import base_job, job_toml, write_latents
+from helpers import base_job, job_toml, write_latents
 
-from pipeline.device import pick_device
-from pipeline.gpu_turn import GpuTurn
-from pipeline.job import load_job
+from pipeline.config.job import load_job
+from pipeline.gpu.device import pick_device
+from pipeline.gpu.turns import GpuTurn
 from pipeline.plan import make_plan
 from pipeline.run import RunReport, render
 from pipeline.stages.decode import Decoder

@@ -1,12 +1,12 @@
-"""GroupNorm by two reductions and one batch-norm pass (pipeline.group_norm) equals
+"""GroupNorm by two reductions and one batch-norm pass (pipeline.kernels.group_norm) equals
 PyTorch's GroupNorm; a synced tiled decode leaves the installed forward in place."""
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.group_norm import group_statistics, use_fast_group_norm
-from pipeline.groupnorm_sync import FrameNormStats
+from pipeline.decode.shared_norm import FrameNormStats
+from pipeline.kernels.group_norm import group_statistics, use_fast_group_norm
 
 
 def test_fast_group_norm_equals_torch_group_norm() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.device import pick_device
-from pipeline.job import load_job
+from pipeline.config.job import load_job
+from pipeline.gpu.device import pick_device
 from pipeline.plan import make_plan
 from pipeline.run import RunReport, run_plan
 from pipeline.stages.decode import Decoder

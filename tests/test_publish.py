@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.manifest import Manifest, read_records, verify
-from pipeline.publish import publish_bytes, sweep_stale_temps, temp_path
+from pipeline.files.manifest import Manifest, read_records, verify
+from pipeline.files.publish import publish_bytes, sweep_stale_temps, temp_path
 
 
 def test_publish_writes_whole_file_and_no_temp(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_verify_flags_records_leaving_the_root(tmp_path: Path) -> None:
 RACER = """
 import sys, time
 from pathlib import Path
-from pipeline.publish import publish_bytes
+from pipeline.files.publish import publish_bytes
 folder, start = Path(sys.argv[1]), float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 for index in range(30):

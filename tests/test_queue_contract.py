@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from workers.queue import TASK_VIDEO, JobSpec, TaskQueue, open_queue
+from workers.queue import open_queue
+from workers.tasks import TASK_VIDEO, JobSpec, TaskQueue
 
 LEASE_S = 0.4   # short, so expiry tests wait well under a second
 

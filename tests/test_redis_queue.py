@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from pipeline.errors import JobError
-from workers.queue import JobSpec, QueueUnavailable, open_queue
+from workers.queue import open_queue
+from workers.tasks import JobSpec, QueueUnavailable
 
 
 def spec(job_id: str, *, end: int = 4, max_attempts: int = 3) -> JobSpec:

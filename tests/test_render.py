@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vae, write_latents
+from helpers import make_tiny_vae, write_latents
 from safetensors.torch import load_file
 
-from pipeline.png import read_png
-from pipeline.video import read_video_info
+from pipeline.files.png import read_png
+from pipeline.files.video import read_video_info
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
@@ -216,7 +216,7 @@ def test_latent_paths_name_the_shot_and_job_folders_may_hold_braces(
     """`{shot}` in source.path is the shot's name (it was filled with ""), and a job in a
     folder whose name has braces reads its latents from there (they were taken for
     placeholders)."""
-    from conftest import base_job, job_toml
+    from helpers import base_job, job_toml
 
     folder = tmp_path / "take{2}"
     write_latents(folder / "hero_latents", range(1, 3), (4, 12, 16))

@@ -1,4 +1,4 @@
-"""Micro-task decode on the CPU (pipeline.tiled_decode): tiles blended back exactly
+"""Micro-task decode on the CPU (pipeline.decode.tiled): tiles blended back exactly
 where the decode is local, within a stated distance of untiled decode for a real
 VAE, an injected out-of-memory error re-split without changing a pixel, and batches
 that span frames giving what frame-by-frame batches give."""
@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.groupnorm_sync import FrameNormStats
-from pipeline.tiled_decode import TiledDecoder
-from pipeline.tiles import make_grid
+from pipeline.decode.shared_norm import FrameNormStats
+from pipeline.decode.tiled import TiledDecoder
+from pipeline.decode.tiles import make_grid
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -118,9 +118,9 @@ def demo_job(tmp_path: Path, name: str, tuning: str) -> Path:
 
 
 def test_render_with_tiles_is_close_to_whole_frames_and_dry_run_shows_the_plan(tmp_path: Path) -> None:
-    from conftest import render
+    from helpers import render
 
-    from pipeline.png import read_png
+    from pipeline.files.png import read_png
 
     tiles = 'decode = "tiles"\ntile_size = 24\ntile_overlap = 8\nvram_budget_gib = 0.05\n'
     dry = render("run", str(demo_job(tmp_path, "tiles", tiles)), "--dry-run", "--device", "cpu")
@@ -143,7 +143,7 @@ def test_render_with_tiles_is_close_to_whole_frames_and_dry_run_shows_the_plan(t
 @pytest.mark.parametrize(("whole_up_blocks", "feature_scale"), [(0, 1), (1, 1), (2, 2), (3, 4)])
 def test_split_decoder_head_then_tail_is_the_decoder(demo: tuple[torch.nn.Module, torch.Tensor],
                                                      whole_up_blocks: int, feature_scale: int) -> None:
-    from pipeline.vae_split import split_decoder
+    from pipeline.decode.kl_split import split_decoder
 
     vae, latents = demo
     split = split_decoder(vae, whole_up_blocks)
@@ -162,11 +162,11 @@ def test_more_of_the_decoder_whole_brings_tiles_closer_to_untiled(
     the mid block alone whole, 64.7/64.3 with two up blocks too; with per-tile
     statistics (which dominate for this trained VAE's uneven frames) 24.0/23.4 and
     24.5/24.4 dB."""
-    from pipeline.device import DeviceContext
-    from pipeline.frames import LatentFrame
-    from pipeline.model import inspect_vae
+    from pipeline.decode.budget import tile_plan
+    from pipeline.flow.frames import LatentFrame
+    from pipeline.gpu.device import DeviceContext
+    from pipeline.models.vae import inspect_vae
     from pipeline.stages.decode import Decoder
-    from pipeline.tile_plan import tile_plan
 
     vae, latents = demo
     info = inspect_vae(SAMPLES / "demo_vae")

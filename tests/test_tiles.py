@@ -1,4 +1,4 @@
-"""The micro-task planner (pipeline.tiles), property-tested: every latent cell and
+"""The micro-task planner (pipeline.decode.tiles), property-tested: every latent cell and
 every pixel covered, blend weights summing to one, batches within the budget and
 holding every task once, in order; a clip's tiles within the budget, or the plan that
 needs the least when nothing fits."""
@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import VaeInfo
-from pipeline.tile_plan import clip_tile_plan, tile_plan
-from pipeline.tiles import balanced_batch, batch_size, blend_weights, make_grid, pack
+from pipeline.decode.budget import clip_tile_plan, tile_plan
+from pipeline.decode.tiles import balanced_batch, batch_size, blend_weights, make_grid, pack
+from pipeline.models.vae import VaeInfo
 
 WAN21 = VaeInfo(path=Path("wan"), class_name="AutoencoderKLWan", latent_channels=16, scale=8, scaling_factor=1.0,
                 shift_factor=0.0, force_upcast=False, sample_size=256, full_res_channels=96, temporal_scale=4,
@@ -101,7 +101,7 @@ def test_clip_tiles_fit_the_budget_or_need_the_least(case: tuple[int, int, int, 
 
 
 def test_groupnorm_proxy_is_lowered_for_small_frames() -> None:
-    from pipeline.tile_plan import usable_proxy
+    from pipeline.decode.budget import usable_proxy
 
     assert usable_proxy(2, 270, 480) == 2      # 3840x2160: a 135x240 proxy
     assert usable_proxy(4, 60, 80) == 2        # a 15x20 proxy would mislead: 30x40 instead

@@ -1,5 +1,5 @@
 """A tiny AutoencoderKLWan, saved and loaded like a user's: decoding it chunk by chunk
-(pipeline.wan_chunks) gives exactly diffusers' whole-clip decode, with 1 frame from the
+(pipeline.decode.video.chunks) gives exactly diffusers' whole-clip decode, with 1 frame from the
 first latent frame and 4 from each later one."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.wan_chunks import decode_chunks, frames_for
+from pipeline.decode.video.chunks import decode_chunks, frames_for
 
 
 def test_chunked_wan_decode_equals_whole_clip_decode(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The lean Wan forwards (pipeline.wan_fast) compute what diffusers' own forwards
+"""The lean Wan forwards (pipeline.kernels.wan) compute what diffusers' own forwards
 compute: the same decode to float32 rounding, and within bfloat16 rounding in bfloat16."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from pipeline.wan_chunks import decode_chunks
-from pipeline.wan_fast import use_lean_wan_forwards
+from pipeline.decode.video.chunks import decode_chunks
+from pipeline.kernels.wan import use_lean_wan_forwards
 
 
 def tiny_wan(dtype: torch.dtype) -> torch.nn.Module:
@@ -60,7 +60,7 @@ def test_lean_forwards_decode_like_diffusers() -> None:
 def test_nearest_upsample_in_bfloat16_is_bit_identical() -> None:
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanUpsample
 
-    from pipeline.wan_fast import upsample_forward
+    from pipeline.kernels.wan import upsample_forward
 
     up = WanUpsample(scale_factor=(2.0, 2.0), mode="nearest-exact")
     x = torch.randn(3, 5, 7, 9).to(torch.bfloat16)

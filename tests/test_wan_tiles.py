@@ -1,4 +1,4 @@
-"""A video VAE's chunked decode tiled in space (pipeline.wan_tiles), on a tiny
+"""A video VAE's chunked decode tiled in space (pipeline.decode.video.tiled), on a tiny
 AutoencoderKLWan on the CPU: one whole-frame tile is the untiled decode exactly;
 overlapping tiles come close to it; batching and out-of-memory splits change nothing;
 the CLI renders a clip job with decode = "tiles" and shows the plan."""
@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import clip_job, render
+from helpers import clip_job, render
 
-from pipeline import wan_tiles
-from pipeline.model import VaeInfo, inspect_vae
-from pipeline.tile_plan import clip_tile_plan, tile_plan
-from pipeline.tiles import make_grid
-from pipeline.wan_chunks import ClipDecoder
-from pipeline.wan_tiles import TiledClipDecoder
+from pipeline.decode.budget import clip_tile_plan, tile_plan
+from pipeline.decode.tiles import make_grid
+from pipeline.decode.video import tiled as wan_tiles
+from pipeline.decode.video.chunks import ClipDecoder
+from pipeline.decode.video.tiled import TiledClipDecoder
+from pipeline.models.vae import VaeInfo, inspect_vae
 
 CHUNKS = 4
 
@@ -140,7 +140,7 @@ def test_clip_tiles_shrink_to_fit_the_budget_or_need_the_least() -> None:
 
 
 def test_a_clip_job_renders_tiled_close_to_whole(tmp_path: Path, wan_vae: Path) -> None:
-    from pipeline.png import read_png
+    from pipeline.files.png import read_png
 
     shot = {"frame_end": 9, "width": 128, "height": 96}
     renders = {}

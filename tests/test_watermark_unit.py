@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import watermark
+from pipeline.watermark import spread_spectrum as watermark
 
 
 def picture(height: int = 180, width: int = 320) -> np.ndarray:

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .tasks import TaskQueue
+
 
 class WorkerMetrics:
-    def __init__(self, port: int | None, device: torch.device, queue: Any) -> None:
+    def __init__(self, port: int | None, device: torch.device, queue: TaskQueue) -> None:
         self.registry = CollectorRegistry()
         self.queue = queue
         self.frames_done = Counter("framefarm_frames_done", "Frames rendered and published", registry=self.registry)

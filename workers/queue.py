@@ -1,4 +1,5 @@
-"""The render-farm queue: one interface, a backend per URL scheme.
+"""The render-farm queue: one interface (`TaskQueue`, workers/tasks.py), a backend per
+URL scheme, and `open_queue`, which picks the backend.
 
 A job is stored as data (its TOML text and where relative paths resolve), never as
 code. Its frames become tasks. A task is *leased*, not popped: the lease expires unless
@@ -19,108 +20,22 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
   (the whole frame range) is enqueued: a worker encodes the video from the PNGs.
 - `cancel` drops a job's pending tasks and refuses its leased ones at renew and ack;
   `requeue` makes failed (or all unfinished) tasks pending again with fresh attempts.
+- `status` counts a job's frames (not tasks) as done, leased, pending or failed, with
+  the error of each failed range (`job_status`, workers/tasks.py, does the counting).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
 from pipeline.errors import JobError
 
-
-class QueueUnavailable(Exception):
-    """The queue cannot be reached right now (Redis restarting, network down): the
-    worker backs off and tries again; nothing is lost, leases simply run on."""
-
-
-TASK_FRAMES = "frames"
-TASK_VIDEO = "video"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    job_id: str
-    name: str                 # the shot name, for people reading `render status`
-    toml: str                 # the job file's text, parsed again by each worker
-    base_dir: str             # the job file's folder: relative inputs resolve against it
-    output_root: str          # absolute, fixed at submit time
-    frame_start: int
-    frame_end: int
-    priority: int
-    chunk: int                # frames per task
-    video: bool               # encode the MP4 once every frame is published
-    max_attempts: int
-
-    def chunks(self) -> list[tuple[int, int]]:
-        return [(first, min(first + self.chunk - 1, self.frame_end))
-                for first in range(self.frame_start, self.frame_end + 1, self.chunk)]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class Task:
-    job_id: str
-    task_id: str
-    kind: str                 # TASK_FRAMES or TASK_VIDEO
-    first: int
-    last: int
-    token: int                # fencing token of this lease
-    attempt: int              # 1 on the first lease
-
-    @property
-    def frames(self) -> range:
-        return range(self.first, self.last + 1)
-
-
-@dataclass
-class JobStatus:
-    job_id: str
-    name: str
-    state: str                # "active", "done" or "cancelled"
-    priority: int
-    done: int = 0             # frames, not tasks
-    leased: int = 0
-    pending: int = 0
-    failed: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"}
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class WorkerStatus:
-    name: str
-    heartbeat: float          # seconds since the epoch
-    info: dict[str, Any]
-
-
-class TaskQueue(Protocol):
-    def submit(self, spec: JobSpec) -> None: ...
-    def lease(self, worker: str, lease_s: float, skip_jobs: frozenset[str] = frozenset()
-              ) -> Task | None: ...
-    def renew(self, task: Task, worker: str, lease_s: float) -> bool: ...
-    def ack(self, task: Task, worker: str) -> bool: ...
-    def fail(self, task: Task, worker: str, error: str) -> bool: ...
-    def release(self, task: Task, worker: str) -> None: ...
-    def job(self, job_id: str) -> JobSpec | None: ...
-    def status(self, job_id: str | None = None) -> list[JobStatus]: ...
-    def requeue(self, job_id: str, failed_only: bool) -> int: ...
-    def cancel(self, job_id: str) -> int: ...
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None: ...
-    def workers(self) -> list[WorkerStatus]: ...
-    def close(self) -> None: ...
+from .tasks import TaskQueue, redact
 
 
 def open_queue(url: str) -> TaskQueue:
-    """`sqlite:///path/farm.db` (one host) or `redis://[:password@]host:port/db` / `rediss://`."""
+    """`sqlite:///path/farm.db` (one host) or `redis://[:password@]host:port/db` / `rediss://`.
+
+    This is the only place that imports a backend, and only the one the URL names, so a
+    farm on SQLite never loads redis-py."""
     if url.startswith("sqlite:///"):
         from .sqlite_queue import SqliteQueue
 
@@ -131,13 +46,3 @@ def open_queue(url: str) -> TaskQueue:
         return RedisQueue(url)
     raise JobError("--queue", redact(url), "expected sqlite:///path/farm.db, redis://host:port/db "
                    "or rediss://host:port/db")
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ':'}***@{host}"

@@ -18,7 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .queue import TASK_FRAMES, TASK_VIDEO, JobSpec, JobStatus, QueueUnavailable, Task, WorkerStatus
+from .tasks import (
+    ERROR_CHARS,
+    TASK_FRAMES,
+    TASK_VIDEO,
+    JobSpec,
+    JobStatus,
+    QueueUnavailable,
+    Task,
+    TaskRow,
+    WorkerStatus,
+    job_status,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -182,7 +193,7 @@ class SqliteQueue:
             limit = db.execute("SELECT max_attempts FROM jobs WHERE id = ?", (task.job_id,)).fetchone()[0]
             dead = task.attempt >= limit
             db.execute("UPDATE tasks SET state = ?, lease_until = NULL, error = ? WHERE id = ?",
-                       ("failed" if dead else "pending", error[:2000], int(task.task_id)))
+                       ("failed" if dead else "pending", error[:ERROR_CHARS], int(task.task_id)))
             return dead
 
     def release(self, task: Task, worker: str) -> None:
@@ -216,16 +227,9 @@ class SqliteQueue:
         jobs = db.execute(f"SELECT id, spec, priority, state FROM jobs {where} ORDER BY seq", args).fetchall()
         result = []
         for job in jobs:
-            spec = json.loads(job["spec"])
-            status = JobStatus(job_id=job["id"], name=spec["name"], state=job["state"], priority=job["priority"])
-            for row in db.execute("""SELECT state, first, last, error FROM tasks
-                                     WHERE job_id = ? AND kind = ? ORDER BY first""", (job["id"], TASK_FRAMES)):
-                frames = row["last"] - row["first"] + 1
-                if row["state"] in ("done", "leased", "pending", "failed"):
-                    setattr(status, row["state"], getattr(status, row["state"]) + frames)
-                if row["state"] == "failed":
-                    status.errors.append({"first": row["first"], "last": row["last"], "error": row["error"]})
-            result.append(status)
+            tasks = db.execute("SELECT kind, first, last, state, error FROM tasks WHERE job_id = ?", (job["id"],))
+            result.append(job_status(job["id"], json.loads(job["spec"])["name"], job["state"], job["priority"],
+                                     (TaskRow(*row) for row in tasks)))
         return result
 
     # -- workers

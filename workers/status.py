@@ -8,6 +8,7 @@ import time
 from pipeline.errors import JobError
 
 from .queue import open_queue
+from .tasks import TaskQueue
 
 
 def show_status(queue_url: str, job_id: str | None, *, as_json: bool) -> str:
@@ -37,7 +38,7 @@ def show_status(queue_url: str, job_id: str | None, *, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def existing_job(queue_url: str, job_id: str):  # -> TaskQueue
+def existing_job(queue_url: str, job_id: str) -> TaskQueue:
     """The queue, once it is known to hold `job_id` (for requeue and cancel)."""
     queue = open_queue(queue_url)
     if queue.job(job_id) is None:

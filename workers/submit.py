@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config.formats import frame_format
+from pipeline.config.job import load_job
 from pipeline.errors import JobError
-from pipeline.formats import frame_format
-from pipeline.job import load_job
 from pipeline.plan import make_plan
 
-from .queue import JobSpec, open_queue
+from .queue import open_queue
+from .tasks import JobSpec
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:

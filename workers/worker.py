@@ -6,13 +6,14 @@ acknowledge once the frames are durable.
         render, renewing the lease meanwhile -> ack (or fail with the error)
 
 Several task slots run at once so the GPU has the next task's frames while one task's
-last frames are written; they take turns at the GPU (pipeline.gpu_turn), so that one
+last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
 task's decodes run while another's frames are prepared or written, rather than both
 sharing the GPU and waiting on their host work at the same moments. Models stay loaded
 between tasks (`ModelCache`). SIGTERM or Ctrl-C drains: no new task is leased, tasks in
-progress finish the frames in flight, and the rest is released at once for other workers. A queue that cannot be reached
-(Redis restarting) is retried with backoff; a lost lease stops the task (its frames
-already published stay: publishing is first-writer-wins).
+progress finish the frames in flight, and the rest is released at once for other
+workers. A queue that cannot be reached (Redis restarting) is retried with backoff; a
+lost lease stops the task (its frames already published stay: publishing is
+first-writer-wins).
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ from typing import Any, TypeVar
 import torch
 import trio
 
-from pipeline.device import pick_device
+from pipeline.config.job import Job, parse_job
 from pipeline.errors import JobError, describe
-from pipeline.gpu_turn import GpuTurn
-from pipeline.job import Job, parse_job
-from pipeline.model import ModelCache
+from pipeline.gpu.device import pick_device
+from pipeline.gpu.turns import GpuTurn
+from pipeline.models.cache import ModelCache
 from pipeline.plan import make_plan
 from pipeline.run import render
 
 from .metrics import WorkerMetrics
-from .queue import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue, open_queue, redact
+from .queue import open_queue
+from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue, redact
 
 log = logging.getLogger("framefarm.worker")
 T = TypeVar("T")
@@ -74,7 +76,7 @@ class WorkerConfig:
 class WorkerState:
     draining: trio.Event = field(default_factory=trio.Event)
     skip_jobs: set[str] = field(default_factory=set)
-    job_failures: Counter = field(default_factory=Counter)
+    job_failures: Counter[str] = field(default_factory=Counter)
     frames_done: int = 0
     tasks_done: int = 0
     tasks_failed: int = 0

@@ -1,26 +1,28 @@
 """Generation stage: a diffusers pipeline makes the frames' latents on the compute
 stream, batch by batch; each frame's latents go on to decode as soon as its batch is
 done. Decode queues its kernels on the same stream, so the GPU runs them in order,
-while the copy and the writers of batch N overlap the generation of batch N+1."""
+while the copy and the writers of batch N overlap the generation of batch N+1. The
+stage takes the GPU turn (`pipeline.gpu.turns`) before it starts; decode gives it back."""
 
 from __future__ import annotations
 
 import torch
 import trio
 
-from ..device import DeviceContext
-from ..errors import StageFailed
-from ..frames import LatentFrame
-from ..generate import batches, generate_clip, generate_latents
-from ..job import Generation
-from ..seeds import frame_seed
-from ..stats import StageStats
-from .source import clip_chunks
+from pipeline.config.job import Generation
+from pipeline.config.seeds import frame_seed
+from pipeline.errors import StageFailed
+from pipeline.flow.clips import clip_chunks
+from pipeline.flow.frames import LatentFrame
+from pipeline.flow.stats import StageStats
+from pipeline.gpu.device import DeviceContext
+from pipeline.gpu.turns import TurnHold
+from pipeline.models.generation import Pipeline, batches, generate_clip, generate_latents
 
 
-async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: DeviceContext, frames: list[int],
-                         job_seed: int, size: tuple[int, int], stats: StageStats, tx: trio.MemorySendChannel,
-                         stop: trio.Event | None = None) -> None:
+async def generate_stage(pipe: Pipeline, generation: Generation, ctx: DeviceContext, frames: list[int],
+                         job_seed: int, size: tuple[int, int], stop: trio.Event | None, turn: TurnHold,
+                         stats: StageStats, rx: None, tx: trio.MemorySendChannel) -> None:
     width, height = size
 
     def run(batch: list[int]) -> list[LatentFrame]:
@@ -30,6 +32,7 @@ async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: Dev
         return [LatentFrame(f, s, z) for f, s, z in zip(batch, seeds, latents, strict=True)]
 
     async with tx:
+        await turn.take()
         for batch in batches(generation, frames):
             if stop is not None and stop.is_set():
                 return
@@ -42,9 +45,9 @@ async def generate_stage(pipe: torch.nn.Module, generation: Generation, ctx: Dev
                 await stats.send(tx, item)
 
 
-async def generate_clip_stage(pipe: torch.nn.Module, generation: Generation, ctx: DeviceContext, frames: list[int],
-                              job_seed: int, size: tuple[int, int], temporal_scale: int, stats: StageStats,
-                              tx: trio.MemorySendChannel) -> None:
+async def generate_clip_stage(pipe: Pipeline, generation: Generation, ctx: DeviceContext, frames: list[int],
+                              job_seed: int, size: tuple[int, int], temporal_scale: int, turn: TurnHold,
+                              stats: StageStats, rx: None, tx: trio.MemorySendChannel) -> None:
     """A text-to-video pipeline: one call makes the shot's clip (seeded by the job seed
     and the first frame), sent on one latent frame at a time, as a "clip" source does."""
     width, height = size
@@ -56,6 +59,7 @@ async def generate_clip_stage(pipe: torch.nn.Module, generation: Generation, ctx
     async with tx:
         if not frames:
             return
+        await turn.take()
         try:
             with stats.busy():
                 clip = await trio.to_thread.run_sync(run)

@@ -13,11 +13,11 @@ import time
 
 import trio
 
-from ..device import DeviceContext, Event
-from ..flow import map_stage
-from ..frames import DeviceFrame, HostFrame
-from ..ring import HostRing
-from ..stats import StageStats
+from pipeline.flow.frames import DeviceFrame, HostFrame
+from pipeline.flow.loop import map_stage
+from pipeline.flow.stats import StageStats
+from pipeline.gpu.device import DeviceContext, Event
+from pipeline.gpu.ring import HostRing
 
 
 async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
@@ -40,7 +40,6 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
         except BaseException:
             ring.release(slot)
             raise
-        item.pixels = None  # the copy has finished reading it: the allocator may reuse it
         return HostFrame(item.frame, item.seed, slot, ring.array(slot))
 
     await map_stage(stats, rx, tx, work)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 import trio
 
-from .. import watermark
-from ..device import DeviceContext
-from ..flow import map_stage
-from ..frames import DeviceFrame
-from ..job import Watermark
-from ..stats import StageStats
+from pipeline.config.job import Watermark
+from pipeline.flow.frames import DeviceFrame
+from pipeline.flow.loop import map_stage
+from pipeline.flow.stats import StageStats
+from pipeline.gpu.device import DeviceContext
+from pipeline.watermark import spread_spectrum as watermark
 
 
 def offsets_for(mark: Watermark, height: int, width: int, ctx: DeviceContext) -> torch.Tensor:

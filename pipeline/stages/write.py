@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 import trio
 
-from ..errors import StageFailed
-from ..formats import FrameFormat, encode, read_frame
-from ..frames import HostFrame
-from ..manifest import Manifest
-from ..publish import publish_bytes
-from ..ring import HostRing
-from ..stats import StageStats
-from ..video import VideoFile
+from pipeline.config.formats import FrameFormat
+from pipeline.errors import StageFailed
+from pipeline.files.formats import encode, read_frame
+from pipeline.files.manifest import Manifest
+from pipeline.files.publish import publish_bytes
+from pipeline.files.video import VideoFile
+from pipeline.flow.frames import HostFrame
+from pipeline.flow.stats import StageStats
+from pipeline.gpu.ring import HostRing
 
 
 @dataclass
@@ -95,8 +96,8 @@ def read_back(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
 
 
 async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring: HostRing,
-                      writers: int, stats: StageStats, on_done: Callable[[int], None],
-                      rx: trio.MemoryReceiveChannel) -> None:
+                      writers: int, on_done: Callable[[int], None], stats: StageStats,
+                      rx: trio.MemoryReceiveChannel, tx: None) -> None:
     limiter = trio.CapacityLimiter(writers)
 
     async def writer(channel: trio.MemoryReceiveChannel) -> None:

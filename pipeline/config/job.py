@@ -1,0 +1,258 @@
+"""The job (a shot) as read from its TOML file: parsed, typed and checked field by field.
+
+Checks that need the model or the latent files (resolution, channels, shapes) live in
+`pipeline.plan`, which sees those too. Relative input paths (model, latents, preset)
+are resolved against the job file's folder; a relative output root against the
+working directory, so the same job renders wherever it is run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import patterns
+from pipeline.config.formats import FRAME_FORMATS, VIDEO_FORMATS
+from pipeline.config.schema import Table, read_toml
+from pipeline.config.tuning import Tuning, load_tuning
+from pipeline.errors import JobError
+
+SOURCE_KINDS = ("latents", "clip", "noise", "diffusers")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")   # models.dtypes maps them to torch dtypes
+FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
+_SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_FRAMES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str
+    frame_start: int
+    frame_end: int      # inclusive, as in every VFX tool
+    fps: int
+    width: int
+    height: int
+
+    @property
+    def frames(self) -> range:
+        return range(self.frame_start, self.frame_end + 1)
+
+
+@dataclass(frozen=True)
+class PromptRange:
+    first: int                # frames first..last (inclusive) use this prompt
+    last: int
+    prompt: str
+    negative_prompt: str | None  # None: the shot's
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How a diffusers pipeline makes the shot's latents."""
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    scheduler: str | None     # a diffusers scheduler class name; None: the pipeline's own
+    batch_size: int           # frames per pipeline call
+    overrides: tuple[PromptRange, ...] = ()
+
+    def prompts_for(self, frame: int) -> tuple[str, str]:
+        """(prompt, negative prompt) of a frame: the last override covering it, or the shot's."""
+        for r in reversed(self.overrides):
+            if r.first <= frame <= r.last:
+                return r.prompt, self.negative_prompt if r.negative_prompt is None else r.negative_prompt
+        return self.prompt, self.negative_prompt
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str                 # "latents" | "clip" | "noise" | "diffusers"
+    path: str | None          # latents: absolute pattern with {frame} (patterns.input_pattern);
+                              #   clip: one absolute file, as a pattern (braces doubled);
+                              #   diffusers: the pipeline folder
+    tensor: str               # tensor name inside a safetensors file
+    generation: Generation | None = None   # diffusers only
+
+
+@dataclass(frozen=True)
+class Model:
+    path: Path
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Output:
+    root: Path
+    frames: str               # pattern under root, without extension
+    video: str                # pattern under root, ending in .mp4
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    enabled: bool
+    payload: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Job:
+    file: Path
+    seed: int
+    preset: str
+    shot: Shot
+    source: Source
+    model: Model
+    output: Output
+    watermark: Watermark
+    tuning: Tuning
+
+
+def load_job(path: Path, *, output_root: Path | None = None) -> Job:
+    data = read_toml(path, "job file")
+    return parse_job(data, job_dir=path.resolve().parent, file=path, output_root=output_root)
+
+
+def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
+              output_root: Path | None = None) -> Job:
+    top = Table(data, "")
+    seed = top.integer("seed", 0, lo=0, hi=2**63 - 1)
+    preset = top.string("preset", "default")
+    shot = _shot(top.table("shot"))
+    source = _source(top.table("source"), job_dir, shot)
+    model = _model(top.table("model"), job_dir, source)
+    output = _output(top.table("output"), shot, output_root)
+    watermark = _watermark(top.table("watermark", required=False))
+    overrides = top.table("tuning", required=False).data
+    top.done()
+    tuning = load_tuning(preset, job_dir, overrides)
+    return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
+               output=output, watermark=watermark, tuning=tuning)
+
+
+def _shot(t: Table) -> Shot:
+    name = t.string("name", max_len=100)
+    if not _SHOT_NAME.match(name):
+        raise JobError("shot.name", name, "expected letters, digits, '.', '_' or '-' (it names files)")
+    start = t.integer("frame_start", lo=0)
+    end = t.integer("frame_end", lo=0)
+    if end < start:
+        raise JobError("shot.frame_end", end, f"expected a frame >= shot.frame_start ({start}); "
+                       "the range is inclusive, so frame_end = frame_start renders one frame")
+    if end - start + 1 > MAX_FRAMES:
+        raise JobError("shot.frame_end", end, f"at most {MAX_FRAMES} frames per job")
+    shot = Shot(name=name, frame_start=start, frame_end=end, fps=t.integer("fps", lo=1, hi=240),
+                width=t.integer("width", lo=8, hi=16384), height=t.integer("height", lo=8, hi=16384))
+    t.done()
+    return shot
+
+
+def _source(t: Table, job_dir: Path, shot: Shot) -> Source:
+    kind = t.string("kind", choices=SOURCE_KINDS)
+    if kind == "diffusers":
+        return _generation_source(t, job_dir, shot)
+    if kind == "latents":
+        pattern = t.string("path")
+        patterns.check_pattern("source.path", pattern, needs_frame=True)
+        if not pattern.endswith((".safetensors", ".npy")):
+            raise JobError("source.path", pattern, "expected a .safetensors or .npy file pattern")
+        path = patterns.input_pattern(job_dir, pattern, shot=shot.name)
+        source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
+    elif kind == "clip":  # a video VAE's latents for the whole shot: (C, T, h, w) in one file
+        raw = t.string("path")
+        patterns.check_pattern("source.path", raw, needs_frame=False, allow_frame=False)
+        if not raw.endswith((".safetensors", ".npy")):
+            raise JobError("source.path", raw, "expected a .safetensors or .npy file")
+        path = patterns.input_pattern(job_dir, raw, shot=shot.name)
+        source = Source(kind=kind, path=path, tensor=t.string("tensor", "latents"))
+    else:
+        source = Source(kind=kind, path=None, tensor="latents")
+    t.done()
+    return source
+
+
+def _generation_source(t: Table, job_dir: Path, shot: Shot) -> Source:
+    raw = t.string("path")
+    path = raw if Path(raw).is_absolute() else str(job_dir / raw)
+    negative = "" if t.data.get("negative_prompt", "") == "" else t.string("negative_prompt", max_len=10_000)
+    t.used.add("negative_prompt")  # absent or "" (allowed here): no negative prompt
+    generation = Generation(
+        prompt=t.string("prompt", max_len=10_000), negative_prompt=negative,
+        steps=t.integer("steps", lo=1, hi=1000), guidance_scale=t.number("guidance_scale", 5.0, lo=0.0),
+        scheduler=t.string("scheduler") if "scheduler" in t.data else None,
+        batch_size=t.integer("batch_size", 1, lo=1, hi=64),
+        overrides=_prompt_ranges(t.data.get("prompts", []), shot))
+    t.used.update({"scheduler", "prompts"})
+    t.done()
+    return Source(kind="diffusers", path=path, tensor="latents", generation=generation)
+
+
+def _prompt_ranges(entries: object, shot: Shot) -> tuple[PromptRange, ...]:
+    if not isinstance(entries, list):
+        raise JobError("source.prompts", entries, "expected [[source.prompts]] tables")
+    ranges = []
+    for i, entry in enumerate(entries):
+        t = Table(entry, f"source.prompts[{i}]")
+        frames = t.data.get("frames")
+        t.used.add("frames")
+        if (not isinstance(frames, list) or len(frames) != 2 or not all(type(f) is int for f in frames)
+                or not shot.frame_start <= frames[0] <= frames[1] <= shot.frame_end):
+            raise JobError(t.name("frames"), frames, f"expected [first, last] within the shot's frames "
+                           f"{shot.frame_start}-{shot.frame_end}")
+        negative = t.string("negative_prompt", max_len=10_000) if t.data.get("negative_prompt") else None
+        t.used.add("negative_prompt")
+        ranges.append(PromptRange(frames[0], frames[1], t.string("prompt", max_len=10_000), negative))
+        t.done()
+    return tuple(ranges)
+
+
+def _model(t: Table, job_dir: Path, source: Source) -> Model:
+    if source.kind == "diffusers" and "path" not in t.data:  # the pipeline's own VAE
+        t.used.add("path")
+        model = Model(path=Path(source.path or "") / "vae", dtype=t.string("dtype", "float32", choices=DTYPE_NAMES))
+        t.done()
+        return model
+    raw = Path(t.string("path"))
+    model = Model(path=raw if raw.is_absolute() else job_dir / raw,
+                  dtype=t.string("dtype", "float32", choices=DTYPE_NAMES))
+    t.done()
+    return model
+
+
+def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
+    root = root_override or Path(t.string("root"))
+    if root_override is not None:
+        t.used.add("root")
+    frames = t.string("frames", "{shot}/{shot}.{frame:04d}")
+    video = t.string("video", "{shot}.mp4")
+    formats = t.string_list("formats", ["png"], choices=FORMATS)
+    t.done()
+    if len([f for f in formats if f in FRAME_FORMATS]) > 1:
+        raise JobError("output.formats", list(formats), "at most one frame format (png, png16 or exr: "
+                       "each writes one file per frame), with or without mp4")
+    patterns.check_pattern("output.frames", frames, needs_frame=True)
+    first = patterns.fill(frames, shot=shot.name, frame=shot.frame_start)
+    patterns.check_relative("output.frames", frames, first)
+    patterns.check_pattern("output.video", video, needs_frame=False, allow_frame=False)
+    patterns.check_relative("output.video", video, patterns.fill(video, shot=shot.name))
+    if not video.endswith(".mp4"):
+        raise JobError("output.video", video, "expected a file name ending in .mp4")
+    if "mp4" in formats and (shot.width % 2 or shot.height % 2):
+        raise JobError("shot.width" if shot.width % 2 else "shot.height",
+                       shot.width if shot.width % 2 else shot.height,
+                       "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
+                       "output.formats or choose an even size")
+    return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats)
+
+
+def _watermark(t: Table) -> Watermark:
+    enabled = t.boolean("enabled", False)
+    payload = t.string("payload", "ffarm")
+    if len(payload.encode()) > 8:
+        raise JobError("watermark.payload", payload, "expected at most 8 bytes of UTF-8 text")
+    mark = Watermark(enabled=enabled, payload=payload, key=t.string("key", "framefarm"))
+    t.done()
+    return mark

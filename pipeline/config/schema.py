@@ -1,0 +1,116 @@
+"""Typed reads from a parsed TOML table, each failure a one-line `JobError`.
+
+Small on purpose: the job format is flat, and every message must name the field,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JobError, MissingField
+
+_REQUIRED: Any = object()
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobError(what, str(path), "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise JobError(what, str(path), f"cannot be read as a TOML text file ({err})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise JobError(what, str(path), f"invalid TOML: {err}") from None
+
+
+class Table:
+    """One TOML table; unknown keys are rejected when `done()` is called."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if not isinstance(data, dict):
+            raise JobError(prefix, data, "expected a table")
+        self.data = data
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def _get(self, key: str, default: Any, allowed: str) -> Any:
+        self.used.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _REQUIRED:
+            raise MissingField(self.name(key), allowed)
+        return default
+
+    def table(self, key: str, *, required: bool = True) -> Table:
+        value = self._get(key, _REQUIRED if required else {}, "a [" + self.name(key) + "] table")
+        return Table(value, self.name(key))
+
+    def integer(self, key: str, default: Any = _REQUIRED, *, lo: int | None = None,
+                hi: int | None = None) -> int:
+        allowed = _range_text("an integer", lo, hi)
+        value = self._get(key, default, allowed)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        return value
+
+    def number(self, key: str, default: Any = _REQUIRED, *, lo: float | None = None) -> float:
+        allowed = _range_text("a number", lo, None)
+        value = self._get(key, default, allowed)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        if lo is not None and value < lo:
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        return float(value)
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> bool:
+        value = self._get(key, default, "true or false")
+        if not isinstance(value, bool):
+            raise JobError(self.name(key), value, "expected true or false")
+        return value
+
+    def string(self, key: str, default: Any = _REQUIRED, *, choices: Iterable[str] | None = None,
+               max_len: int = 4096) -> str:
+        options = tuple(choices) if choices is not None else None
+        allowed = "one of " + ", ".join(options) if options else "a string"
+        value = self._get(key, default, allowed)
+        if not isinstance(value, str) or (options and value not in options):
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        if not options and (not value or len(value) > max_len):
+            raise JobError(self.name(key), value,
+                           f"expected a non-empty string of at most {max_len} characters")
+        return value
+
+    def string_list(self, key: str, default: Any = _REQUIRED, *, choices: Iterable[str]) -> tuple[str, ...]:
+        options = tuple(choices)
+        allowed = "a non-empty list of distinct values from " + ", ".join(options)
+        value = self._get(key, default, allowed)
+        if (not isinstance(value, list) or not value or len(set(map(str, value))) != len(value)
+                or any(v not in options for v in value)):
+            raise JobError(self.name(key), value, f"expected {allowed}")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            key = unknown[0]
+            known = ", ".join(sorted(self.used)) or "none"
+            raise JobError(self.name(key), self.data[key], f"unknown field; allowed here: {known}")
+
+
+def _range_text(kind: str, lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"{kind} from {lo} to {hi}"
+    if lo is not None:
+        return f"{kind} >= {lo}"
+    return kind

@@ -1,0 +1,111 @@
+"""Tuning knobs: read from a TOML preset under ``configs/`` and the job's [tuning] table.
+
+`configs/default.toml` holds every knob with its documented default; another preset
+lists only what it changes, and a job's [tuning] table overrides the preset.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config.schema import Table, read_toml
+from pipeline.errors import JobError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRIORITIES = ("highest", "lowest")   # CUDA stream priorities, of those the device offers
+VIDEO_CODECS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mpeg4")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    channel_depth: int      # items buffered between two stages (bounded: 0-4)
+    pinned_buffers: int     # host frame buffers in the ring, allocated once per run
+    writer_threads: int     # PNG encoders working at once; 0 = one per core, at most 8
+    decode: str             # "whole" or "tiles" (the micro-task decode)
+    tile_size: int          # latent cells per tile side
+    tile_overlap: int       # latent cells shared with each neighbour
+    vram_budget_gib: float  # device memory for the decode: weights, whole-frame part, one batch of tiles
+    norm_proxy: int         # GroupNorm statistics from the frame subsampled this much; 0 = per tile
+    whole_up_blocks: int    # decoder up blocks whose resnets run on the whole frame before tiling
+    tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
+    png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
+    video_codec: str
+    video_crf: int
+    video_preset: str
+    compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
+    watermark_priority: str  # of the watermark stream
+    cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
+
+    def writers(self) -> int:
+        return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
+
+
+def preset_path(name: str, job_dir: Path) -> Path:
+    """A preset is a name under configs/ or a path to a .toml file (relative to the job)."""
+    if name.endswith(".toml"):
+        path = Path(name)
+        return path if path.is_absolute() else job_dir / path
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise JobError("preset", name, "expected a preset name from configs/ or a path to a .toml file")
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_tuning(preset: str, job_dir: Path, overrides: dict[str, Any]) -> Tuning:
+    default_path = CONFIG_DIR / "default.toml"
+    merged = dict(read_toml(default_path, "configs/default.toml"))
+    if preset != "default":
+        path = preset_path(preset, job_dir)
+        if not path.is_file():
+            raise JobError("preset", preset, "no such preset; available: " + ", ".join(available_presets()))
+        layer = read_toml(path, "preset")
+        _reject_unknown(layer, merged, f"preset {preset}")
+        merged.update(layer)
+    _reject_unknown(overrides, merged, "tuning")
+    merged.update(overrides)
+    return _parse(Table(merged, "tuning"))
+
+
+def _reject_unknown(layer: dict[str, Any], known: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if key not in known:
+            raise JobError(f"{where}.{key}", value, "unknown field; allowed: " + ", ".join(sorted(known)))
+
+
+def _parse(t: Table) -> Tuning:
+    tuning = Tuning(
+        channel_depth=t.integer("channel_depth", lo=0, hi=4),
+        pinned_buffers=t.integer("pinned_buffers", lo=1, hi=64),
+        writer_threads=t.integer("writer_threads", lo=0, hi=64),
+        decode=t.string("decode", choices=("whole", "tiles")),
+        tile_size=t.integer("tile_size", lo=8, hi=4096),
+        tile_overlap=t.integer("tile_overlap", lo=0, hi=4095),
+        vram_budget_gib=t.number("vram_budget_gib", lo=0.01),
+        norm_proxy=t.integer("norm_proxy", lo=0, hi=64),
+        whole_up_blocks=t.integer("whole_up_blocks", lo=0, hi=3),
+        tiling=t.boolean("tiling"),
+        png_compression=t.integer("png_compression", lo=0, hi=9),
+        video_codec=t.string("video_codec", choices=VIDEO_CODECS),
+        video_crf=t.integer("video_crf", lo=0, hi=51),
+        video_preset=t.string(
+            "video_preset",
+            choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
+        ),
+        compute_priority=t.string("compute_priority", choices=PRIORITIES),
+        watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
+        cuda_graphs=t.boolean("cuda_graphs"),
+    )
+    t.done()
+    if tuning.decode == "tiles" and tuning.tile_overlap >= tuning.tile_size:
+        raise JobError("tuning.tile_overlap", tuning.tile_overlap,
+                       f"expected less than tuning.tile_size ({tuning.tile_size})")
+    if tuning.decode == "tiles" and tuning.tiling:
+        raise JobError("tuning.tiling", True, 'diffusers\' tiling and decode = "tiles" exclude each '
+                       "other; set one of them")
+    return tuning

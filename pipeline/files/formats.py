@@ -1,0 +1,40 @@
+"""Frame files: encoding and reading the formats `pipeline.config.formats` names, and the
+torch dtype the GPU quantises to for each, so that the copy moves the final bytes and
+nothing more. A job writes at most one frame format (plus, if it asks, the MP4, which
+is encoded from the same pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config.formats import FrameFormat, frame_format
+from pipeline.files import exr, png
+
+
+def pixel_dtype(formats: tuple[str, ...]) -> torch.dtype:
+    """The precision a run's frames travel in: the frame format's, or 8 bits for video alone."""
+    found = frame_format(formats)
+    return getattr(torch, found.pixels) if found else torch.uint8
+
+
+def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int) -> bytes | memoryview:
+    if fmt.name == "exr":
+        return exr.encode_exr(pixels)
+    return png.encode_png(pixels, png_compression)
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """A frame file as written: uint8 or uint16 (H, W, 3) for PNG, float32 for EXR."""
+    return exr.read_exr(path) if path.suffix == ".exr" else png.read_png(path, native=True)
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Any frame precision -> uint8 RGB, rounded (watermark checks, video from EXR)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.rint(np.clip(pixels.astype(np.float32), 0, 1) * 255).astype(np.uint8)

@@ -1,0 +1,43 @@
+"""A ring of host frame buffers, allocated once per run and reused.
+
+A slot is taken by the transfer stage before its copy and given back by the writers
+once every output has been encoded from it (the host-IO-done point). The ring's size
+bounds the frames held in host memory, whatever the shot length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import trio
+
+from pipeline.gpu.device import DeviceContext
+
+
+class HostRing:
+    def __init__(self, ctx: DeviceContext, count: int, frame_shape: tuple[int, int, int],
+                 dtype: torch.dtype = torch.uint8) -> None:
+        self.buffers = [ctx.host_buffer(frame_shape, dtype) for _ in range(count)]
+        self._free_send, self._free_recv = trio.open_memory_channel[int](count)
+        for slot in range(count):
+            self._free_send.send_nowait(slot)
+        self.wait_s = 0.0
+
+    async def acquire(self) -> int:
+        start = trio.current_time()
+        slot = await self._free_recv.receive()
+        self.wait_s += trio.current_time() - start
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free_send.send_nowait(slot)
+
+    def tensor(self, slot: int) -> torch.Tensor:
+        return self.buffers[slot]
+
+    def array(self, slot: int) -> np.ndarray:
+        return self.buffers[slot].numpy()
+
+    def statistics(self) -> dict[str, float]:
+        return {"slots": len(self.buffers), "free": self._free_recv.statistics().current_buffer_used,
+                "wait_s": round(self.wait_s, 3)}

@@ -1,0 +1,131 @@
+-- The helpers every script shares, and the key layout they share.
+--
+-- RedisQueue (workers/redis_queue.py) registers each script as this file followed by
+-- the script's own file, so what is defined here is in scope there. Every check-and-act
+-- step of the queue is one script, so it runs atomically on the server.
+--
+-- KEYS: none. Every script receives the key prefix as ARGV[1] (`ff:` unless RedisQueue
+-- is given another) and computes key names from it at run time; that is why the farm
+-- needs one Redis server (replicas are fine), not Redis Cluster. Tested with Redis 7.0.
+--
+-- Key layout (prefix `ff:`; `<job>` is a job id, `<tid>` a task id within its job):
+--
+--   ff:seq                    counter: submission order of jobs
+--   ff:jobs                   zset job id -> submission seq (what `status()` lists)
+--   ff:job:<job>              hash: spec (JobSpec as JSON: data, never code), state
+--                             (active | done | cancelled), priority, max_attempts, video,
+--                             frame_start, frame_end, seq, remaining (tasks not done yet),
+--                             next_task (task id counter), video_queued
+--   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
+--                             done | failed | cancelled), attempts, token, worker, error, entry}
+--   ff:job:<job>:stream       stream, one entry {task: tid} per pending task, consumer group
+--                             "farm"; the consumer is the worker name
+--   ff:job:<job>:leases       zset tid -> lease deadline (ms, Redis server clock)
+--   ff:prio                   zset of the priority levels that have jobs with work (score = level)
+--   ff:prio:<level>           zset job id -> seq: the jobs of that level that may have work
+--   ff:dead                   stream of dead-lettered tasks {job, task, kind, first, last, error,
+--                             worker, attempts}, capped near 10000 entries
+--   ff:workers                hash worker name -> JSON {heartbeat, info} (RedisQueue writes it, no script)
+--
+-- One stream per *job* rather than per priority level: lease.lua walks the levels high
+-- to low and, within a level, the jobs in submission order, and reads each job's stream
+-- with XREADGROUP `>`, which delivers entries in frame order. So the order is priority,
+-- then submission, then frames, and a worker that skips a job simply never reads that
+-- job's stream: nothing is delivered to it and handed back, and no job loses its place.
+--
+-- Invariants: a pending task has exactly one undelivered entry in its job's stream; a
+-- leased task has exactly one entry in the group's PEL, owned by the worker holding it,
+-- and a deadline in the leases zset; done, failed and cancelled tasks have no entry.
+--
+-- Expiry is decided by the deadline, not by the PEL idle time, because workers may lease
+-- with different lease lengths; the deadline uses the Redis server clock (TIME), so the
+-- clocks of the worker hosts do not matter.
+--
+-- A job that has no unread entry and no lease is dropped from the priority index
+-- (ff:prio, ff:prio:<level>) by the lease that notices it; any step that makes one of
+-- its tasks pending adds it back (`activate`).
+
+local P = ARGV[1]
+local GROUP = 'farm'
+local function jkey(job) return P .. 'job:' .. job end
+local function tkey(job) return P .. 'job:' .. job .. ':tasks' end
+local function skey(job) return P .. 'job:' .. job .. ':stream' end
+local function lkey(job) return P .. 'job:' .. job .. ':leases' end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function get_task(job, tid)
+  local raw = redis.call('HGET', tkey(job), tid)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function put_task(job, tid, t)
+  redis.call('HSET', tkey(job), tid, cjson.encode(t))
+end
+
+local function ensure_group(job)
+  -- BUSYGROUP (it exists) is the usual answer; pcall keeps it from aborting the script
+  redis.pcall('XGROUP', 'CREATE', skey(job), GROUP, '0', 'MKSTREAM')
+end
+
+-- the job may have work: put it (back) in the priority index
+local function activate(job)
+  local meta = redis.call('HMGET', jkey(job), 'priority', 'seq')
+  redis.call('ZADD', P .. 'prio', meta[1], meta[1])
+  redis.call('ZADD', P .. 'prio:' .. meta[1], meta[2], job)
+end
+
+local function deactivate(job, level)
+  level = level or redis.call('HGET', jkey(job), 'priority')
+  if not level then return end
+  redis.call('ZREM', P .. 'prio:' .. level, job)
+  if redis.call('ZCARD', P .. 'prio:' .. level) == 0 then
+    redis.call('ZREM', P .. 'prio', level)
+  end
+end
+
+-- a new stream entry for the task: it is pending again, behind the job's other entries
+local function enqueue(job, tid, t)
+  ensure_group(job)
+  t.entry = redis.call('XADD', skey(job), '*', 'task', tid)
+  t.state = 'pending'
+  put_task(job, tid, t)
+end
+
+-- forget the task's entry: out of the PEL (if delivered) and out of the stream
+local function drop_entry(job, t)
+  if t.entry then
+    redis.pcall('XACK', skey(job), GROUP, t.entry)
+    redis.pcall('XDEL', skey(job), t.entry)
+    t.entry = nil
+  end
+end
+
+local function dead_letter(job, tid, t, err)
+  drop_entry(job, t)
+  redis.call('ZREM', lkey(job), tid)
+  t.state = 'failed'
+  t.error = err
+  put_task(job, tid, t)
+  redis.call('XADD', P .. 'dead', 'MAXLEN', '~', 10000, '*', 'job', job, 'task', tid, 'kind', t.kind,
+             'first', t.first, 'last', t.last, 'error', err, 'worker', t.worker or '', 'attempts', t.attempts)
+end
+
+-- The task if `worker` holds its lease with `token`, else nil. renew, ack, fail and release
+-- change nothing without it: the job must be active, the task leased to this worker with
+-- this token, and its entry still in this consumer's PEL, so a worker whose lease was
+-- taken over, requeued or cancelled is fenced off.
+local function owned(job, tid, token, worker)
+  if redis.call('HGET', jkey(job), 'state') ~= 'active' then return nil end
+  local t = get_task(job, tid)
+  if not t or t.state ~= 'leased' or t.token ~= tonumber(token) or t.worker ~= worker or not t.entry then
+    return nil
+  end
+  local pel = redis.pcall('XPENDING', skey(job), GROUP, t.entry, t.entry, 1, worker)
+  if type(pel) ~= 'table' or pel.err or #pel == 0 then return nil end
+  return t
+end

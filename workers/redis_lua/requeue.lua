@@ -1,0 +1,48 @@
+-- requeue: make the job's failed tasks (or, with failed_only 0, every unfinished task)
+-- pending again with fresh attempts, and the job active.
+--
+-- KEYS: none (key names come from the prefix; see prelude.lua).
+-- ARGV[1] key prefix
+-- ARGV[2] job id
+-- ARGV[3] failed_only: 1 for failed tasks only; 0 adds cancelled, pending and leased ones
+-- Writes ff:job:<job> (state), its tasks, stream and leases, and the priority index.
+-- Returns the number of tasks made pending; 0 for an unknown job.
+--
+-- A leased task requeued here loses its entry, so its holder is fenced off. Attempts go
+-- back to 0 but fencing tokens keep growing, so no old lease becomes valid again.
+
+local job = ARGV[2]
+if redis.call('EXISTS', jkey(job)) == 0 then return 0 end
+local states = {failed = true}
+if ARGV[3] == '0' then
+  states = {failed = true, cancelled = true, pending = true, leased = true}
+end
+local all = redis.call('HGETALL', tkey(job))
+local chosen = {}
+for i = 1, #all, 2 do
+  local t = cjson.decode(all[i + 1])
+  if states[t.state] then
+    t.tid = all[i]
+    table.insert(chosen, t)
+  end
+end
+-- queued again in frame order (the video last), behind whatever the job still has pending
+table.sort(chosen, function(a, b)
+  if (a.kind == 'video') ~= (b.kind == 'video') then return b.kind == 'video' end
+  return a.first < b.first
+end)
+for _, t in ipairs(chosen) do
+  local tid = t.tid
+  t.tid = nil
+  drop_entry(job, t)  -- a leased one's holder is fenced off: it no longer holds the task
+  redis.call('ZREM', lkey(job), tid)
+  t.attempts = 0
+  t.error = nil
+  enqueue(job, tid, t)
+end
+local count = #chosen
+if count > 0 then
+  redis.call('HSET', jkey(job), 'state', 'active')
+  activate(job)
+end
+return count

@@ -1,0 +1,28 @@
+-- submit: store a job and queue one pending task per chunk of frames.
+--
+-- KEYS: none (key names come from the prefix; see prelude.lua).
+-- ARGV[1] key prefix
+-- ARGV[2] job id
+-- ARGV[3] the JobSpec as JSON
+-- ARGV[4] priority
+-- ARGV[5] max_attempts
+-- ARGV[6] video: 1 if the job wants an MP4 (a video task follows the last frames), else 0
+-- ARGV[7] frame_start
+-- ARGV[8] frame_end
+-- ARGV[9] the chunks as JSON, [[first, last], ...]; task ids are 1..#chunks
+-- Writes ff:seq, ff:jobs, ff:job:<job>, its tasks and stream, and the priority index.
+-- Returns 1, or 0 (and changes nothing) if the job id is taken.
+
+local job = ARGV[2]
+if redis.call('EXISTS', jkey(job)) == 1 then return 0 end
+local seq = redis.call('INCR', P .. 'seq')
+local chunks = cjson.decode(ARGV[9])
+redis.call('HSET', jkey(job), 'spec', ARGV[3], 'state', 'active', 'priority', ARGV[4],
+           'max_attempts', ARGV[5], 'video', ARGV[6], 'frame_start', ARGV[7], 'frame_end', ARGV[8],
+           'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0)
+redis.call('ZADD', P .. 'jobs', seq, job)
+for i, chunk in ipairs(chunks) do
+  enqueue(job, tostring(i), {kind = 'frames', first = chunk[1], last = chunk[2], attempts = 0, token = 0})
+end
+activate(job)
+return 1
