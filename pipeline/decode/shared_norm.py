@@ -46,9 +46,9 @@ class FrameNormStats:
         """Inside: a decode of a batch of whole frames (downscaled) records their statistics."""
         self.stats = {}
 
-        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
             self.stats[index] = group_statistics(x, layer.num_groups)
-            return normalise(x, layer, *self.stats[index])
+            return normalise(x, layer, *self.stats[index], silu=silu)
 
         with self._patched(hook):
             yield
@@ -57,16 +57,16 @@ class FrameNormStats:
     def applying(self) -> Iterator[None]:
         """Inside: each tile is normalised with its frame's recorded statistics; set
         `frame_of_sample` before each batch."""
-        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        def hook(index: int, layer: torch.nn.GroupNorm, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
             assert self.frame_of_sample is not None
             mean, var = (s[self.frame_of_sample] for s in self.stats[index])
-            return normalise(x, layer, mean, var)
+            return normalise(x, layer, mean, var, silu=silu)
 
         with self._patched(hook):
             yield
 
     @contextlib.contextmanager
-    def _patched(self, hook: Callable[[int, torch.nn.GroupNorm, torch.Tensor], torch.Tensor]
+    def _patched(self, hook: Callable[..., torch.Tensor]
                  ) -> Iterator[None]:
         before = [vars(layer).get("forward") for layer in self.layers]  # group_norm's, where installed
         try:

@@ -1,22 +1,26 @@
-"""Whole-frame attention for a VAE's mid block, in query chunks through cuBLAS.
+"""Whole-frame attention for a VAE's mid block, where one head is wider than PyTorch's
+fused kernels take.
 
 An SD-class VAE attends once over every latent cell of the frame, with one head of
-512 channels: 129,600 cells at 3840x2160. PyTorch's flash and cuDNN kernels stop at
-256 channels a head, so scaled_dot_product_attention falls back to its
-memory-efficient kernel, which took a third of the whole decode
-(benchmarks/RESULTS.md, 'Micro-task decode'). Here the same product is two batched matmuls per chunk of query
-rows, with the logits in float32 (the matmul accumulates in float32 and, where
-PyTorch offers it, writes float32) and a float32 softmax written straight to the
-values' dtype (`softmax`: one Triton kernel on CUDA): the same mathematics,
-the rounding of a matmul rather than of that kernel. Chunks bound the extra memory to
-about `chunk_bytes` of logits, twice over while the softmax runs.
+512 channels (Wan's: 384): 129,600 cells at 3840x2160. PyTorch's flash and cuDNN
+kernels stop at 256 channels a head, so scaled_dot_product_attention falls back to
+its memory-efficient kernel, a third of the whole decode (benchmarks/RESULTS.md,
+'Micro-task decode'). Here, on CUDA:
 
-Used only where it pays: CUDA tensors, no mask, no cross-attention, heads wider than
-256 channels; everything else goes to diffusers' own AttnProcessor2_0.
+- `wide_attention`: one fused Triton kernel (online softmax, the logits never written);
+- where Triton cannot compile, the same product as two batched matmuls per chunk of
+  query rows with float32 logits and a fused softmax (`softmax`): the same
+  mathematics, with the logits in memory, `chunk_bytes` of them at a time.
+
+The processor also takes channels-last activations: the cells of a channels-last
+(B, C, H, W) tensor are already (B, H*W, C) rows, so nothing is transposed.
+Everything it does not cover (masks, cross-attention, spatial norms, heads of at most
+256 channels, the CPU) goes to diffusers' own AttnProcessor2_0.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -24,7 +28,28 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from pipeline.kernels.softmax import scaled_softmax
 
+try:
+    from pipeline.kernels import wide_attention
+except ImportError:  # CPU-only PyTorch builds come without Triton
+    wide_attention = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 FLASH_HEAD_LIMIT = 256          # the widest head PyTorch's fused attention kernels take
+_broken: list[str] = []         # why the fused kernel cannot run here, once found out
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(d)) v for (B, H, N, D) CUDA tensors: the fused kernel where it
+    runs, else query chunks through cuBLAS."""
+    if wide_attention is not None and not _broken and query.shape[-1] in wide_attention.SUPPORTED_HEAD_DIMS:
+        try:
+            return wide_attention.attention(query, key, value)
+        except Exception as err:  # Triton's compile errors have no common base class
+            _broken.append(f"{type(err).__name__}: {err}")
+            log.warning("fused wide attention unavailable, using chunked matmuls: %s",
+                        _broken[0].splitlines()[0])
+    return chunked_attention(query, key, value)
 
 
 def chunked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -53,7 +78,7 @@ def _logits(q: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
 
 
 class WholeFrameAttnProcessor(AttnProcessor2_0):
-    """diffusers' processor, with the attention itself chunked where that pays."""
+    """diffusers' processor, with the attention itself done here where that pays."""
 
     devices: tuple[str, ...] = ("cuda",)   # where it pays; tests widen it to check the CPU path
 
@@ -67,20 +92,21 @@ class WholeFrameAttnProcessor(AttnProcessor2_0):
                 or attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                                     *args, **kwargs)
-        # AttnProcessor2_0's steps for this case, with chunked_attention for the SDPA call
+        # AttnProcessor2_0's steps for this case, on (B, H*W, C) rows taken without a copy
+        # from a channels-last tensor (with one from an NCHW one)
         residual = hidden_states
         batch, channels, height, width = hidden_states.shape
-        x = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        x = hidden_states if attn.group_norm is None else attn.group_norm(hidden_states)
+        x = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         q, k, v = (proj(x).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
                    for proj in (attn.to_q, attn.to_k, attn.to_v))
-        x = chunked_attention(q, k, v).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        fused = attention if hidden_states.is_cuda else chunked_attention
+        x = fused(q, k, v).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         x = attn.to_out[1](attn.to_out[0](x.to(q.dtype)))
-        x = x.transpose(-1, -2).reshape(batch, channels, height, width)
+        x = x.reshape(batch, height, width, channels).permute(0, 3, 1, 2)   # channels-last (B, C, H, W)
         if attn.residual_connection:
             x = x + residual
-        return x / attn.rescale_output_factor
+        return x if attn.rescale_output_factor == 1 else x / attn.rescale_output_factor
 
 
 def use_whole_frame_attention(vae: Any) -> None:
