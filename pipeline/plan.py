@@ -20,7 +20,7 @@ import torch
 from pipeline.config import patterns
 from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
-from pipeline.decode.budget import TilePlan, plan_tiles
+from pipeline.decode.budget import TilePlan, layered_peak, plan_decode
 from pipeline.errors import JobError
 from pipeline.files.latents import check_clip_file, check_latent_files
 from pipeline.files.manifest import check_record, latest_by_path, read_records
@@ -42,7 +42,7 @@ class Plan:
     video_path: Path | None           # None: no video, or a resumed run found it finished
     model_hash: str
     job_hash: str
-    tiles: TilePlan | None = None     # decode = "tiles": the grid and batch of every frame
+    tiles: TilePlan | None = None     # tiled decode: the grid and batch of every frame
     clip_frames: int = 0              # a video VAE's job: latent frames in the shot's clip
     pipeline: PipelineInfo | None = None  # source kind "diffusers": the pipeline that generates
     pipeline_dtype: str = ""          # what the pipeline runs in (its VAE runs in `dtype`)
@@ -79,6 +79,15 @@ class Plan:
         return f"source: {job.source.kind}" + (f" from {job.source.path}" if job.source.path else
                                                 f" (seeded per frame from seed {job.seed})")
 
+    def _layered_peak(self) -> float | None:
+        return None if self.job.tuning.tiling else layered_peak(self.vae, self.latent_shape, self.dtype)
+
+    def _layered_line(self) -> str:
+        peak = self._layered_peak() or 0.0
+        return (f"decode: whole frames, layer by layer over bands of rows (every GroupNorm with the "
+                f"statistics of the whole frame), ~{peak / 2**30:.2f} GiB modelled within "
+                f"{self.job.tuning.vram_budget_gib:.2f} GiB; {len(self.todo)} frame(s)")
+
     def describe(self) -> str:
         job, shot = self.job, self.job.shot
         c, h, w = self.latent_shape
@@ -95,6 +104,7 @@ class Plan:
              "at once" + (f"; {self.tiles.describe(len(self.todo))}" if self.tiles is not None else "")
              if self.vae.is_video else
              self.tiles.describe(len(self.todo)) if self.tiles is not None else
+             self._layered_line() if self._layered_peak() is not None else
              f"decode: {tiles} tile(s) per frame"
              + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
              + f", batches of 1 frame, {len(self.todo)} batch(es)"),
@@ -162,7 +172,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     if pipeline is not None:
         pipeline_dtype = "float32" if device.type == "cpu" and job.model.dtype == "float16" else job.model.dtype
         m_hash = hashlib.sha256(f"{m_hash}/{pipeline.fingerprint}/{pipeline_dtype}".encode()).hexdigest()[:16]
-    j_hash = job_hash(job, m_hash, dtype)
+    tiles = plan_decode(job.tuning, vae, shape, dtype)
+    j_hash = job_hash(job, m_hash, dtype, tiled=tiles is not None)
 
     root = job.output.root
     fmt = frame_format(job.output.formats)
@@ -183,14 +194,13 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     todo = tuple(f for f in frames if f not in skipped) if (frame_paths or video_path) else ()
     if clip_frames and todo:  # a clip decodes from its first latent frame: all of it, or none
         todo, skipped = tuple(frames), set()
-    tiles = plan_tiles(job.tuning, vae, shape, dtype) if job.tuning.decode == "tiles" else None
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
                 model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames, pipeline=pipeline,
                 pipeline_dtype=pipeline_dtype)
 
 
-def job_hash(job: Job, m_hash: str, dtype: str) -> str:
+def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
     """What decides the pixels (not the frame range, paths or threads): resume and the
     farm use it to tell a finished frame of this job from a stale one."""
     shot, source, mark = job.shot, job.source, job.watermark
@@ -201,7 +211,7 @@ def job_hash(job: Job, m_hash: str, dtype: str) -> str:
         "model": m_hash, "dtype": dtype, "tiling": job.tuning.tiling,
         "decode": [job.tuning.decode, job.tuning.tile_size, job.tuning.tile_overlap, job.tuning.norm_proxy,
                    job.tuning.whole_up_blocks]
-        if job.tuning.decode == "tiles" else "whole",
+        if tiled else "whole",
         "frames": getattr(frame_format(job.output.formats), "name", None),  # the file format
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],

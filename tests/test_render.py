@@ -118,7 +118,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli: Callable[..., tuple],
     code, out, err = cli("run", str(write_job()), "--device", "cpu", "--dry-run")
     assert code == 0, err
     assert "frames 1-6 (6)" in out
-    assert "tile(s) per frame" in out and "batch(es)" in out
+    assert "decode: whole frames, layer by layer" in out and "GiB modelled within 8.00 GiB" in out
     assert "test/test.0001.png .. test/test.0006.png" in out
     assert "mp4: test.mp4" in out
     assert not (job_dir / "out").exists()

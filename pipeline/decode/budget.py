@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config.tuning import Tuning
+from pipeline.decode.layered import modelled_bytes
 from pipeline.decode.tiles import TileGrid, balanced_batch, batch_size, make_grid, modelled_tile_bytes
 from pipeline.models.dtypes import DTYPES
 from pipeline.models.vae import VaeInfo
@@ -74,6 +75,29 @@ class TilePlan:
 def plan_tiles(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> TilePlan:
     return tile_plan(vae, latent_shape, DTYPES[dtype], tuning.tile_size, tuning.tile_overlap,
                      tuning.vram_budget_gib, tuning.norm_proxy, tuning.whole_up_blocks)
+
+
+def layered_peak(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> float | None:
+    """Modelled peak memory of a whole frame decoded layer by layer (`layered`): the
+    weights and the up blocks' activations; None where the decode is not layered (any
+    VAE but an AutoencoderKL)."""
+    if vae.class_name != "AutoencoderKL" or not vae.block_out_channels:
+        return None
+    _, height, width = latent_shape
+    itemsize = DTYPES[dtype].itemsize
+    return (modelled_bytes(vae.block_out_channels, height * vae.scale, width * vae.scale, itemsize)
+            + vae.parameters * itemsize)
+
+
+def plan_decode(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str) -> TilePlan | None:
+    """The tiles a job's frames decode in, or None for whole frames: tiles when the job
+    asks for them, or when a whole frame decoded layer by layer would not fit the budget."""
+    if tuning.decode == "tiles":
+        return plan_tiles(tuning, vae, latent_shape, dtype)
+    peak = layered_peak(vae, latent_shape, dtype)
+    if not tuning.tiling and not vae.is_video and peak is not None and peak > tuning.vram_budget_gib * 2**30:
+        return plan_tiles(tuning, vae, latent_shape, dtype)
+    return None
 
 
 def tile_plan(vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: torch.dtype, tile: int, overlap: int,

@@ -3,6 +3,8 @@
     video VAE, tiles planned   TiledClipDecoder   a clip chunk by chunk, each chunk in tiles
     video VAE                  ClipDecoder        a clip chunk by chunk, whole frames
     image VAE, tiles planned   TiledFrame         the micro-task decode (see below)
+    AutoencoderKL              LayeredFrame       the whole frame layer by layer, over bands of
+                                                  rows: untiled decode's exact statistics
     image VAE                  WholeFrame         diffusers' decode of the whole frame
                                                   (with diffusers' own tiling if the preset asks)
 
@@ -16,8 +18,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from pipeline.decode import layered
 from pipeline.decode.budget import TilePlan
 from pipeline.decode.kl_split import SplitDecoder, split_decoder
+from pipeline.decode.layered import LayeredFrame
 from pipeline.decode.shared_norm import FrameNormStats
 from pipeline.decode.tiled import TiledDecoder
 from pipeline.decode.tiles import make_grid
@@ -65,8 +69,10 @@ class TiledFrame:
         norm = None
         if tiles.norm_proxy > 0 and any(isinstance(m, torch.nn.GroupNorm) for m in tiled_part.modules()):
             norm = FrameNormStats(tiled_part)
+        channels_last = self.split is not None and vae.decoder.conv_in.weight.is_contiguous(
+            memory_format=torch.channels_last)
         self.tiled = TiledDecoder(decode_batch, grid, info.scale // f, tiles.batch, device,
-                                  norm=norm, proxy=tiles.norm_proxy)
+                                  norm=norm, proxy=tiles.norm_proxy, channels_last=channels_last)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         features = self.split.head(latents[None])[0] if self.split else latents
@@ -82,4 +88,6 @@ def choose(vae: Vae, info: VaeInfo, tiles: TilePlan | None,
         return TiledClipDecoder(vae, tiles.grid, tiles.batch) if tiles is not None else ClipDecoder(vae)
     if tiles is not None:
         return TiledFrame(vae, info, tiles, device)
+    if layered.fits(vae) and not getattr(vae, "use_tiling", False):
+        return LayeredFrame(vae)
     return WholeFrame(vae)

@@ -24,10 +24,12 @@ DecodeBatch = Callable[[torch.Tensor], torch.Tensor]   # (B, C, h, w) -> (B, 3, 
 class TiledDecoder:
     def __init__(self, decode_batch: DecodeBatch, grid: TileGrid, scale: int, batch: int,
                  device: torch.device | str = "cpu", *, norm: FrameNormStats | None = None,
-                 proxy: int = 2) -> None:
+                 proxy: int = 2, channels_last: bool = False) -> None:
         self.decode_batch = decode_batch
         self.norm = norm
         self.proxy = proxy
+        # a model run in channels-last gets its tiles so, and the canvas matches its output
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.grid = grid
         self.scale = scale
         self.batch = batch
@@ -40,8 +42,8 @@ class TiledDecoder:
         neighbouring frames may share a batch."""
         s, grid = self.scale, self.grid
         first = latents[0]
-        canvases = [torch.zeros(3, grid.height * s, grid.width * s, device=first.device, dtype=torch.float32)
-                    for _ in latents]
+        canvases = [torch.empty((1, 3, grid.height * s, grid.width * s), device=first.device, dtype=torch.float32,
+                                memory_format=self.layout)[0].zero_() for _ in latents]
         tasks = pack(len(latents), len(grid.tiles), self.batch)
         if self.norm is None:
             self._run(latents, tasks, canvases)
@@ -59,7 +61,8 @@ class TiledDecoder:
         while tasks:
             batch = tasks.pop(0)
             tiles = torch.stack([latents[f][:, t.y:t.y + t.h, t.x:t.x + t.w]
-                                 for f, t in ((f, grid.tiles[i]) for f, i in batch)])
+                                 for f, t in ((f, grid.tiles[i]) for f, i in batch)]
+                                ).contiguous(memory_format=self.layout)
             out = self._decode(tiles, torch.tensor([f for f, _ in batch], device=tiles.device))
             self.batches += 1
             for (frame, index), image in zip(batch, out, strict=True):
