@@ -35,6 +35,8 @@ Not collected by pytest.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import functools
 import json
 import math
@@ -55,7 +57,7 @@ from safetensors.torch import save_file
 
 from pipeline.config.job import load_job
 from pipeline.config.tuning import load_tuning
-from pipeline.decode.budget import tile_plan
+from pipeline.decode.budget import TilePlan, layered_peak, plan_decode, tile_plan
 from pipeline.decode.quantise import quantise_hwc
 from pipeline.decode.tiles import TileGrid, make_grid
 from pipeline.decode.video.chunks import ClipDecoder, chunk_frames, decode_chunks
@@ -112,9 +114,112 @@ def timed(fn: Callable[[torch.Tensor], torch.Tensor], latents: list[torch.Tensor
                      "frames": len(latents)}
 
 
+def matmul_peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 matrix product 8192^3 on random data: the rate the fractions are of."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return round(2 * 8192**3 / statistics.median(times) / 1e12, 1)
+
+
+def counted_flops(run: Callable[[], Any]) -> float:
+    """Floating-point operations of `run`, counted by PyTorch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+CATEGORIES = (  # kernel name patterns, first match wins
+    ("layout conversion", ("nchwToNhwc", "nhwcToNchw", "tensorTransform")),
+    ("convolution", ("fprop", "conv", "implicit_gemm", "cudnn", "winograd", "sm90_xmma", "sm80_xmma")),
+    ("attention", ("wide_attn", "fmha", "flash", "attention", "softmax")),
+    ("matmul", ("gemm", "nvjet", "cublas", "splitK")),
+    ("normalisation", ("norm", "moments", "_apply", "batch_norm", "reduce_kernel")),
+    ("copy", ("copy", "Memcpy", "Cat", "cat_", "fill", "Memset")),
+    ("elementwise", ("elementwise", "silu", "add", "mul", "upsample")),
+)
+
+
+def kernel_profile(run: Callable[[], Any], device: torch.device) -> tuple[dict[str, float], str]:
+    """GPU milliseconds of one `run` by kernel category, and the profiler's table."""
+    if device.type != "cuda":
+        return {}, ""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        sync(device)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        ms = event.device_time_total / 1000 if hasattr(event, "device_time_total") else event.cuda_time_total / 1000
+        if ms <= 0:
+            continue
+        name = event.key
+        category = next((c for c, keys in CATEGORIES if any(k.lower() in name.lower() for k in keys)), "other")
+        totals[category] = totals.get(category, 0.0) + ms
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+    return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}, table
+
+
+def upsample_ms(device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """The SD-class decoder's three upsamplers at 4K: diffusers' nearest 2x then 3x3
+    convolution against the one transposed convolution (kernels.upsample), channels-last."""
+    if device.type != "cuda":
+        return []
+    import torch.nn.functional as F
+
+    from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
+
+    def median_ms(run: Callable[[], Any]) -> float:
+        run()
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return round(statistics.median(times), 2)
+
+    def diffusers_way(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return conv(F.interpolate(x, scale_factor=2.0))
+
+    rows = []
+    for channels, height, width in ((512, 540, 960), (512, 1080, 1920), (256, 1080, 1920)):
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(device, dtype).to(memory_format=torch.channels_last)
+        x = torch.randn(1, channels, height, width, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+        weight4 = UpsampleWeights().of(conv.weight)
+        with torch.no_grad():
+            rows.append({"input": [channels, height, width],
+                         "interpolate_conv_ms": median_ms(functools.partial(diffusers_way, conv, x)),
+                         "transposed_ms": median_ms(functools.partial(upsample2x_conv3x3, x, weight4, conv.bias))})
+    return rows
+
+
+def sd_info(vae: diffusers.AutoencoderKL) -> VaeInfo:
+    return VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
+                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256,
+                   block_out_channels=tuple(vae.config.block_out_channels),
+                   parameters=sum(p.numel() for p in vae.parameters()))
+
+
 def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     torch.manual_seed(0)
-    vae = sd_class_vae().to(device, dtype).eval()
+    vae = sd_class_vae().to(device, dtype).eval()   # diffusers' own forwards: the reference
     h, w = args.height // 8, args.width // 8
     gen = torch.Generator().manual_seed(1)
     latents = [torch.randn(4, h, w, generator=gen).to(device, dtype) for _ in range(args.frames)]
@@ -125,53 +230,91 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
 
     untiled, results["diffusers_untiled"] = timed(diffusers_decode, latents, device)
     print("diffusers untiled", results["diffusers_untiled"], flush=True)
+    results["flops"] = counted_flops(lambda: vae.decode(latents[0][None]))
 
-    vae.enable_tiling()
-    tiled, results["diffusers_tiled"] = timed(diffusers_decode, latents, device)
-    vae.disable_tiling()
-    results["diffusers_tiled"]["psnr_vs_untiled"] = statistics.mean(map(psnr, tiled, untiled))
-    print("diffusers tiled", results["diffusers_tiled"], flush=True)
+    if not args.quick:
+        vae.enable_tiling()
+        tiled, results["diffusers_tiled"] = timed(diffusers_decode, latents, device)
+        vae.disable_tiling()
+        results["diffusers_tiled"]["psnr_vs_untiled"] = statistics.mean(map(psnr, tiled, untiled))
+        print("diffusers tiled", results["diffusers_tiled"], flush=True)
 
-    info = VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
-                   shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256,
-                   block_out_channels=tuple(vae.config.block_out_channels),
-                   parameters=sum(p.numel() for p in vae.parameters()))
+    info = sd_info(vae)
     ctx = DeviceContext(device)
     host_latents = [z.cpu() for z in latents]
+    fast = copy.deepcopy(vae)
+    use_fast_paths(fast, device)  # what the pipeline's load_vae installs
 
-    use_fast_paths(vae, device)  # what the pipeline's load_vae installs: attention, GroupNorm
-    lean, results["untiled_fast_paths"] = timed(diffusers_decode, latents, device)
-    results["untiled_fast_paths"]["psnr_vs_untiled"] = statistics.mean(map(psnr, lean, untiled))
-    print("untiled with the fast paths", results["untiled_fast_paths"], flush=True)
+    if not args.quick:
+        lean, results["untiled_fast_paths"] = timed(lambda z: quantise_hwc(fast.decode(z[None]).sample[0]),
+                                                    latents, device)
+        results["untiled_fast_paths"]["psnr_vs_untiled"] = statistics.mean(map(psnr, lean, untiled))
+        print("untiled with the fast paths (module forwards)", results["untiled_fast_paths"], flush=True)
 
-    def ours(label: str, tile: int, overlap: int, proxy: int, budget: float, whole: int) -> dict[str, Any]:
-        plan = tile_plan(info, (4, h, w), dtype, tile, overlap, budget, proxy, whole)
-        decoder = Decoder(vae, info, args.dtype, ctx, torch.uint8, plan)
+    def ours(label: str, plan: TilePlan | None, budget: float) -> dict[str, Any]:
+        decoder = Decoder(fast, info, args.dtype, ctx, torch.uint8, plan)
 
         def run(z: torch.Tensor) -> torch.Tensor:
             return decoder.decode(LatentFrame(0, 0, z)).pixels
 
         outputs, figures = timed(run, host_latents, device)  # the pipeline's source hands over host latents
         figures.update(psnr_vs_untiled=statistics.mean(map(psnr, outputs, untiled)), budget_gib=budget,
-                       tiles_per_frame=len(plan.grid.tiles), tile=list(plan.grid.tile_shape), overlap=overlap,
-                       groupnorm_proxy=plan.norm_proxy, whole_up_blocks=plan.whole_up_blocks,
-                       **decoder.strategy.statistics())
+                       strategy=type(decoder.strategy).__name__, **decoder.strategy.statistics())
+        if plan is not None:
+            figures.update(tiles_per_frame=len(plan.grid.tiles), tile=list(plan.grid.tile_shape),
+                           overlap=plan.grid.overlap, groupnorm_proxy=plan.norm_proxy,
+                           whole_up_blocks=plan.whole_up_blocks)
+        else:
+            figures["modelled_peak_gib"] = round((layered_peak(info, (4, h, w), args.dtype) or 0) / GIB, 2)
         print(label, figures, flush=True)
         return figures
 
-    default = (args.tile, args.overlap, args.proxy)
-    results["ours"] = ours("ours", *default, args.budget, args.whole_up_blocks)
-    results["ours_small_budget"] = ours("ours_small_budget", *default, args.small_budget, args.whole_up_blocks)
-    results["ours_per_tile_statistics"] = ours("ours_per_tile_statistics", args.tile, args.overlap, 0,
-                                               args.budget, args.whole_up_blocks)
-    if args.sweep:  # what the defaults were chosen from
-        results["sweep"] = []
-        for tile, overlap, proxy, whole in ((128, 8, 0, 0), (128, 8, 0, 1), (128, 8, 0, 2), (128, 8, 2, 2),
-                                            (128, 8, 4, 2), (128, 8, 1, 2), (64, 8, 0, 2), (96, 8, 0, 2),
-                                            (160, 8, 0, 2), (128, 16, 0, 2), (128, 8, 0, 3)):
-            label = f"sweep tile {tile} overlap {overlap} proxy {proxy} whole_up_blocks {whole}"
-            results["sweep"].append(ours(label, tile, overlap, proxy, args.budget, whole))
+    def tuning(**changes: Any) -> Any:
+        return dataclasses.replace(load_tuning("default", Path("."), {}), **changes)
+
+    shape = (4, h, w)
+    default = tuning(vram_budget_gib=args.budget)
+    results["ours"] = ours("ours (what a job gets by default)", plan_decode(default, info, shape, args.dtype),
+                           args.budget)
+    small = tuning(vram_budget_gib=args.small_budget)
+    results["ours_small_budget"] = ours("ours_small_budget", plan_decode(small, info, shape, args.dtype),
+                                        args.small_budget)
+    tiles = tuning(decode="tiles", vram_budget_gib=args.budget)
+    results["ours_tiles"] = ours("ours_tiles", plan_decode(tiles, info, shape, args.dtype), args.budget)
+    per_tile = tuning(decode="tiles", norm_proxy=0, vram_budget_gib=args.budget)
+    results["ours_per_tile_statistics"] = ours("ours_per_tile_statistics",
+                                               plan_decode(per_tile, info, shape, args.dtype), args.budget)
+    decoder = Decoder(fast, info, args.dtype, ctx, torch.uint8, plan_decode(default, info, shape, args.dtype))
+    results["profile_ms"], table = kernel_profile(lambda: decoder.decode(LatentFrame(0, 0, host_latents[0])),
+                                                  device)
+    results["profile_table"] = table
+    print("profile, ms by kernel category:", results["profile_ms"], flush=True)
+    results["upsample"] = upsample_ms(device, dtype)
+    print("upsamplers", results["upsample"], flush=True)
+    results["sizes"] = [size_case(args, device, dtype, width, height) for width, height in args.sizes]
     return results
+
+
+def size_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, width: int,
+              height: int) -> dict[str, Any]:
+    """Fidelity of the default decode at another size, with other random weights (seed 7)."""
+    torch.manual_seed(7)
+    vae = sd_class_vae().to(device, dtype).eval()
+    latents = [torch.randn(4, height // 8, width // 8, generator=torch.Generator().manual_seed(8)).to(device, dtype)]
+    with torch.no_grad():
+        untiled = [quantise_hwc(vae.decode(latents[0][None]).sample[0]).cpu()]
+    fast = copy.deepcopy(vae)
+    use_fast_paths(fast, device)
+    info = sd_info(vae)
+    plan = plan_decode(dataclasses.replace(load_tuning("default", Path("."), {}), vram_budget_gib=args.budget),
+                       info, (4, height // 8, width // 8), args.dtype)
+    decoder = Decoder(fast, info, args.dtype, DeviceContext(device), torch.uint8, plan)
+    outputs, figures = timed(lambda z: decoder.decode(LatentFrame(0, 0, z)).pixels, [z.cpu() for z in latents * 2],
+                             device)
+    figures.update(width=width, height=height, psnr_vs_untiled=psnr(outputs[0], untiled[0]),
+                   strategy=type(decoder.strategy).__name__)
+    print("size", figures, flush=True)
+    return figures
 
 
 def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, work: Path) -> dict[str, Any]:
@@ -214,6 +357,8 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
             ("diffusers_forwards_chunked", lambda: torch.cat(list(decode_chunks(plain, latents)), dim=2)),
             ("ours_chunked", lambda: torch.cat(list(decode_chunks(vae, latents)), dim=2)),
             ("gpu_only", gpu_only)]
+    if args.quick:
+        runs = [run for run in runs if run[0] != "diffusers_forwards_chunked"]
     outputs = {}
     with torch.no_grad():
         for label, run in runs:
@@ -235,12 +380,13 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     del out   # gpu_only's frames (0.21 GiB on the device): not in the tiled runs' peaks
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    results["chunked_equals_untiled_psnr"] = psnr(outputs["diffusers_forwards_chunked"],
-                                                  outputs["diffusers_untiled"])
+    results["flops"] = counted_flops(lambda: plain.decode(latents))   # the useful work: untiled decode
+    if "diffusers_forwards_chunked" in outputs:
+        results["chunked_equals_untiled_psnr"] = psnr(outputs.pop("diffusers_forwards_chunked"),
+                                                      outputs["diffusers_untiled"])
     results["ours_psnr_vs_diffusers_untiled"] = psnr(outputs["ours_chunked"], outputs["diffusers_untiled"])
-    del outputs["diffusers_forwards_chunked"]
     results["tiled"] = []
-    for tile, budget in ((args.tile, args.budget), (args.tile, args.wan_large_budget)):
+    for tile, budget in () if args.quick else ((args.tile, args.budget), (args.tile, args.wan_large_budget)):
         tiles = tile_plan(plan.vae, plan.latent_shape, dtype, tile, args.overlap, budget, 0)
         figures = tiled_clip(vae, tiles.grid, tiles.batch, latents, device, outputs["diffusers_untiled"])
         figures.update(tile=tile, overlap=args.overlap, budget_gib=budget,
@@ -257,7 +403,7 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
     if device.type == "cuda":
         torch.cuda.empty_cache()
     runs_s, drains_s = [], []
-    for attempt in range(4):  # the first run also pays for the writers' start and the allocator's growth
+    for attempt in range(3 if args.quick else 4):  # the first also pays for the writers' start and allocator growth
         shutil.rmtree(work / "out", ignore_errors=True)
         reset_peak(device)
         report = trio.run(functools.partial(render, plan, lambda frame: None, models, handle_signals=False))
@@ -270,6 +416,8 @@ def wan_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                            "peak_vram_gib": peak_gib(device), "frames_written": report.frames, "format": "png",
                            "stages": report.stages}
     results["pipeline_over_gpu_only"] = round(results["gpu_only"]["s"] / results["pipeline"]["s"], 4)
+    if args.quick:
+        return results
     # The same with PNG stored uncompressed (png_compression = 0, a job's choice): what is
     # left of the gap when the last chunk's frames take ~4 ms each to encode, not ~80.
     stored = work / "wan_stored.toml"
@@ -385,9 +533,6 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--tile", type=int, default=preset.tile_size, help="latent cells per tile side")
     parser.add_argument("--overlap", type=int, default=preset.tile_overlap)
-    parser.add_argument("--proxy", type=int, default=preset.norm_proxy,
-                        help="GroupNorm statistics proxy (latent subsampling)")
-    parser.add_argument("--whole-up-blocks", type=int, default=preset.whole_up_blocks)
     parser.add_argument("--budget", type=float, default=preset.vram_budget_gib, help="VRAM budget in GiB")
     parser.add_argument("--small-budget", type=float, default=2.0)
     parser.add_argument("--wan-size", default="1280x720")
@@ -401,8 +546,11 @@ def main() -> None:
     parser.add_argument("--no-sd", action="store_true")
     parser.add_argument("--wan-writers", type=int, default=0, help="PNG writer threads (0: cores - 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decode.json"))
-    parser.add_argument("--sweep", action="store_true", help="also try other tile sizes, proxies, cuts")
+    parser.add_argument("--quick", action="store_true", help="skip diffusers' tiling and the module-forward decode")
+    parser.add_argument("--sizes", default="1920x1080,4096x2160,1280x536",
+                        help="other frame sizes whose fidelity is checked, with other weights ('' for none)")
     args = parser.parse_args()
+    args.sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",") if s]
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -412,17 +560,29 @@ def main() -> None:
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "wan_720p_81f_s": None, "wan_pipeline_over_gpu_only": None,  # filled below unless --no-wan
     }
+    peak = results["matmul_peak_tflops"] = matmul_peak_tflops(device)
+    print("dense bf16 matmul", peak, "TFLOP/s", flush=True)
     if not args.no_sd:
         sd = results["sd"] = sd_case(args, device, dtype)
+        tflops = sd["flops"] / sd["ours"]["s_per_frame"] / 1e12
         results.update(sd_4k_s_per_frame=sd["ours"]["s_per_frame"], sd_4k_peak_vram_gib=sd["ours"]["peak_vram_gib"],
                        sd_4k_psnr_vs_untiled=sd["ours"]["psnr_vs_untiled"],
+                       sd_4k_psnr_min_over_sizes=min([sd["ours"]["psnr_vs_untiled"],
+                                                      *(s["psnr_vs_untiled"] for s in sd["sizes"])]),
+                       sd_4k_flops=sd["flops"], sd_4k_tflops=round(tflops, 1),
+                       sd_4k_fraction_of_peak=round(tflops / peak, 3) if peak else None,
                        diffusers_tiled={k: sd["diffusers_tiled"][k]
-                                        for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")})
+                                        for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")}
+                       if "diffusers_tiled" in sd else None)
     if not args.no_wan:
         with tempfile.TemporaryDirectory(prefix="ff-decode-") as work:
-            results["wan"] = wan_case(args, device, dtype, Path(work))
-        results["wan_720p_81f_s"] = results["wan"]["pipeline"]["s"]
-        results["wan_pipeline_over_gpu_only"] = results["wan"]["pipeline_over_gpu_only"]
+            wan = results["wan"] = wan_case(args, device, dtype, Path(work))
+        results["wan_720p_81f_s"] = wan["pipeline"]["s"]
+        results["wan_720p_81f_decode_s"] = wan["gpu_only"]["s"]
+        results["wan_pipeline_over_gpu_only"] = wan["pipeline_over_gpu_only"]
+        tflops = wan["flops"] / wan["gpu_only"]["s"] / 1e12
+        results.update(wan_flops=wan["flops"], wan_tflops=round(tflops, 1),
+                       wan_fraction_of_peak=round(tflops / peak, 3) if peak else None)
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
