@@ -174,42 +174,6 @@ def kernel_profile(run: Callable[[], Any], device: torch.device) -> tuple[dict[s
     return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}, table
 
 
-def upsample_ms(device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
-    """The SD-class decoder's three upsamplers at 4K: diffusers' nearest 2x then 3x3
-    convolution against the one transposed convolution (kernels.upsample), channels-last."""
-    if device.type != "cuda":
-        return []
-    import torch.nn.functional as F
-
-    from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
-
-    def median_ms(run: Callable[[], Any]) -> float:
-        run()
-        times = []
-        for _ in range(5):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return round(statistics.median(times), 2)
-
-    def diffusers_way(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return conv(F.interpolate(x, scale_factor=2.0))
-
-    rows = []
-    for channels, height, width in ((512, 540, 960), (512, 1080, 1920), (256, 1080, 1920)):
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(device, dtype).to(memory_format=torch.channels_last)
-        x = torch.randn(1, channels, height, width, device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        weight4 = UpsampleWeights().of(conv.weight)
-        with torch.no_grad():
-            rows.append({"input": [channels, height, width],
-                         "interpolate_conv_ms": median_ms(functools.partial(diffusers_way, conv, x)),
-                         "transposed_ms": median_ms(functools.partial(upsample2x_conv3x3, x, weight4, conv.bias))})
-    return rows
-
-
 def sd_info(vae: diffusers.AutoencoderKL) -> VaeInfo:
     return VaeInfo(path=Path("-"), class_name="AutoencoderKL", latent_channels=4, scale=8, scaling_factor=1.0,
                    shift_factor=0.0, force_upcast=False, sample_size=512, full_res_channels=256,
@@ -289,8 +253,6 @@ def sd_case(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
                                                   device)
     results["profile_table"] = table
     print("profile, ms by kernel category:", results["profile_ms"], flush=True)
-    results["upsample"] = upsample_ms(device, dtype)
-    print("upsamplers", results["upsample"], flush=True)
     results["sizes"] = [size_case(args, device, dtype, width, height) for width, height in args.sizes]
     return results
 
@@ -574,6 +536,7 @@ def main() -> None:
                        diffusers_tiled={k: sd["diffusers_tiled"][k]
                                         for k in ("s_per_frame", "peak_vram_gib", "psnr_vs_untiled")}
                        if "diffusers_tiled" in sd else None)
+    write(args.out, results, started)   # so far: a later case that fails or times out keeps these
     if not args.no_wan:
         with tempfile.TemporaryDirectory(prefix="ff-decode-") as work:
             wan = results["wan"] = wan_case(args, device, dtype, Path(work))
@@ -583,10 +546,14 @@ def main() -> None:
         tflops = wan["flops"] / wan["gpu_only"]["s"] / 1e12
         results.update(wan_flops=wan["flops"], wan_tflops=round(tflops, 1),
                        wan_fraction_of_peak=round(tflops / peak, 3) if peak else None)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write(args.out, results, started)
     print(f"wrote {args.out} in {results['seconds']} s")
+
+
+def write(path: Path, results: dict[str, Any], started: float) -> None:
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

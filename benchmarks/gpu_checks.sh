@@ -7,7 +7,7 @@ out=${OUT:-/tmp/ff-gpu}
 mkdir -p "$out"
 scratch=$(mktemp -d)
 nvidia-smi -L > "$out/nvidia-smi.txt" 2>&1
-python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
+python3 -m pytest -q -m gpu tests/ -p no:cacheprovider > "$out/gpu_tests.log" 2>&1
 echo "gpu tests: rc=$?" | tee -a "$out/summary.txt"
 python3 -m pipeline.cli run samples/demo.toml --device cuda:0 --output-root "$scratch/demo" \
   > "$out/demo.log" 2> "$out/demo.err"
