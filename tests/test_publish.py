@@ -60,7 +60,53 @@ def test_manifest_skips_a_torn_last_line(tmp_path: Path) -> None:
     with (tmp_path / "manifest.jsonl").open("a") as handle:
         handle.write('{"path": "f2.png", "si')  # a crash mid-append
     assert [r["path"] for r in read_records(tmp_path)] == ["f1.png"]
-    assert verify(tmp_path) == (1, [])
+    assert verify(tmp_path) == (1, ["manifest.jsonl line 2: not a manifest record"])
+    # the next append starts a line of its own: the torn record does not swallow it
+    publish_bytes(tmp_path / "f3.png", b"three")
+    manifest.append({"path": "f3.png", "size": 5, "sha256": hashlib.sha256(b"three").hexdigest()})
+    assert [r["path"] for r in read_records(tmp_path)] == ["f1.png", "f3.png"]
+
+
+SHORT_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from pipeline.files.manifest import Manifest
+root = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit returns short or fails
+size = (root / "manifest.jsonl").stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, size + 20))
+try:
+    Manifest(root).append({"path": "f2.png", "size": 3, "sha256": "a" * 64, "note": "x" * 200})
+except OSError as err:
+    print("refused:", err)
+"""
+
+
+def test_an_append_that_stops_short_fails_and_the_next_one_is_whole(tmp_path: Path) -> None:
+    """A full disk (here a file-size limit) mid-record: the append raises instead of
+    reporting success, and once space is back the next record is readable."""
+    manifest = Manifest(tmp_path)
+    manifest.append({"path": "f1.png", "size": 3, "sha256": "b" * 64})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:"), out.stdout
+    assert not (tmp_path / "manifest.jsonl").read_bytes().endswith(b"\n")   # the torn record is there
+    manifest.append({"path": "f3.png", "size": 3, "sha256": "c" * 64})
+    assert [r["path"] for r in read_records(tmp_path)] == ["f1.png", "f3.png"]
+
+
+def test_verify_reports_files_without_a_record_and_a_manifest_of_garbage(tmp_path: Path) -> None:
+    publish_bytes(tmp_path / "shot" / "f1.png", b"one")
+    Manifest(tmp_path).append({"path": "shot/f1.png", "size": 3, "sha256": hashlib.sha256(b"one").hexdigest()})
+    publish_bytes(tmp_path / "shot" / "f2.png", b"two")   # published, its record never written
+    assert verify(tmp_path) == (1, ["shot/f2.png: no manifest record"])
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "manifest.jsonl").write_bytes(b"\x00\xff not json\n[1, 2]\n{\"path\": \"a\\u0000b\"}\n")
+    count, problems = verify(garbage)
+    assert count == 0 and problems == [f"manifest.jsonl line {n}: not a manifest record" for n in (1, 2, 3)]
 
 
 def test_verify_flags_records_leaving_the_root(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
 """The manifest: one JSON line per published output, the basis of resume and verify.
 
 Lines are appended with O_APPEND and fsynced after the file itself is durable, so a
-record never names a file that is not whole. A crash mid-append can leave a torn last
-line; readers skip lines that do not parse, and the frame is simply rendered again.
-Paths in records are relative to the output root, so a render folder can be moved.
+record never names a file that is not whole. An append is whole or it fails: a write
+that stops short (a full disk, a file-size limit) raises, and the next append starts
+on a fresh line, so a torn record never swallows the one after it. Readers skip lines
+that do not parse (the frame is simply rendered again); `verify` reports them, and
+every output file under the root that no record names. Paths in records are relative
+to the output root, so a render folder can be moved.
 """
 
 from __future__ import annotations
@@ -27,15 +30,21 @@ class Manifest:
         self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append one record, durably; raises OSError if it could not be written whole."""
         line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line   # a torn record before this one: it stays a line of its own
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(f"manifest {self.path}: wrote {written} of {len(line)} bytes of a record "
+                                  "(disk full or a file-size limit?)")
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
 
     def has(self, relative_path: str, sha256: str) -> bool:
         """Whether a record of this exact file exists (a rare check: it reads the file)."""
@@ -43,19 +52,29 @@ class Manifest:
 
 
 def read_records(root: Path) -> list[dict[str, Any]]:
+    return _read(root)[0]
+
+
+def _read(root: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records, and the numbers of the lines that are not records (blank lines aside)."""
     path = root / MANIFEST_NAME
     if not path.is_file():
-        return []
-    records = []
+        return [], []
+    records, bad = [], []
     with path.open("rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
+                bad.append(number)
                 continue
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
+            if isinstance(record, dict) and isinstance(record.get("path"), str) and "\0" not in record["path"]:
                 records.append(record)
-    return records
+            else:
+                bad.append(number)
+    return records, bad
 
 
 def latest_by_path(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -81,13 +100,19 @@ def check_record(root: Path, record: dict[str, Any]) -> str | None:
 
 
 def verify(root: Path) -> tuple[int, list[str]]:
-    """Check every output's latest record; also report temporary files left behind."""
-    latest = latest_by_path(read_records(root))
-    problems = []
+    """Check every output's latest record; also report lines that are not records,
+    output files no record names, and temporary files left behind."""
+    records, bad = _read(root)
+    latest = latest_by_path(records)
+    problems = [f"{MANIFEST_NAME} line {number}: not a manifest record" for number in bad]
     for rel, record in sorted(latest.items()):
         problem = check_record(root, record)
         if problem:
             problems.append(f"{rel}: {problem}")
-    for stray in sorted(root.rglob(f"*{TEMP_SUFFIX}")):
-        problems.append(f"{stray.relative_to(root)}: unfinished temporary file")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if path.name.endswith(TEMP_SUFFIX):
+            problems.append(f"{rel}: unfinished temporary file")
+        elif rel != MANIFEST_NAME and rel not in latest:
+            problems.append(f"{rel}: no manifest record")
     return len(latest), problems
