@@ -78,3 +78,32 @@ def test_watermark_survives_in_deep_frames(fmt: str, tmp_path: Path) -> None:
 def test_to_rgb8_rounds_every_precision() -> None:
     assert to_rgb8(np.array([[[0, 257, 65535]]], dtype=np.uint16)).tolist() == [[[0, 1, 255]]]
     assert to_rgb8(np.array([[[0.0, 0.5, 1.5]]], dtype=np.float16)).tolist() == [[[0, 128, 255]]]
+
+
+def test_hevc_mp4_is_tagged_for_apple_players_and_quiet(tmp_path: Path) -> None:
+    """libx265 MP4s carry the hvc1 tag (FFmpeg's default hev1 is refused by Apple's
+    players), and x265 prints none of its settings on stderr."""
+    import subprocess
+    import sys
+
+    import av
+
+    script = (
+        "import numpy as np, sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.files.video import VideoFile\n"
+        "video = VideoFile(Path(sys.argv[1]), width=64, height=48, fps=24, codec='libx265', crf=28,"
+        " preset='ultrafast')\n"
+        "for i in range(3):\n"
+        "    video.add(np.full((48, 64, 3), 40 * i, np.uint8))\n"
+        "video.finish()\n")
+    dest = tmp_path / "clip.mp4"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script, str(dest)], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert "x265 [info]" not in out.stderr, out.stderr
+    with av.open(str(dest)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.codec_tag == "hvc1"
+        assert sum(1 for _ in container.decode(stream)) == 3

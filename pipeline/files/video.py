@@ -29,7 +29,11 @@ class VideoFile:
         self._container = av.open(str(self.tmp), "w", format="mp4")
         try:
             options = {"crf": str(crf), "preset": preset} if codec.startswith("libx26") else {}
+            if codec == "libx265":
+                options["x265-params"] = "log-level=error"   # x265 prints its settings on stderr otherwise
             self._stream = cast(av.VideoStream, self._container.add_stream(codec, rate=Fraction(fps), options=options))
+            if codec in ("libx265", "hevc_nvenc"):
+                self._stream.codec_tag = "hvc1"   # FFmpeg's default hev1 is refused by Apple's players
         except Exception:
             self.abort()
             raise
