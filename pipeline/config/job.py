@@ -135,7 +135,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
 
 def _shot(t: Table) -> Shot:
     name = t.string("name", max_len=100)
-    if not _SHOT_NAME.match(name):
+    if not _SHOT_NAME.fullmatch(name):   # match() would let a trailing newline through
         raise JobError("shot.name", name, "expected letters, digits, '.', '_' or '-' (it names files)")
     start = t.integer("frame_start", lo=0)
     end = t.integer("frame_end", lo=0)
@@ -155,7 +155,7 @@ def _source(t: Table, job_dir: Path, shot: Shot) -> Source:
     if kind == "diffusers":
         return _generation_source(t, job_dir, shot)
     if kind == "latents":
-        pattern = t.string("path")
+        pattern = patterns.frame_sequence(t.string("path"))
         patterns.check_pattern("source.path", pattern, needs_frame=True)
         if not pattern.endswith((".safetensors", ".npy")):
             raise JobError("source.path", pattern, "expected a .safetensors or .npy file pattern")
@@ -226,7 +226,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
     root = root_override or Path(t.string("root"))
     if root_override is not None:
         t.used.add("root")
-    frames = t.string("frames", "{shot}/{shot}.{frame:04d}")
+    frames = patterns.frame_sequence(t.string("frames", "{shot}/{shot}.{frame:04d}"))
     video = t.string("video", "{shot}.mp4")
     formats = t.string_list("formats", ["png"], choices=FORMATS)
     t.done()

@@ -1,17 +1,36 @@
 """File name patterns such as ``{shot}/{shot}.{frame:04d}``: checked, then filled.
 
 Job files are data, so a pattern may name only the placeholders listed here, with a
-plain format spec: no attribute or index access, no conversions, nothing evaluated.
+plain format spec of a sensible width: no attribute or index access, no conversions,
+nothing evaluated. The frame-number spellings of other tools, ``####`` (Nuke) and
+``%04d`` (ffmpeg, Resolve), are read as ``{frame:04d}``.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import JobError
 
 PLACEHOLDERS = ("shot", "frame")
+MAX_WIDTH = 32          # digits a frame number may be padded to: a file name, not a buffer
+_SEQUENCE = re.compile(r"#+|%(0\d+)?d")
+
+
+def frame_sequence(pattern: str) -> str:
+    """``####`` or ``%04d`` as ``{frame:04d}`` (``#`` or ``%d``: ``{frame}``), in a pattern
+    that has no ``{frame}`` of its own."""
+    if "{frame" in pattern:
+        return pattern
+
+    def placeholder(match: re.Match[str]) -> str:
+        text = match.group(0)
+        width = len(text) if text.startswith("#") else int(match.group(1) or "0")
+        return f"{{frame:0{width}d}}" if width > 1 else "{frame}"
+
+    return _SEQUENCE.sub(placeholder, pattern)
 
 
 def check_pattern(field: str, pattern: str, *, needs_frame: bool, allow_frame: bool = True) -> None:
@@ -29,6 +48,10 @@ def check_pattern(field: str, pattern: str, *, needs_frame: bool, allow_frame: b
             raise JobError(field, pattern, f"placeholder {{{name}}} is not allowed; use {allowed}")
         if conversion is not None or "{" in (spec or ""):
             raise JobError(field, pattern, f"placeholder {{{name}}} must be plain; use {allowed}")
+        width = re.match(r"\D*(\d+)", spec or "")
+        if width and int(width.group(1)) > MAX_WIDTH:
+            raise JobError(field, pattern, f"placeholder {{{name}}} pads to {int(width.group(1))} characters; "
+                           f"at most {MAX_WIDTH}")
         seen.add(name)
     if needs_frame and "frame" not in seen:
         raise JobError(field, pattern, "must contain {frame} so that each frame gets its own file")

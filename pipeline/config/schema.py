@@ -6,6 +6,7 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,6 +48,9 @@ class Table:
         if key in self.data:
             return self.data[key]
         if default is _REQUIRED:
+            # a misspelt field is the likelier mistake than a missing one: name it
+            for other in difflib.get_close_matches(key, [str(k) for k in self.data if k not in self.used], n=1):
+                raise JobError(self.name(other), self.data[other], f"unknown field; did you mean {key!r}?")
             raise MissingField(self.name(key), allowed)
         return default
 
@@ -104,8 +108,10 @@ class Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             key = unknown[0]
+            near = difflib.get_close_matches(str(key), sorted(self.used), n=1)
             known = ", ".join(sorted(self.used)) or "none"
-            raise JobError(self.name(key), self.data[key], f"unknown field; allowed here: {known}")
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise JobError(self.name(key), self.data[key], f"unknown field; {hint}allowed here: {known}")
 
 
 def _range_text(kind: str, lo: float | None, hi: float | None) -> str:
