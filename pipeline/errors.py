@@ -56,6 +56,13 @@ class StageFailed(FramefarmError):
         )
 
 
+class BadFrame(FramefarmError):
+    """A frame decoded to something that is not a picture; it is not published."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; check the latents and the model's scaling_factor and shift_factor")
+
+
 class RunInterrupted(FramefarmError):
     """Ctrl-C or SIGTERM stopped the run; in-flight files were finished or removed."""
 

@@ -1,5 +1,6 @@
 """The decoded image as the bytes its file needs, made on the device so the copy to
-the host moves nothing more."""
+the host moves nothing more; and a verdict on it, also made on the device (reading it
+there would stall the stream), read by the host once the frame is copied."""
 
 from __future__ import annotations
 
@@ -16,3 +17,16 @@ def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch
         top = 255 if dtype == torch.uint8 else 65535
         quantised = unit.mul_(top).round_().to(dtype)
     return quantised.permute(1, 2, 0).contiguous()
+
+
+OK, NOT_FINITE, CONSTANT = 0, 1, 2
+VERDICTS = {NOT_FINITE: "decoded to NaN or infinite values", CONSTANT: "decoded to a picture of one colour"}
+
+
+def verdict(image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """A 0-d int8 tensor on the image's device: OK, NOT_FINITE (the image), or CONSTANT
+    (the quantised pixels): what bad latents or a wrong scaling factor decode to, which
+    would otherwise be published as a frame."""
+    finite = torch.isfinite(image).all()
+    varied = pixels.amax() != pixels.amin()
+    return torch.where(finite, torch.where(varied, OK, CONSTANT), NOT_FINITE).to(torch.int8)

@@ -87,9 +87,13 @@ def read_latents(source: Source, frame: int) -> torch.Tensor:
 
 def _read_tensor(path: Path, tensor: str) -> torch.Tensor:
     if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.get_tensor(tensor)
+        latents = torch.from_numpy(np.load(path, allow_pickle=False))
+    else:
+        with safe_open(str(path), framework="pt") as handle:
+            latents = handle.get_tensor(tensor)
+    if not bool(torch.isfinite(latents).all()):   # it would decode to a black frame, "successfully"
+        raise JobError("source.path", str(path), "holds NaN or infinite values; expected finite latents")
+    return latents
 
 
 def read_clip(source: Source) -> torch.Tensor:

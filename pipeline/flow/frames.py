@@ -40,6 +40,7 @@ class DeviceFrame:
     seed: int
     pixels: torch.Tensor           # (H, W, 3) on the device: uint8, uint16 or float16
     ready: Event
+    verdict: torch.Tensor | None = None   # on the device, from decode: quality.OK or what is wrong
 
 
 @dataclass

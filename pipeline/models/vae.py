@@ -152,8 +152,15 @@ def load_vae(info: VaeInfo, dtype: str, device: torch.device, tiling: bool) -> V
 
     cls = getattr(diffusers, info.class_name)
     # low_cpu_mem_usage=False: the default wants `accelerate` and warns without it
-    vae = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True,
-                              low_cpu_mem_usage=False)
+    vae, loading = cls.from_pretrained(str(info.path), torch_dtype=DTYPES[dtype], use_safetensors=True,
+                                       low_cpu_mem_usage=False, output_loading_info=True)
+    # diffusers only warns when the weights do not fit the config, and fills the gaps randomly
+    mismatch = [f"{what.replace('_', ' ')}: {', '.join(map(str, keys[:3]))}" + (" ..." if len(keys) > 3 else "")
+                for what, keys in loading.items() if what != "error_msgs" and keys]
+    if mismatch or loading.get("error_msgs"):
+        raise JobError("model.path", str(info.path), "its weights do not match its config.json ("
+                       + "; ".join(mismatch + list(loading.get("error_msgs") or [])) + "); re-save the model "
+                       "with save_pretrained()")
     vae = vae.to(device).eval().requires_grad_(False)
     use_fast_paths(vae, device)
     if tiling:

@@ -13,7 +13,7 @@ import torch
 import trio
 
 from pipeline.decode.budget import TilePlan
-from pipeline.decode.quantise import quantise_hwc
+from pipeline.decode.quantise import quantise_hwc, verdict
 from pipeline.decode.strategy import ClipDecode, FrameDecode, choose
 from pipeline.flow.frames import ClipChunk, DeviceFrame, LatentFrame
 from pipeline.flow.loop import map_stage
@@ -68,10 +68,12 @@ class Decoder:
         with torch.no_grad(), self.ctx.on(self.ctx.compute):
             begin = self.busy.start(self.ctx.compute)
             latents = self._to_device(item.latents) / self.info.scaling_factor + self.info.shift_factor
-            pixels = quantise_hwc(decode(latents), self.pixel_dtype)
+            image = decode(latents)
+            pixels = quantise_hwc(image, self.pixel_dtype)
+            check = verdict(image, pixels)
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
-        return DeviceFrame(item.frame, item.seed, pixels, ready)
+        return DeviceFrame(item.frame, item.seed, pixels, ready, check)
 
     def decode_clip(self, item: ClipChunk) -> list[DeviceFrame]:
         """A video VAE's next latent frame -> its pixel frames, all ready at one event."""
@@ -88,11 +90,13 @@ class Decoder:
                 raise RuntimeError(f"latent frame {item.index} decoded to {images.shape[1]} frames, "
                                    f"expected {len(item.frames)}")
             pixels = [quantise_hwc(images[:, i], self.pixel_dtype) for i in range(images.shape[1])]
+            checks = [verdict(images[:, i], p) for i, p in enumerate(pixels)]
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
             if item.last:
                 clip.finish()
-        return [DeviceFrame(f, seed, p, ready) for f, seed, p in zip(item.frames, item.seeds, pixels, strict=True)]
+        return [DeviceFrame(f, seed, p, ready, c)
+                for f, seed, p, c in zip(item.frames, item.seeds, pixels, checks, strict=True)]
 
 
 async def decode_stage(decoder: Decoder, turn: TurnHold, stats: StageStats, rx: trio.MemoryReceiveChannel,

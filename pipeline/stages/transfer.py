@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import time
 
+import torch
 import trio
 
+from pipeline.decode.quantise import OK, VERDICTS
+from pipeline.errors import BadFrame
 from pipeline.flow.frames import DeviceFrame, HostFrame
 from pipeline.flow.loop import map_stage
 from pipeline.flow.stats import StageStats
@@ -22,11 +25,15 @@ from pipeline.gpu.ring import HostRing
 
 async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
                          rx: trio.MemoryReceiveChannel, tx: trio.MemorySendChannel) -> None:
-    def copy(item: DeviceFrame, slot: int) -> Event:
+    def copy(item: DeviceFrame, slot: int) -> tuple[Event, torch.Tensor | None]:
         with ctx.on(ctx.copy):
             ctx.after(ctx.copy, item.ready)
             ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
-            return ctx.record(ctx.copy)
+            verdict = None
+            if item.verdict is not None:
+                verdict = torch.empty((), dtype=item.verdict.dtype, pin_memory=ctx.is_cuda)
+                verdict.copy_(item.verdict, non_blocking=ctx.is_cuda)
+            return ctx.record(ctx.copy), verdict
 
     async def work(item: DeviceFrame) -> HostFrame:
         start = time.perf_counter()
@@ -35,8 +42,10 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
         stats.blocked_s += waited             # count it as blocked on output, not busy
         stats.busy_s -= waited
         try:
-            done = await trio.to_thread.run_sync(copy, item, slot)
+            done, verdict = await trio.to_thread.run_sync(copy, item, slot)
             await ctx.completed(done)
+            if verdict is not None and int(verdict) != OK:
+                raise BadFrame(VERDICTS[int(verdict)])
         except BaseException:
             ring.release(slot)
             raise
