@@ -347,9 +347,30 @@ def test_interpreted_bias_and_residual_kernel(channels: int, frames: tuple[int, 
             want = y.float() + sum(b.float().view(-1, 1, 1, 1) for b in biases)
             if residual is not None:
                 want = want + residual.float()
-            channel_kernels.launch_add_bias(y, biases, residual)
+            channel_kernels.launch_add_bias(y, biases, residual, y)
             assert whole[:, :, 0].isnan().all()
             torch.testing.assert_close(y, want.to(dtype), **TOLERANCE[dtype])
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels", [3, 128, 512])
+def test_interpreted_bias_into_a_band_of_a_frame(channels: int, dtype: torch.dtype) -> None:
+    """What the layered decode does with a convolution's rows: written into a band of a
+    channels-last frame (the rest untouched), and accumulated onto the band in place."""
+    g = torch.Generator().manual_seed(channels)
+    bias = torch.randn(channels, generator=g).to(dtype)
+    frame = torch.full((1, channels, 9, 7), math.nan, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv_rows = torch.randn(1, channels, 6, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    band, rows = frame[:, :, 2:6], conv_rows[:, :, 1:5]   # the convolution's halo rows dropped
+    channel_kernels.launch_add_bias(rows, [bias], None, band)
+    first = (rows.float() + bias.float().view(-1, 1, 1)).to(dtype)
+    torch.testing.assert_close(band, first, **TOLERANCE[dtype])
+    assert frame[:, :, :2].isnan().all() and frame[:, :, 6:].isnan().all()
+    channel_kernels.launch_add_bias(rows, [bias], band, band)
+    torch.testing.assert_close(band, (rows.float() + bias.float().view(-1, 1, 1) + first.float()).to(dtype),
+                               **TOLERANCE[dtype])
+    assert frame[:, :, :2].isnan().all() and frame[:, :, 6:].isnan().all()
 
 
 @interpreted

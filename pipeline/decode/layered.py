@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.kernels.group_norm import group_statistics, normalise
-from pipeline.kernels.kl_decoder import lean_resnet, lean_upsample
+from pipeline.kernels.kl_decoder import convolve, lean_resnet, lean_upsample
+from pipeline.kernels.rms_norm import add_bias, add_bias_
 from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
 
 BAND_BYTES = 256 * 2**20   # one band of the widest tensor a step reads or writes
@@ -40,7 +41,8 @@ def fits(vae: Any) -> bool:
     return (all(lean_resnet(r) for b in blocks for r in b.resnets)
             and all(b.upsamplers is None or (len(b.upsamplers) == 1 and lean_upsample(b.upsamplers[0]))
                     for b in blocks)
-            and isinstance(decoder.conv_norm_out, torch.nn.GroupNorm) and isinstance(decoder.conv_act, torch.nn.SiLU))
+            and isinstance(decoder.conv_norm_out, torch.nn.GroupNorm) and isinstance(decoder.conv_act, torch.nn.SiLU)
+            and decoder.conv_out.padding_mode == "zeros")
 
 
 def modelled_bytes(block_out_channels: tuple[int, ...], height: int, width: int, itemsize: int) -> float:
@@ -96,8 +98,8 @@ class Upsampled:
         assert self.tensor is not None
         # output row r reads upsampled rows r - 1 .. r + 1, which are input rows (r - 1) // 2 .. (r + 1) // 2
         first, last = max((start - 1) // 2, 0), min(stop // 2 + 1, self.tensor.shape[2])
-        made = upsample2x_conv3x3(self.tensor[:, :, first:last], self.weights.of(self.conv.weight), self.conv.bias)
-        return made[:, :, start - 2 * first:stop - 2 * first]
+        made = upsample2x_conv3x3(self.tensor[:, :, first:last], self.weights.of(self.conv.weight), None)
+        return add_bias_(made[:, :, start - 2 * first:stop - 2 * first], [self.conv.bias])
 
     def release(self) -> None:
         self.tensor = None
@@ -140,9 +142,13 @@ def halo(source: Rows, start: int, stop: int) -> tuple[torch.Tensor, int]:
 
 
 def norm_conv(band: torch.Tensor, at: int, count: int, norm: torch.nn.GroupNorm,
-              stats: tuple[torch.Tensor, torch.Tensor], conv: torch.nn.Conv2d) -> torch.Tensor:
-    """conv(silu(norm(x))) for `count` rows from row `at` of a band that holds their halo."""
-    return conv(normalise(band, norm, *stats, silu=True))[:, :, at:at + count]
+              stats: tuple[torch.Tensor, torch.Tensor], conv: torch.nn.Conv2d, out: torch.Tensor,
+              accumulate: bool = False) -> None:
+    """out (+)= conv(silu(norm(x))) for `count` rows from row `at` of a band that holds their
+    halo: the convolution runs without its bias, which one pass adds on the way into
+    `out` (with out's own values where `accumulate`: a resnet's residual)."""
+    rows = convolve(conv, normalise(band, norm, *stats, silu=True))[:, :, at:at + count]
+    add_bias(rows, [conv.bias], out if accumulate else None, out=out)
 
 
 def empty_like_rows(source: Rows, conv: torch.nn.Conv2d) -> torch.Tensor:
@@ -163,7 +169,7 @@ def resnet(block: Any, source: Rows) -> torch.Tensor:
     out = empty_like_rows(source, block.conv2)
     for start, stop in bands(source, source.shape[1], out_channels):
         band, at = halo(source, start, stop)
-        hidden[:, :, start:stop] = norm_conv(band, at, stop - start, block.norm1, stats, block.conv1)
+        norm_conv(band, at, stop - start, block.norm1, stats, block.conv1, hidden[:, :, start:stop])
         rows = band[:, :, at:at + stop - start]
         out[:, :, start:stop] = rows if block.conv_shortcut is None else block.conv_shortcut(rows)
     source.release()
@@ -171,7 +177,7 @@ def resnet(block: Any, source: Rows) -> torch.Tensor:
     stats = statistics(middle, block.norm2.num_groups)
     for start, stop in bands(middle, out_channels):
         band, at = halo(middle, start, stop)
-        out[:, :, start:stop] += norm_conv(band, at, stop - start, block.norm2, stats, block.conv2)
+        norm_conv(band, at, stop - start, block.norm2, stats, block.conv2, out[:, :, start:stop], accumulate=True)
     if block.output_scale_factor != 1:
         out /= block.output_scale_factor
     return out
@@ -201,7 +207,7 @@ class LayeredFrame:
         image = empty_like_rows(source, conv)
         for start, stop in bands(source, source.shape[1]):
             band, at = halo(source, start, stop)
-            image[:, :, start:stop] = norm_conv(band, at, stop - start, norm, stats, conv)
+            norm_conv(band, at, stop - start, norm, stats, conv, image[:, :, start:stop])
         return image[0]
 
     def statistics(self) -> dict[str, int]:

@@ -6,7 +6,8 @@ diffusers' NCHW every convolution paid a layout conversion on each side. With th
 decoder's weights in channels-last, every activation stays channels-last from conv_in
 to conv_out, and the work between convolutions takes as few passes as it can:
 
-- ResnetBlock2D: GroupNorm and SiLU in one pass (`group_norm`), the residual added in place;
+- ResnetBlock2D: GroupNorm and SiLU in one pass (`group_norm`); each convolution's bias
+  added in one vectorised pass (`rms_norm.add_bias`), with the residual after conv2;
 - Upsample2D: nearest 2x upsampling then a 3x3 convolution, computed as one transposed
   convolution of the low-resolution input (`upsample`): 4/9 of the multiply-adds, and
   the 4x larger upsampled tensor is never made.
@@ -23,18 +24,27 @@ import types
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from pipeline.kernels.rms_norm import add_bias_
 from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
+
+
+def convolve(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) without its bias: the caller adds the bias in a pass it makes anyway
+    (rms_norm.add_bias). PyTorch adds a cuDNN convolution's bias in a pass of its own,
+    a broadcast add that is not vectorised for channels-last outputs."""
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def resnet_forward(self: Any, input_tensor: torch.Tensor, temb: torch.Tensor | None = None,
                    *args: Any, **kwargs: Any) -> torch.Tensor:
-    x = self.conv1(self.norm1(input_tensor, silu=True))
-    x = self.conv2(self.norm2(x, silu=True))   # dropout: identity in eval
+    x = add_bias_(convolve(self.conv1, self.norm1(input_tensor, silu=True)), [self.conv1.bias])
+    x = convolve(self.conv2, self.norm2(x, silu=True))   # dropout: identity in eval
     shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
     if self.output_scale_factor == 1:
-        return x.add_(shortcut)   # x is conv2's fresh output
-    return (shortcut + x) / self.output_scale_factor
+        return add_bias_(x, [self.conv2.bias], residual=shortcut)   # x is conv2's fresh output
+    return (shortcut + add_bias_(x, [self.conv2.bias])) / self.output_scale_factor
 
 
 def upsample_forward(self: Any, hidden_states: torch.Tensor, output_size: Any = None,
@@ -42,7 +52,7 @@ def upsample_forward(self: Any, hidden_states: torch.Tensor, output_size: Any = 
     if output_size is not None:   # a forced size is not a plain 2x: diffusers' way
         return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
     conv = self.conv
-    return upsample2x_conv3x3(hidden_states, self.upsample_weights.of(conv.weight), conv.bias)
+    return add_bias_(upsample2x_conv3x3(hidden_states, self.upsample_weights.of(conv.weight), None), [conv.bias])
 
 
 def lean_resnet(module: Any) -> bool:
@@ -50,6 +60,7 @@ def lean_resnet(module: Any) -> bool:
     return (type(module).__name__ == "ResnetBlock2D" and module.upsample is None and module.downsample is None
             and module.time_emb_proj is None and module.time_embedding_norm in ("default", "group")
             and isinstance(module.nonlinearity, torch.nn.SiLU)
+            and module.conv1.padding_mode == module.conv2.padding_mode == "zeros"
             and all(isinstance(n, torch.nn.GroupNorm) for n in (module.norm1, module.norm2)))
 
 

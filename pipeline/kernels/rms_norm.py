@@ -74,8 +74,8 @@ if triton is not None:
                  y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _add_bias_rows(y_ptr, h_ptr, b1_ptr, b2_ptr, rows, channels,
-                       y_sn, y_sr, y_sc, h_sn, h_sr, h_sc,
+    def _add_bias_rows(y_ptr, h_ptr, b1_ptr, b2_ptr, out_ptr, rows, channels,
+                       y_sn, y_sr, y_sc, h_sn, h_sr, h_sc, o_sn, o_sr, o_sc,
                        HAS_H: tl.constexpr, HAS_B2: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         batch = tl.program_id(1).to(tl.int64)
@@ -83,15 +83,16 @@ if triton is not None:
         c = tl.arange(0, BLOCK_C)
         in_c = c < channels
         mask = (r < rows)[:, None] & in_c[None, :]
-        at = y_ptr + batch * y_sn + r[:, None] * y_sr + c[None, :] * y_sc
-        y = tl.load(at, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + batch * y_sn + r[:, None] * y_sr + c[None, :] * y_sc, mask=mask,
+                    other=0.0).to(tl.float32)
         y += tl.load(b1_ptr + c, mask=in_c, other=0.0).to(tl.float32)[None, :]
         if HAS_B2:
             y += tl.load(b2_ptr + c, mask=in_c, other=0.0).to(tl.float32)[None, :]
-        if HAS_H:
+        if HAS_H:   # h may be out itself (an accumulation): each element is read before it is written
             y += tl.load(h_ptr + batch * h_sn + r[:, None] * h_sr + c[None, :] * h_sc, mask=mask,
                          other=0.0).to(tl.float32)
-        tl.store(at, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + batch * o_sn + r[:, None] * o_sr + c[None, :] * o_sc,
+                 y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _upsample2x_rows(x_ptr, out_ptr, rows, width, channels, x_sn, x_sr, o_sn, o_sr,
@@ -235,34 +236,44 @@ def upsample2x(x: torch.Tensor, parts: int) -> torch.Tensor | None:
     return out
 
 
-def launch_add_bias(y: torch.Tensor, biases: Sequence[torch.Tensor], residual: torch.Tensor | None) -> None:
-    """The Triton kernel: y += biases[0] (+ biases[1]) (+ residual), one pass."""
+def launch_add_bias(y: torch.Tensor, biases: Sequence[torch.Tensor], residual: torch.Tensor | None,
+                    out: torch.Tensor) -> None:
+    """The Triton kernel: out = y + biases[0] (+ biases[1]) (+ residual), one pass."""
     rows = y[0, 0].numel()
     block_r, block_c = _blocks(y.shape[1])
     first = biases[0].reshape(-1)
     _add_bias_rows[(triton.cdiv(rows, block_r), y.shape[0])](
-        y, y if residual is None else residual, first, biases[1].reshape(-1) if len(biases) > 1 else first,
-        rows, y.shape[1], *_strides(y), *_strides(y if residual is None else residual),
+        y, y if residual is None else residual, first, biases[1].reshape(-1) if len(biases) > 1 else first, out,
+        rows, y.shape[1], *_strides(y), *_strides(y if residual is None else residual), *_strides(out),
         HAS_H=residual is not None, HAS_B2=len(biases) > 1, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+
+
+def add_bias(y: torch.Tensor, biases: Sequence[torch.Tensor | None], residual: torch.Tensor | None = None, *,
+             out: torch.Tensor) -> torch.Tensor:
+    """out = y + each per-channel bias (+ residual) for (N, C, *S) `y`, in one pass: the bias
+    of the convolution that made y (and of the one that made the residual) and a residual
+    add. `out` (y's shape and dtype) may be y itself or the residual itself (an in-place
+    accumulation), or a view into a larger tensor (a band of a frame). Returns out."""
+    present = [b for b in biases if b is not None]
+    operands = (y, out) if residual is None else (y, residual, out)
+    if (present and len(present) <= 2 and out.dtype == y.dtype and _kernel_runs(*operands)
+            and _fits(*operands)):
+        try:
+            with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
+                launch_add_bias(y, present, residual, out)
+            return out
+        except Exception as err:  # Triton's compile errors have no common base class
+            _give_up(err)
+    # the order of diffusers' steps: the convolution's bias, then the residual
+    total = y if out is y else y.clone()
+    for bias in present:
+        total.add_(bias.reshape(-1).view(-1, *[1] * (y.dim() - 2)))
+    if residual is not None:
+        total.add_(residual)
+    return out if total is out else out.copy_(total)
 
 
 def add_bias_(y: torch.Tensor, biases: Sequence[torch.Tensor | None], residual: torch.Tensor | None = None
               ) -> torch.Tensor:
-    """y += each per-channel bias (+ residual), in place, for (N, C, *S) `y`: the bias of the
-    convolution that made y (and of the one that made the residual) and a residual add,
-    in one pass. Returns y."""
-    present = [b for b in biases if b is not None]
-    if not present and residual is None:
-        return y
-    operands = (y,) if residual is None else (y, residual)
-    if present and len(present) <= 2 and _kernel_runs(*operands) and _fits(*operands):
-        try:
-            with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():
-                launch_add_bias(y, present, residual)
-            return y
-        except Exception as err:  # Triton's compile errors have no common base class
-            _give_up(err)
-    for bias in present:   # the order of diffusers' steps: the convolution's bias, then the residual
-        y.add_(bias.reshape(-1).view(-1, *[1] * (y.dim() - 2)))
-    return y if residual is None else y.add_(residual)
-
+    """y += each per-channel bias (+ residual), in place: add_bias into y. Returns y."""
+    return add_bias(y, biases, residual, out=y)
