@@ -151,6 +151,10 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
             started_at = time.time()
             shot_id = submit_job(shot, url, chunk=args.chunk, priority=0, max_attempts=1)
             end = wait_done(url, shot_id, args.frames)
+        time.sleep(6.0)  # a last heartbeat from each worker: one that exits removes itself from the list
+        queue = open_queue(url)
+        finished = {w.name: w.info.get("frames_done", 0) for w in queue.workers()}
+        queue.close()
     finally:
         for process in processes:
             process.terminate()  # SIGTERM: the worker drains (nothing is in flight by now)
@@ -158,9 +162,7 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
             process.join(60)
             if process.is_alive():
                 process.kill()
-    queue = open_queue(url)
-    per_worker = {w.name: w.info.get("frames_done", 0) - warmed.get(w.name, 0) for w in queue.workers()}
-    queue.close()
+    per_worker = {name: done - warmed.get(name, 0) for name, done in finished.items()}
     published = sorted(p.stat().st_mtime for p in (work / f"out-{run}" / "shot").rglob("*.png"))
     if len(published) != args.frames:
         raise RuntimeError(f"{len(published)} PNGs published for {args.frames} frames")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,11 +64,51 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
     from pipeline.summary import format_summary
 
     started = time.perf_counter()
-    show = not quiet and len(plan.todo) > 0
-    with click.progressbar(length=len(plan.todo), label=f"{job.shot.name}", file=sys.stderr,
-                           show_pos=True, show_eta=True, hidden=not show) as bar:
-        report = run_plan(plan, on_frame=lambda frame: bar.update(1))
+    progress = Progress(job.shot.name, len(plan.todo), quiet=quiet)
+    try:
+        report = run_plan(plan, on_frame=progress.frame)
+    finally:
+        progress.close()
     click.echo(format_summary(plan, report, time.perf_counter() - started))
+
+
+class Progress:
+    """A run's progress on stderr: a bar on a terminal; elsewhere (a log file, CI, a
+    farm's log) a line every PERIOD_S seconds with frames done, rate and time left.
+    Nothing is printed before the first frame is written, so an error while the model
+    loads stands alone on its line."""
+
+    PERIOD_S = 5.0
+
+    def __init__(self, name: str, total: int, *, quiet: bool) -> None:
+        self.name, self.total, self.quiet = name, total, quiet
+        self.done = 0
+        self.started = time.perf_counter()
+        self.last_line = self.started
+        self.bar: Any = None
+
+    def frame(self, _frame: int) -> None:
+        if self.quiet or self.total == 0:
+            return
+        self.done += 1
+        if sys.stderr.isatty():
+            if self.bar is None:
+                self.bar = click.progressbar(length=self.total, label=self.name, file=sys.stderr, show_pos=True,
+                                             show_eta=True)
+                self.bar.__enter__()
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= self.PERIOD_S or self.done == self.total:
+            self.last_line = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else 0.0
+            click.echo(f"{self.name}: {self.done}/{self.total} frames, {rate:.2f} frames/s, "
+                       f"{int(left) // 60}:{int(left) % 60:02d} left", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 @cli.command()
@@ -100,7 +141,9 @@ def watermark() -> None:
 @click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--key", default="framefarm", show_default=True, help="The watermark key the job used.")
 def watermark_verify(files: tuple[Path, ...], key: str) -> None:
-    """Look for the watermark in PNG (8- or 16-bit) or EXR files; exit 1 if any file lacks it."""
+    """Look for the watermark in PNG (8- or 16-bit) or EXR frames, or in the first frame of
+    a video (MP4); exit 1 if any file lacks it. A lossy video keeps the mark less well
+    than a frame file."""
     from pipeline.errors import JobError
     from pipeline.files.formats import read_frame, to_rgb8
     from pipeline.watermark.spread_spectrum import detect
@@ -125,8 +168,9 @@ def watermark_verify(files: tuple[Path, ...], key: str) -> None:
 
 QUEUE_OPTION = click.option(
     "--queue", "queue_url", metavar="URL", envvar="FRAMEFARM_QUEUE", required=True,
-    help="sqlite:///path/farm.db (one host) or redis://[:password@]host:port/db, rediss://... "
-         "(default: $FRAMEFARM_QUEUE).")
+    help="sqlite:///ABSOLUTE/PATH/farm.db or sqlite:RELATIVE/PATH/farm.db (one host; a relative path is "
+         "read against the working directory), or redis://[USER:PASSWORD@]host:port/db, rediss://... "
+         "(default: $FRAMEFARM_QUEUE). Only submit and worker create a SQLite queue.")
 
 
 @cli.command()
@@ -139,10 +183,13 @@ QUEUE_OPTION = click.option(
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
               help="Leases of a task (failures and lost workers) before it is dead-lettered.")
 def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int) -> None:
-    """Check JOB.toml like `render run` does, store it and queue its frames; print the job id."""
-    from workers.submit import submit_job
+    """Check JOB.toml like `render run` does, store it and queue its frames; print the job id
+    (on stdout, alone) and the queue it went to (on stderr)."""
+    from workers.submit import submit as submit_to_queue
 
-    click.echo(submit_job(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts))
+    done = submit_to_queue(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts)
+    click.echo(f"queued job {done.job_id}: {done.frames} frame(s) in {done.tasks} task(s) on {done.queue}", err=True)
+    click.echo(done.job_id)
 
 
 @cli.command()
@@ -159,16 +206,21 @@ def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attemp
 @click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
               help="Lease length in seconds; renewed every third of it while a task renders.")
 @click.option("--max-job-failures", default=3, show_default=True, type=click.IntRange(1, 100),
-              help="Stop taking a job after it failed this many times on this worker.")
+              help="After a job failed this many times on this worker, the queue blocklists the worker "
+                   "on it until `render requeue` (shown by `render status`).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-@click.option("--exit-when-idle", is_flag=True, help="Stop once the queue has no task left.")
+@click.option("--exit-when-idle", is_flag=True, help="Stop once the queue has no task left for this worker.")
 @click.option("--name", default="", help="Worker name in status output (default: host/pid/device).")
 def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Path, model_roots: tuple[Path, ...],
            slots: int, lease_s: float, max_job_failures: int, metrics_port: int | None, exit_when_idle: bool,
            name: str) -> None:
     """Consume frame tasks until told to stop. SIGTERM drains: frames in flight finish,
-    the rest of their tasks is released to other workers at once."""
+    the rest of their tasks is released to other workers at once.
+
+    Jobs outside --output-root or the --model-roots are refused: their tasks are released
+    untouched for other workers. A worker that refuses every job it sees exits with
+    status 2 and one line naming the option."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -178,10 +230,12 @@ def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Pa
         sys.exit(run_per_gpu(sys.argv[1:]))
     from workers.worker import WorkerConfig, run_worker
 
-    run_worker(WorkerConfig(queue_url=queue_url, output_root=output_root, model_roots=model_roots,
-                            device=device, name=name, lease_s=lease_s, slots=slots,
-                            max_job_failures=max_job_failures, metrics_port=metrics_port,
-                            exit_when_idle=exit_when_idle))
+    state = run_worker(WorkerConfig(queue_url=queue_url, output_root=output_root, model_roots=model_roots,
+                                    device=device, name=name, lease_s=lease_s, slots=slots,
+                                    max_job_failures=max_job_failures, metrics_port=metrics_port,
+                                    exit_when_idle=exit_when_idle))
+    if state.error is not None:
+        raise state.error
 
 
 @cli.command()
@@ -189,8 +243,9 @@ def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Pa
 @QUEUE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(job_id: str | None, queue_url: str, as_json: bool) -> None:
-    """Frames done, leased, pending and failed per job; failed frames with their last
-    error; workers with their last heartbeat."""
+    """Frames done, leased, pending, failed and cancelled per job; failed frames with
+    their last error; workers blocklisted on a job; workers with their last heartbeat
+    (gone when it is too old). Names the queue; refuses one that does not exist."""
     from workers.status import show_status
 
     click.echo(show_status(queue_url, job_id, as_json=as_json))
@@ -201,22 +256,30 @@ def status(job_id: str | None, queue_url: str, as_json: bool) -> None:
 @QUEUE_OPTION
 @click.option("--failed", is_flag=True, help="Only failed (dead-lettered) tasks; default: every unfinished task.")
 def requeue(job_id: str, queue_url: str, failed: bool) -> None:
-    """Queue a job's failed (or all unfinished) tasks again, with fresh attempts."""
-    from workers.status import existing_job
+    """Queue a job's failed (or all unfinished) tasks again, with fresh attempts, and lift
+    every worker's blocklisting of the job."""
+    from workers.status import existing_job, guarded
 
     queue = existing_job(queue_url, job_id)
-    click.echo(f"requeued {queue.requeue(job_id, failed_only=failed)} task(s) of {job_id}")
+    with guarded(queue):
+        [before] = queue.status(job_id)
+        count = queue.requeue(job_id, failed_only=failed)
+    lifted = f"; workers {', '.join(b['worker'] for b in before.blocked)} may take it again" if before.blocked else ""
+    click.echo(f"requeued {count} task(s) of {job_id} in {queue.where}{lifted}")
 
 
 @cli.command()
 @click.argument("job_id", metavar="JOB")
 @QUEUE_OPTION
 def cancel(job_id: str, queue_url: str) -> None:
-    """Drop a job's pending tasks; workers stop its leased ones at their next renewal."""
-    from workers.status import existing_job
+    """Drop a job's pending tasks; workers stop its leased ones at the next frame boundary
+    and publish nothing more for it."""
+    from workers.status import existing_job, guarded
 
     queue = existing_job(queue_url, job_id)
-    click.echo(f"cancelled {queue.cancel(job_id)} task(s) of {job_id}")
+    with guarded(queue):
+        count = queue.cancel(job_id)
+    click.echo(f"cancelled {count} task(s) of {job_id} in {queue.where}")
 
 
 def main() -> None:

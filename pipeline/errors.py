@@ -63,6 +63,14 @@ class BadFrame(FramefarmError):
         super().__init__(f"{what}; check the latents and the model's scaling_factor and shift_factor")
 
 
+class PublishRefused(FramefarmError):
+    """The caller's publish gate said no: the output is no longer this render's to publish."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not published: the render was told to stop publishing "
+                         "(a farm task cancelled, requeued or taken over)")
+
+
 class RunInterrupted(FramefarmError):
     """Ctrl-C or SIGTERM stopped the run; in-flight files were finished or removed."""
 

@@ -66,12 +66,15 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
                  *, handle_signals: bool = True, stop: trio.Event | None = None,
-                 pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None) -> RunReport:
+                 pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None,
+                 may_publish: Callable[[], bool] | None = None) -> RunReport:
     """Render a plan inside a trio run: load the model, prepare the outputs, wire the
     stages and run them, report. `models` and `pipelines` keep VAEs and generation
     pipelines loaded across calls (farm workers); `handle_signals=False` leaves Ctrl-C
     and SIGTERM to the caller; setting `stop` lets the frames in flight finish and
-    starts no more; renders given one `gpu_turn` take turns at the GPU."""
+    starts no more; renders given one `gpu_turn` take turns at the GPU; `may_publish`,
+    asked in a writer thread before each output is published, stops the render with
+    PublishRefused when it says no."""
     started = time.perf_counter()
     ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
                         watermark_priority=plan.job.tuning.watermark_priority)
@@ -81,6 +84,7 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     report.load_s = time.perf_counter() - started
 
     outputs = await _prepare_outputs(plan, ctx, decoder.pixel_dtype)
+    outputs.files.may_publish = may_publish
 
     def frame_written(frame: int) -> None:
         report.frames += 1

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_kl_vae, render, write_latents
+import torch
+from helpers import base_job, job_toml, make_kl_vae, render, write_latents
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
@@ -61,7 +62,16 @@ def test_missing_job_file(reject: Callable[..., None], job_dir: Path) -> None:
 
 def test_unknown_field(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     job = write_job(shot={"framestart": 1})
-    reject(job, "shot.framestart", "unknown field", "frame_start")
+    reject(job, "shot.framestart", "unknown field; did you mean 'frame_start'?")
+
+
+def test_a_misspelt_field_is_named_not_reported_missing(reject: Callable[..., None], job_dir: Path,
+                                                        kl_vae: Path) -> None:
+    job = base_job(kl_vae)
+    job["shot"]["fsp"] = job["shot"].pop("fps")
+    path = job_dir / "typo.toml"
+    path.write_text(job_toml(job))
+    reject(path, "shot.fsp = 24", "unknown field; did you mean 'fps'?")
 
 
 def test_unknown_table(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
@@ -179,6 +189,29 @@ def test_frames_pattern_without_frame(reject: Callable[..., None], write_job: Ca
     reject(write_job(output={"frames": "{shot}/still"}), "output.frames", "{frame}")
 
 
+def test_frame_padding_wider_than_a_file_name_is_refused(reject: Callable[..., None],
+                                                         write_job: Callable[..., Path]) -> None:
+    reject(write_job(output={"frames": "{shot}/f.{frame:99999999d}"}), "output.frames", "at most 32")
+
+
+def test_shot_name_with_a_trailing_newline(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    job = write_job(shot={"name": "demo"})
+    job.write_text(job.read_text().replace('name = "demo"', 'name = "demo\\n"'))   # a TOML escape
+    reject(job, "shot.name", "letters, digits")
+
+
+def test_nuke_and_ffmpeg_frame_patterns_are_read_as_frame_numbers(tmp_path: Path, kl_vae: Path) -> None:
+    from pipeline.config.job import load_job
+    from pipeline.config.patterns import fill
+
+    for spelling in ("{shot}/{shot}.####", "{shot}/{shot}.%04d"):
+        job = base_job(kl_vae, output={"root": str(tmp_path / "out"), "frames": spelling})
+        path = tmp_path / "job.toml"
+        path.write_text(job_toml(job))
+        frames = load_job(path).output.frames
+        assert fill(frames, shot="sh", frame=7) == "sh/sh.0007", spelling
+
+
 def test_unknown_format(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     reject(write_job(output={"formats": ["png", "gif"]}), "output.formats", "png, png16, exr, mp4")
 
@@ -250,3 +283,62 @@ def test_generation_source_needs_a_pipeline_folder(reject: Callable[..., None], 
     """A VAE folder is not a pipeline (more generation cases: tests/test_generate.py)."""
     job = write_job(source={"kind": "diffusers", "path": str(kl_vae), "prompt": "a cat", "steps": 2})
     reject(job, "source.path", "model_index.json")
+
+
+def test_a_model_whose_weights_do_not_match_its_config(reject: Callable[..., None], write_job: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
+    """diffusers only warns and fills missing layers with random weights: refused."""
+    from safetensors.torch import load_file, save_file
+
+    vae = make_kl_vae(tmp_path / "broken_vae", seed=3)
+    weights = next(vae.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    tensors.pop("decoder.conv_in.bias")
+    tensors["decoder.extra.weight"] = torch.zeros(2)
+    save_file(tensors, str(weights))
+    reject(write_job(model={"path": str(vae)}), "model.path", "do not match its config.json",
+           "decoder.conv_in.bias", "decoder.extra.weight")
+
+
+def test_non_finite_latents_fail_the_frame_and_publish_nothing_for_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, write_job: Callable[..., Path],
+        job_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = job_dir / "latents" / "frame_0003.safetensors"
+    latents = load_file(str(path))["latents"]
+    latents[0, 0, 0] = float("nan")
+    save_file({"latents": latents}, str(path))
+    code, _out, err = run_main(monkeypatch, capsys, "run", str(write_job(output={"formats": ["png"]})),
+                               "--device", "cpu", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert "frame 3" in err and "NaN or infinite" in err, err
+    assert not (job_dir / "out" / "test" / "test.0003.png").exists()
+
+
+@pytest.mark.parametrize("fault", ["scaling_factor", "constant"])
+def test_frames_that_are_not_pictures_fail_and_are_not_published(
+        fault: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        write_job: Callable[..., Path], job_dir: Path, tmp_path: Path) -> None:
+    """scaling_factor = 0 decodes to NaN; a decoder whose last convolution is zero, to
+    one grey: both passed as frames before, watermark and all."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    vae = make_kl_vae(tmp_path / "vae", seed=4)
+    if fault == "scaling_factor":
+        config = json.loads((vae / "config.json").read_text())
+        config["scaling_factor"] = 0.0
+        (vae / "config.json").write_text(json.dumps(config))
+    else:
+        weights = next(vae.glob("*.safetensors"))
+        tensors = load_file(str(weights))
+        tensors["decoder.conv_out.weight"].zero_()
+        tensors["decoder.conv_out.bias"].zero_()
+        save_file(tensors, str(weights))
+    job = write_job(model={"path": str(vae)}, output={"formats": ["png"]}, watermark={"enabled": True})
+    code, _out, err = run_main(monkeypatch, capsys, "run", str(job), "--device", "cpu", "-q")
+    assert code == 1 and "Traceback" not in err
+    assert ("NaN or infinite" if fault == "scaling_factor" else "one colour") in err, err
+    assert not list((job_dir / "out").rglob("*.png"))

@@ -1,5 +1,7 @@
 """The render farm end to end, with real worker processes on both queue backends:
-normal runs, kill -9 mid-frame, SIGTERM drain, a poison task, a Redis restart."""
+normal runs, kill -9 mid-frame, SIGTERM drain, a poison task, a Redis restart, a
+blocklist lifted by requeue, a misconfigured worker, a cancel mid-render, and the
+worker list."""
 
 from __future__ import annotations
 
@@ -90,7 +92,9 @@ def test_two_workers_render_a_job(queue_url: str, farm_job: Callable[..., Path],
     assert_every_frame_once(root, range(1, 7))
     assert read_video_info(root / "test.mp4") == (6, 32, 24)
     listing = render("status", "--queue", queue_url)
-    assert job_id in listing.stdout and "worker " in listing.stdout
+    assert job_id in listing.stdout
+    assert "worker " not in listing.stdout, "a worker that exited cleanly is off the list"
+    assert json.loads(render("status", "--queue", queue_url, "--json").stdout)["workers"] == []
 
 
 def test_kill_9_mid_frame_loses_nothing(queue_url: str, farm_job: Callable[..., Path], job_dir: Path) -> None:
@@ -162,17 +166,44 @@ def test_cancel_and_unknown_job(queue_url: str, farm_job: Callable[..., Path]) -
     assert missing.returncode == 2 and "JOB = 'nope': no such job" in missing.stderr
 
 
-def test_worker_refuses_outputs_outside_its_root(queue_url: str, farm_job: Callable[..., Path],
-                                                 job_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("batch", [True, False], ids=["exit-when-idle", "long-lived"])
+def test_a_misconfigured_worker_releases_what_it_refuses_and_exits_2(
+        queue_url: str, farm_job: Callable[..., Path], job_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+        batch: bool) -> None:
+    """A worker whose --output-root refuses every job used to fail each task (burning its
+    attempts: here the only one) and exit 0."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    job_id = submit(farm_job(output={"root": str(elsewhere / "out")}), queue_url, "--chunk", "6",
-                    "--max-attempts", "1")
-    worker = start_worker(queue_url, job_dir, "--exit-when-idle")
+    job_id = submit(farm_job(output={"root": str(elsewhere / "out"), "formats": ["png"]}), queue_url,
+                    "--chunk", "1", "--max-attempts", "1")
+    worker = start_worker(queue_url, job_dir, *(["--exit-when-idle"] if batch else []))
     _out, err = worker.communicate(timeout=120)
-    assert worker.returncode == 0, err
+    assert worker.returncode == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: --output-root = '{job_dir.resolve()}': this worker refused every job it saw")
+    assert f"output.root = '{elsewhere / 'out'}'" in last
+    assert err.count("refusing job") == 1, "it says why once"
     final = status(queue_url, job_id)
-    assert final["failed"] == 6 and "outside this worker's output root" in final["errors"][0]["error"]
+    assert (final["pending"], final["failed"], final["done"]) == (6, 0, 0), "the tasks' attempts are untouched"
     assert not (elsewhere / "out").exists()
+    fitting = start_worker(queue_url, elsewhere, "--exit-when-idle")
+    _out, err = fitting.communicate(timeout=180)
+    assert fitting.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["failed"]) == (6, 0), "each task rendered on its only attempt"
+
+
+def test_a_worker_that_renders_some_jobs_and_refuses_others_exits_0(
+        queue_url: str, farm_job: Callable[..., Path], job_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    refused = submit(farm_job(output={"root": str(elsewhere / "out"), "formats": ["png"]}), queue_url, "--chunk", "6")
+    taken = submit(farm_job(output={"formats": ["png"]}), queue_url, "--chunk", "3")
+    worker = start_worker(queue_url, job_dir, "--exit-when-idle")
+    _out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 0, err
+    assert err.count("refusing job") == 1 and refused in err
+    assert status(queue_url, taken)["done"] == 6
+    assert status(queue_url, refused)["pending"] == 6
 
 
 def test_submit_rejects_bad_jobs_like_run(queue_url: str, farm_job: Callable[..., Path]) -> None:
@@ -270,3 +301,94 @@ def test_gpus_all_children_get_the_other_options_unchanged() -> None:
 
     argv = ["worker", "--queue", "q", "--gpus", "all", "--name", "all", "--gpus=all", "--slots", "2"]
     assert without_gpus_option(argv) == ["worker", "--queue", "q", "--name", "all", "--slots", "2"]
+
+
+def wait_until(check: Callable[[], object], process: subprocess.Popen, timeout: float = 120) -> object:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return result
+
+
+def test_requeue_lifts_a_workers_blocklist(queue_url: str, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    """A worker that gave up on a job never took it back, even after `render requeue`;
+    the blocklist lived in the worker, out of sight of `render status`."""
+    write_latents(job_dir / "npy", range(1, 7), (4, 12, 16), suffix=".npy")
+    poison = job_dir / "npy" / "frame_0003.npy"
+    whole = poison.read_bytes()
+    poison.write_bytes(whole[:-64])
+    job = farm_job(source={"path": "npy/frame_{frame:04d}.npy"}, output={"formats": ["png"]})
+    job_id = submit(job, queue_url, "--chunk", "1", "--max-attempts", "5")
+    worker = start_worker(queue_url, job_dir, "--name", "w1", "--slots", "1", "--max-job-failures", "1")
+    try:
+        blocked = wait_until(lambda: status(queue_url, job_id).get("blocked"), worker)
+        assert blocked == [{"worker": "w1", "failures": 1}]
+        shown = render("status", job_id, "--queue", queue_url).stdout
+        assert "blocklisted by worker(s) w1 (1 failures)" in shown and f"render requeue {job_id}" in shown
+        time.sleep(2)
+        held = status(queue_url, job_id)
+        assert (held["done"], held["pending"], held["failed"]) == (2, 4, 0), "w1 no longer takes the job"
+        poison.write_bytes(whole)  # the operator fixes the cause, then requeues
+        requeued = render("requeue", job_id, "--queue", queue_url)
+        assert requeued.returncode == 0 and "workers w1 may take it again" in requeued.stdout
+        wait_until(lambda: status(queue_url, job_id)["done"] == 6, worker)
+        assert status(queue_url, job_id)["blocked"] == []
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "blocklists it here" in err
+    assert_every_frame_once(job_dir / "out", range(1, 7))
+
+
+def test_cancel_stops_tasks_in_flight_and_status_matches_the_disk(queue_url: str, farm_job: Callable[..., Path],
+                                                                   job_dir: Path) -> None:
+    """After `render cancel`, tasks in flight used to finish and publish (status: 32
+    done, 40 files on disk). Now they stop at the next frame boundary, and what they
+    published counts as done."""
+    frames = 1200
+    job = farm_job(source={"kind": "noise"}, shot={"frame_end": frames, "width": 64, "height": 48},
+                   output={"formats": ["png", "mp4"]})
+    job_id = submit(job, queue_url, "--chunk", str(frames // 2))
+    worker = start_worker(queue_url, job_dir)       # two slots, both tasks in flight; renewals every 20 s
+    root = job_dir / "out"
+    wait_for_records(root, 6, worker)
+    cancelled = render("cancel", job_id, "--queue", queue_url)
+    assert cancelled.returncode == 0 and "cancelled 2 task(s)" in cancelled.stdout
+    at_cancel = len(records(root))
+    wait_until(lambda: not status(queue_url, job_id).get("stopping", 0), worker, 30)
+    time.sleep(3)                                   # nothing more is published
+    final = status(queue_url, job_id)
+    on_disk = sorted(root.rglob("*.png"))
+    frame_records = [r for r in records(root) if r["kind"] == "frame"]
+    assert len(on_disk) == len(frame_records), "every file published is recorded"
+    assert final["done"] == len(on_disk), "status counts what lies on disk"
+    assert final["done"] + final["cancelled"] == frames and final["leased"] == final["pending"] == 0
+    assert len(on_disk) - at_cancel <= 8, "only frames already being written finished after the cancel"
+    assert len(on_disk) < frames // 2
+    assert not (root / "test.mp4").exists() and not list(root.rglob(".*.tmp*"))
+    worker.send_signal(signal.SIGTERM)
+    _out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert err.count("job cancelled; stopped at a frame boundary") == 2
+    assert render("verify", str(root)).returncode == 0
+
+
+def test_status_shows_silent_workers_as_gone(tmp_path: Path) -> None:
+    from workers.queue import open_queue
+
+    url = f"sqlite://{tmp_path / 'farm.db'}"
+    queue = open_queue(url)
+    queue.heartbeat("crashed", {"heartbeat_s": 0.1, "lease_s": 0.2, "frames_done": 4, "draining": False})
+    queue.heartbeat("busy", {"frames_done": 1, "draining": True})
+    queue.close()
+    time.sleep(0.5)
+    shown = render("status", "--queue", url)
+    assert shown.returncode == 0, shown.stderr
+    assert "worker crashed: gone (no heartbeat for" in shown.stdout
+    assert "worker busy: draining, last heartbeat" in shown.stdout
+    listed = {w["name"]: w for w in json.loads(render("status", "--queue", url, "--json").stdout)["workers"]}
+    assert (listed["crashed"]["state"], listed["busy"]["state"]) == ("gone", "draining")
+    assert listed["crashed"]["age_s"] >= 0.4

@@ -3,6 +3,7 @@ a real redis-server on a loopback port."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -194,3 +195,104 @@ def test_concurrent_leases_never_share_a_task(queue: TaskQueue, tmp_path) -> Non
     for thread in threads:
         thread.join()
     assert len(got) == 40 and len(set(got)) == 40
+
+
+# -- the per-worker blocklist: kept by the queue, shown by status, lifted by requeue
+
+def test_a_worker_blocklisted_on_a_job_takes_it_again_after_requeue(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=4, chunk=1, max_attempts=10))
+    task = queue.lease("w1", 30)
+    assert not queue.fail(task, "w1", "CUDA error: one", block_after=2)
+    [status] = queue.status("j1")
+    assert status.blocked == [], "one failure is below the threshold"
+    task = queue.lease("w1", 30)
+    assert not queue.fail(task, "w1", "CUDA error: two", block_after=2)
+    assert queue.lease("w1", 30) is None, "a blocklisted worker is not offered the job"
+    [status] = queue.status("j1")
+    assert status.blocked == [{"worker": "w1", "failures": 2}]
+    assert status.pending == 4
+    other = queue.lease("w2", 30)
+    assert other is not None and other.job_id == "j1", "other workers still get it"
+    queue.release(other, "w2")
+    assert queue.requeue("j1", failed_only=True) == 0      # nothing failed for good, but the block is lifted
+    [status] = queue.status("j1")
+    assert status.blocked == []
+    again = queue.lease("w1", 30)
+    assert again is not None and again.job_id == "j1"
+    assert not queue.fail(again, "w1", "CUDA error: three", block_after=2), "the count starts afresh"
+    assert queue.lease("w1", 30) is not None
+
+
+def test_failures_without_a_threshold_block_nobody(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2, chunk=1, max_attempts=10))
+    for _ in range(3):
+        assert not queue.fail(queue.lease("w1", 30), "w1", "boom")
+    [status] = queue.status("j1")
+    assert status.blocked == []
+    assert queue.lease("w1", 30) is not None
+
+
+# -- cancel: holds, stopping, and what the worker published
+
+def test_holds_reads_the_lease_without_extending_it(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=4))
+    task = queue.lease("w1", LEASE_S)
+    assert queue.holds(task, "w1")
+    assert not queue.holds(task, "w2")
+    time.sleep(LEASE_S + 0.3)
+    taken = queue.lease("w2", 30)
+    assert taken is not None and taken.task_id == task.task_id, "holds did not extend the lease"
+    assert not queue.holds(task, "w1")
+    assert queue.holds(taken, "w2")
+    queue.cancel("j1")
+    assert not queue.holds(taken, "w2")
+
+
+def test_a_task_cancelled_while_leased_is_stopping_until_its_worker_reports(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=6, chunk=2))
+    first, second = queue.lease("w1", 30), queue.lease("w2", 30)
+    assert queue.ack(second, "w2")
+    assert queue.cancel("j1") == 2                       # first (leased) and frames 5-6 (pending)
+    [status] = queue.status("j1")
+    assert (status.state, status.done, status.stopping, status.cancelled, status.leased) == ("cancelled", 2, 2, 2, 0)
+    assert not queue.record_stopped(first, "w2", 1), "only the worker that held it reports"
+    stale = dataclasses.replace(first, token=first.token + 1)
+    assert not queue.record_stopped(stale, "w1", 1)
+    assert queue.record_stopped(first, "w1", 1)
+    [status] = queue.status("j1")
+    assert (status.done, status.stopping, status.cancelled) == (3, 0, 3), "done counts what lies on disk"
+    assert queue.requeue("j1", failed_only=False) == 2
+    [status] = queue.status("j1")
+    assert (status.state, status.done, status.pending, status.cancelled) == ("active", 2, 4, 0)
+    assert not queue.record_stopped(first, "w1", 2), "a report after a requeue is stale"
+
+
+def test_stopping_ends_when_the_lease_would_have(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2))
+    queue.lease("w1", LEASE_S)
+    queue.cancel("j1")
+    assert queue.status("j1")[0].stopping == 2
+    time.sleep(LEASE_S + 0.3)
+    [status] = queue.status("j1")
+    assert (status.stopping, status.cancelled, status.done) == (0, 2, 0)
+
+
+# -- workers: gone, dropped, removed
+
+def test_workers_go_quiet_then_gone_then_dropped_and_a_clean_exit_removes_at_once(queue: TaskQueue) -> None:
+    quick = {"heartbeat_s": 0.1, "lease_s": 0.2, "frames_done": 1}
+    queue.heartbeat("quick", quick)
+    queue.heartbeat("steady", {"frames_done": 2})        # defaults: every 5 s, leases of 60 s
+    by_name = {w.name: w for w in queue.workers()}
+    assert by_name["quick"].state == "running" and by_name["quick"].age < 5
+    time.sleep(0.5)
+    by_name = {w.name: w for w in queue.workers()}
+    assert by_name["quick"].state == "gone" and by_name["quick"].age >= 0.4
+    assert by_name["steady"].state == "running"
+    queue.remove_worker("steady")
+    assert [w.name for w in queue.workers()] == ["quick"]
+    queue.worker_drop_s = 0.3                           # an hour in use
+    assert queue.workers() == [], "past the drop time a worker is no longer listed"
+    queue.heartbeat("late", {})                         # any heartbeat drops the silent ones from the queue
+    queue.worker_drop_s = 3600.0
+    assert [w.name for w in queue.workers()] == ["late"]

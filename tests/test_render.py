@@ -230,3 +230,13 @@ def test_latent_paths_name_the_shot_and_job_folders_may_hold_braces(
         latents = load_file(folder / "hero_latents" / f"frame_{frame:04d}.safetensors")["latents"]
         written = read_png(tmp_path / "out" / "hero" / f"hero.{frame:04d}.png")
         assert np.abs(written.astype(int) - expected_frame(kl_vae, latents).astype(int)).max() <= 1
+
+
+def test_progress_is_a_line_when_stderr_is_not_a_terminal(write_job: Callable[..., Path]) -> None:
+    """A log file, CI or a farm gets progress lines (frames, rate, time left), not a
+    bare shot name."""
+    from helpers import render
+
+    out = render("run", str(write_job(output={"formats": ["png"]})), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "test: 6/6 frames," in out.stderr and "frames/s" in out.stderr and "left" in out.stderr, out.stderr

@@ -14,35 +14,73 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
   attempt count raised. A task leased `max_attempts` times without an ack is
   dead-lettered instead ("failed", with the last error).
 - `fail` records the error; below `max_attempts` the task becomes pending again (for
-  another worker), at `max_attempts` it is dead-lettered.
-- `release` gives a task back untouched (a draining worker): no attempt is counted.
+  another worker), at `max_attempts` it is dead-lettered. It also counts the job's
+  failures on that worker; given `block_after`, a worker that has failed the job that
+  many times is blocklisted on it: `lease` no longer offers it the job, and `status`
+  lists it under the job's `blocked`, until `requeue` lifts every block of the job.
+- `release` gives a task back untouched (a draining worker, or one whose own
+  configuration refuses the job): no attempt is counted.
+- `holds` says, reading only, whether the worker still holds the lease (as `renew`
+  would, without extending it): the worker asks at every frame boundary.
 - When the last frames task of a job that wants a video is acked, a "video" task
   (the whole frame range) is enqueued: a worker encodes the video from the PNGs.
-- `cancel` drops a job's pending tasks and refuses its leased ones at renew and ack;
-  `requeue` makes failed (or all unfinished) tasks pending again with fresh attempts.
-- `status` counts a job's frames (not tasks) as done, leased, pending or failed, with
-  the error of each failed range (`job_status`, workers/tasks.py, does the counting).
+- `cancel` drops a job's pending tasks and refuses its leased ones at renew, holds and
+  ack; a task cancelled while leased is "stopping" in `status` until its worker
+  `record_stopped`s it, saying how many of its frames it had published (they count as
+  done, the rest as cancelled), or until its lease deadline passes.
+- `requeue` makes failed (or all unfinished) tasks pending again with fresh attempts.
+- `status` counts a job's frames (not tasks) as done, leased, pending, failed,
+  cancelled or stopping, with the error of each failed range and the blocklisted
+  workers (`job_status`, workers/tasks.py, does the counting).
+- `heartbeat` records a worker as alive (by the queue's clock: SQLite's host, the Redis
+  server), `remove_worker` forgets it (a clean exit), and `workers` lists them with the
+  age of their last heartbeat; entries older than WORKER_DROP_S are dropped.
+
+Queue URLs (README, 'Render farm'): `sqlite:///ABSOLUTE/PATH` (the path after `sqlite://`
+is absolute, as in a file:/// URL; SQLAlchemy's four slashes mean the same file),
+`sqlite:RELATIVE/PATH` (against the working directory, resolved once, here), and
+`redis://` / `rediss://` as redis-py reads them.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pipeline.errors import JobError
 
 from .tasks import TaskQueue, redact
 
+SQLITE_FORMS = "sqlite:///ABSOLUTE/PATH/farm.db or sqlite:RELATIVE/PATH/farm.db"
+URL_FORMS = f"{SQLITE_FORMS}, redis://[USER:PASSWORD@]host:port/db or rediss://..."
 
-def open_queue(url: str) -> TaskQueue:
-    """`sqlite:///path/farm.db` (one host) or `redis://[:password@]host:port/db` / `rediss://`.
 
-    This is the only place that imports a backend, and only the one the URL names, so a
-    farm on SQLite never loads redis-py."""
-    if url.startswith("sqlite:///"):
+def sqlite_path(url: str) -> Path:
+    """The absolute path a `sqlite:` URL names (see the module's docstring)."""
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        path = rest[2:]
+        if not path.startswith("/"):  # sqlite://host/...: SQLite files are local
+            raise JobError("--queue", url, f"a SQLite queue is a local file, not a host; expected {SQLITE_FORMS}")
+        path = "/" + path.lstrip("/")  # sqlite:///abs and SQLAlchemy's sqlite:////abs: the same file
+    else:
+        path = rest
+    if not path or path.endswith("/"):
+        raise JobError("--queue", url, f"names no database file; expected {SQLITE_FORMS}")
+    return Path(path).resolve()  # a relative path against the working directory, once
+
+
+def open_queue(url: str, *, create: bool = True) -> TaskQueue:
+    """The queue a URL names: `sqlite:` (one host) or `redis://` / `rediss://` (many).
+
+    `create=False` (status, requeue, cancel) refuses a SQLite file that does not exist
+    instead of creating an empty queue there. This is the only place that imports a
+    backend, and only the one the URL names, so a farm on SQLite never loads redis-py."""
+    if url.startswith("sqlite:"):
         from .sqlite_queue import SqliteQueue
 
-        return SqliteQueue(url.removeprefix("sqlite:///") or "farm.db")
+        return SqliteQueue(sqlite_path(url), create=create)
     if url.startswith(("redis://", "rediss://")):
         from .redis_queue import RedisQueue
 
         return RedisQueue(url)
-    raise JobError("--queue", redact(url), "expected sqlite:///path/farm.db, redis://host:port/db "
-                   "or rediss://host:port/db")
+    raise JobError("--queue", redact(url), f"expected {URL_FORMS}")

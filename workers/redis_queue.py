@@ -3,7 +3,8 @@
 Each job has its own stream, read through one consumer group whose consumers are the
 workers, so `lease` can take jobs by priority, then submission order, and pass over a
 job a worker skips without delivering anything from it. Every check-and-act step
-(submit, lease, renew, ack, fail, release, cancel, requeue) is one Lua script in
+(submit, lease, renew, holds, ack, fail, release, stopped, cancel, requeue, heartbeat)
+is one Lua script in
 workers/redis_lua/, so it is atomic on the server: redis_lua/prelude.lua documents the
 key layout and the invariants the scripts keep, and each script's header its arguments
 and its reply. This module passes arguments in and turns replies and errors into the
@@ -12,14 +13,15 @@ queue's types.
 Errors: connection loss, timeouts, a server still loading its data and a read-only
 replica during a failover raise `QueueUnavailable` (the worker backs off and retries);
 a refused password raises `JobError` (retrying cannot fix it). Messages name the URL
-only through `redact`; the password lives only in redis-py's connection pool.
+only through `redact` (workers/tasks.py: every credential, in the userinfo or in the
+query, masked); the password lives only in redis-py's connection pool.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
+import urllib.parse
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any, cast
@@ -30,7 +32,18 @@ from redis.retry import Retry
 
 from pipeline.errors import JobError
 
-from .tasks import ERROR_CHARS, JobSpec, JobStatus, QueueUnavailable, Task, TaskRow, WorkerStatus, job_status, redact
+from .tasks import (
+    ERROR_CHARS,
+    WORKER_DROP_S,
+    JobSpec,
+    JobStatus,
+    QueueUnavailable,
+    Task,
+    TaskRow,
+    WorkerStatus,
+    job_status,
+    redact,
+)
 
 # Transient: the worker backs off and tries again (BusyLoadingError is a ConnectionError:
 # Redis loading its data after a restart; ReadOnlyError: a failover in progress).
@@ -49,14 +62,17 @@ def _script(name: str) -> str:
 _SUBMIT, _LEASE, _RENEW = _script("submit"), _script("lease"), _script("renew")
 _ACK, _FAIL, _RELEASE = _script("ack"), _script("fail"), _script("release")
 _CANCEL, _REQUEUE = _script("cancel"), _script("requeue")
+_HOLDS, _STOPPED, _HEARTBEAT = _script("holds"), _script("stopped"), _script("heartbeat")
 
 
 class RedisQueue:
     """`TaskQueue` on Redis Streams; one instance may be shared by threads (redis-py's
     connection pool hands each call its own connection)."""
 
+    worker_drop_s = WORKER_DROP_S
+
     def __init__(self, url: str, *, prefix: str = "ff:") -> None:
-        self._where = redact(url)  # the URL itself (and its password) is kept only inside redis-py
+        self._where = self.where = redact(url)  # the URL itself (and its password) is kept only inside redis-py
         self._prefix = prefix
         try:
             self._client: redis.Redis = redis.Redis.from_url(
@@ -67,12 +83,22 @@ class RedisQueue:
                 # surface as QueueUnavailable, and the worker does the backing off
                 retry=Retry(ConstantBackoff(0.05), 1, supported_errors=(redis.ConnectionError,)))
         except ValueError:
-            raise JobError("--queue", self._where, "expected redis://[:password@]host:port/db "
-                           "or rediss://[:password@]host:port/db") from None
+            raise JobError("--queue", self._where, "expected redis://[USER:PASSWORD@]host:port/db "
+                           "or rediss://[USER:PASSWORD@]host:port/db") from None
+        # A password holding '/', '?' or '#' unencoded ends the URL's host part early: redis-py
+        # then takes a piece of the password for the host, and would print it in every
+        # connection error. Refuse the URL unless redis-py's host is the one `redact` shows.
+        host = self._client.connection_pool.connection_kwargs.get("host")
+        if host is not None and str(host).lower() != (urllib.parse.urlsplit(self._where).hostname or "").lower():
+            self._client.close()
+            raise JobError("--queue", self._where, "the host cannot be told from the credentials: percent-encode "
+                           "'/', '?', '#' and '@' in a password or user name (%2F, %3F, %23, %40), or pass them "
+                           "as ?password=...&username=...")
         register = self._client.register_script
         self._submit, self._lease, self._renew = register(_SUBMIT), register(_LEASE), register(_RENEW)
         self._ack, self._fail, self._release = register(_ACK), register(_FAIL), register(_RELEASE)
         self._cancel, self._requeue = register(_CANCEL), register(_REQUEUE)
+        self._holds, self._stopped, self._heartbeat = register(_HOLDS), register(_STOPPED), register(_HEARTBEAT)
         with self._talk():
             self._client.ping()  # fail at open, not at the first lease
 
@@ -86,7 +112,8 @@ class RedisQueue:
             yield
         except _REFUSED as err:
             raise JobError("--queue", self._where, f"Redis refused to authenticate ({err}); give the "
-                           "password as redis://[USER]:PASSWORD@host:port/db") from None
+                           "password as redis://[USER]:PASSWORD@host:port/db (percent-encode '@', '/', "
+                           "'?', '#' and '%' in it) or as ?password=") from None
         except _UNAVAILABLE as err:
             raise QueueUnavailable(f"Redis at {self._where}: {type(err).__name__}: {err}") from None
 
@@ -129,19 +156,28 @@ class RedisQueue:
             return bool(self._renew(args=[self._prefix, task.job_id, task.task_id, task.token, worker,
                                           _ms(lease_s)]))
 
+    def holds(self, task: Task, worker: str) -> bool:
+        with self._talk():
+            return bool(self._holds(args=[self._prefix, task.job_id, task.task_id, task.token, worker]))
+
     def ack(self, task: Task, worker: str) -> bool:
         with self._talk():
             return bool(self._ack(args=[self._prefix, task.job_id, task.task_id, task.token, worker]))
 
-    def fail(self, task: Task, worker: str, error: str) -> bool:
+    def fail(self, task: Task, worker: str, error: str, block_after: int | None = None) -> bool:
         """Record the error; True if the task is now dead-lettered (it used its last attempt)."""
         with self._talk():
             return bool(self._fail(args=[self._prefix, task.job_id, task.task_id, task.token, worker,
-                                         error[:ERROR_CHARS]]))
+                                         error[:ERROR_CHARS], "" if block_after is None else int(block_after)]))
 
     def release(self, task: Task, worker: str) -> None:
         with self._talk():
             self._release(args=[self._prefix, task.job_id, task.task_id, task.token, worker])
+
+    def record_stopped(self, task: Task, worker: str, published: int) -> bool:
+        with self._talk():
+            return bool(self._stopped(args=[self._prefix, task.job_id, task.task_id, task.token, worker,
+                                            max(0, int(published))]))
 
     # -- operators
 
@@ -157,36 +193,69 @@ class RedisQueue:
         with self._talk():
             job_ids = [job_id] if job_id is not None else cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
             pipe = self._client.pipeline(transaction=True)  # MULTI: one consistent snapshot
+            pipe.time()
             for jid in job_ids:
                 pipe.hmget(self._key("job", jid), "spec", "state", "priority")
                 pipe.hvals(self._key("job", jid, "tasks"))
-            replies = pipe.execute()
+                pipe.hgetall(self._key("job", jid, "failures"))
+                pipe.smembers(self._key("job", jid, "blocked"))
+            now_reply, *replies = pipe.execute()
+        now_ms = _server_ms(now_reply)
         result = []
-        for jid, (spec, state, priority), tasks in zip(job_ids, replies[0::2], replies[1::2], strict=True):
+        for index, jid in enumerate(job_ids):
+            (spec, state, priority), tasks, failures, blocked = replies[4 * index:4 * index + 4]
             if spec is None:
                 continue
-            rows = (TaskRow(t["kind"], t["first"], t["last"], t["state"], t.get("error"))
-                    for t in map(json.loads, tasks))
-            result.append(job_status(jid, json.loads(spec)["name"], state, int(priority), rows))
+            rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
+                            int(t.get("published") or 0))
+                    for t in map(json.loads, tasks)]
+            result.append(job_status(jid, json.loads(spec)["name"], state, int(priority), rows,
+                                     [(name, int(failures.get(name, 0))) for name in blocked]))
         return result
 
     # -- workers
 
     def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
         with self._talk():
-            self._client.hset(self._key("workers"), worker,
-                              json.dumps({"heartbeat": time.time(), "info": info}))
+            self._heartbeat(args=[self._prefix, worker, json.dumps(info), _ms(self.worker_drop_s)])
+
+    def remove_worker(self, worker: str) -> None:
+        with self._talk():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hdel(self._key("workers"), worker)
+            pipe.zrem(self._key("workers:seen"), worker)
+            pipe.execute()
 
     def workers(self) -> list[WorkerStatus]:
         with self._talk():
-            rows = cast(dict[str, str], self._client.hgetall(self._key("workers")))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hgetall(self._key("workers"))
+            now_reply, rows = pipe.execute()
+        now = _server_ms(now_reply) / 1000
         result = []
         for name in sorted(rows):
             data = json.loads(rows[name])
-            result.append(WorkerStatus(name=name, heartbeat=data["heartbeat"], info=data["info"]))
+            age = max(0.0, now - float(data["heartbeat"]))
+            if age <= self.worker_drop_s:  # older ones go at the next heartbeat of any worker
+                result.append(WorkerStatus(name=name, heartbeat=data["heartbeat"], info=data["info"], age=age))
         return result
 
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def _server_ms(reply: Any) -> int:
+    """Redis TIME's (seconds, microseconds) in ms: the clock the scripts use."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _task_state(task: dict[str, Any], now_ms: int) -> str:
+    """A task cancelled while leased is "stopping" until its worker reports or its lease runs out."""
+    stop_by = task.get("stop_by")
+    if task["state"] == "cancelled" and stop_by is not None and float(stop_by) > now_ms:
+        return "stopping"
+    return str(task["state"])
 

@@ -5,6 +5,11 @@ WAL lets readers (`render status`) run beside writers; every state change runs i
 claim the same task. A lease is a row in state "leased" with an expiry and a fencing
 token that grows on every lease; renew, ack, fail and release match on the token, so
 a worker whose lease expired and was taken over changes nothing.
+
+The file is named by an absolute path (workers/queue.py resolves the URL). Opened with
+`create=False` (status, requeue, cancel) it must already exist and be a farm queue;
+nothing is created then. An older queue file gains the tables and columns added since
+(`_migrate`) when it is opened.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import JobError
+
 from .tasks import (
     ERROR_CHARS,
     TASK_FRAMES,
     TASK_VIDEO,
+    WORKER_DROP_S,
     JobSpec,
     JobStatus,
     QueueUnavailable,
@@ -49,9 +57,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,                -- pending | leased | done | failed | cancelled
     attempts INTEGER NOT NULL DEFAULT 0,
     token INTEGER NOT NULL DEFAULT 0,
-    lease_until REAL,
+    lease_until REAL,                   -- leased: the deadline; cancelled while leased: stopping until then
     worker TEXT,
-    error TEXT
+    error TEXT,
+    published INTEGER NOT NULL DEFAULT 0   -- cancelled: frames its worker published before it stopped
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, job_id);
 CREATE TABLE IF NOT EXISTS workers (
@@ -59,19 +68,60 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat REAL NOT NULL,
     info TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_failures (   -- per-worker failure counts and blocklist; requeue clears them
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    worker TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    blocked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, worker)
+);
 """
+
+# Columns added to existing tables since the first schema: (table, column, definition).
+_ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0")]
 
 
 class SqliteQueue:
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
+    worker_drop_s = WORKER_DROP_S
+
+    def __init__(self, path: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path).resolve()
+        self.where = f"sqlite://{self.path}"   # sqlite:///absolute/path: the URL convention, round-tripped
         self.clock = clock
         self._local = threading.local()
+        where = str(self.path)
+        if self.path.is_dir():
+            raise JobError("--queue", where, "is a folder; name the queue's database file in it, e.g. "
+                           f"sqlite://{self.path / 'farm.db'}")
+        if not create and not self.path.is_file():
+            raise JobError("--queue", where, "no queue database at this path (only `render submit` and "
+                           "`render worker` create one); a relative sqlite: path is read against the "
+                           "working directory")
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise JobError("--queue", where, f"cannot create its folder: {err.strerror}") from None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db().executescript(_SCHEMA)  # idempotent: every process may create it
-        except (OSError, sqlite3.Error) as err:
-            raise QueueUnavailable(f"cannot open the queue database {self.path}: {err}") from None
+            db = self._db()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "jobs" not in tables and (tables or not create):
+                raise JobError("--queue", where, "is a SQLite database but not a framefarm queue (it has no "
+                               "jobs table); name another file")
+            db.executescript(_SCHEMA)  # idempotent: every process may create it
+            self._migrate(db)
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                raise QueueUnavailable(f"queue database {self.path} is busy: {err}") from None
+            raise JobError("--queue", where, f"cannot be opened as the queue database: {err}") from None
+        except sqlite3.Error as err:   # "file is not a database", a corrupt file
+            raise JobError("--queue", where, f"cannot be opened as the queue database: {err}") from None
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        for table, column, definition in _ADDED_COLUMNS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     # -- connections: one per thread, autocommit, explicit transactions
 
@@ -130,10 +180,11 @@ class SqliteQueue:
                     WHERE j.state = 'active'
                       AND (t.state = 'pending' OR (t.state = 'leased' AND t.lease_until < ?))
                       AND t.job_id NOT IN ({','.join('?' * len(skip))})
+                      AND t.job_id NOT IN (SELECT job_id FROM job_failures WHERE worker = ? AND blocked)
                     ORDER BY j.priority DESC,
                              t.worker = ? AND t.error IS NOT NULL,  -- a retry goes to another worker first
                              j.seq, t.kind = 'video', t.first LIMIT 1""",
-                (now, *skip, worker)).fetchone()
+                (now, *skip, worker, worker)).fetchone()
             if row is None:
                 return None
             db.execute("""UPDATE tasks SET state = 'leased', attempts = attempts + 1, token = token + 1,
@@ -155,6 +206,9 @@ class SqliteQueue:
                               AND j.state = 'active'""",
                          (int(task.task_id), task.token, worker)).fetchone()
         return row is not None
+
+    def holds(self, task: Task, worker: str) -> bool:
+        return self._owned(self._db(), task, worker)
 
     def renew(self, task: Task, worker: str, lease_s: float) -> bool:
         with self._write() as db:
@@ -186,7 +240,7 @@ class SqliteQueue:
         else:
             db.execute("UPDATE jobs SET state = 'done' WHERE id = ?", (job_id,))
 
-    def fail(self, task: Task, worker: str, error: str) -> bool:
+    def fail(self, task: Task, worker: str, error: str, block_after: int | None = None) -> bool:
         with self._write() as db:
             if not self._owned(db, task, worker):
                 return False
@@ -194,6 +248,12 @@ class SqliteQueue:
             dead = task.attempt >= limit
             db.execute("UPDATE tasks SET state = ?, lease_until = NULL, error = ? WHERE id = ?",
                        ("failed" if dead else "pending", error[:ERROR_CHARS], int(task.task_id)))
+            db.execute("""INSERT INTO job_failures (job_id, worker, failures) VALUES (?, ?, 1)
+                          ON CONFLICT (job_id, worker) DO UPDATE SET failures = failures + 1""",
+                       (task.job_id, worker))
+            if block_after is not None:
+                db.execute("UPDATE job_failures SET blocked = 1 WHERE job_id = ? AND worker = ? AND failures >= ?",
+                           (task.job_id, worker, block_after))
             return dead
 
     def release(self, task: Task, worker: str) -> None:
@@ -202,43 +262,74 @@ class SqliteQueue:
                 db.execute("""UPDATE tasks SET state = 'pending', attempts = attempts - 1, lease_until = NULL
                               WHERE id = ?""", (int(task.task_id),))
 
+    def record_stopped(self, task: Task, worker: str, published: int) -> bool:
+        with self._write() as db:
+            return db.execute("""UPDATE tasks SET published = ?, lease_until = NULL
+                                 WHERE id = ? AND token = ? AND worker = ? AND state = 'cancelled'""",
+                              (max(0, published), int(task.task_id), task.token, worker)).rowcount > 0
+
     # -- operators
 
     def cancel(self, job_id: str) -> int:
         with self._write() as db:
             db.execute("UPDATE jobs SET state = 'cancelled' WHERE id = ?", (job_id,))
-            return db.execute("""UPDATE tasks SET state = 'cancelled', lease_until = NULL
+            # a leased task keeps its deadline: it is "stopping" until its worker reports or the lease runs out
+            return db.execute("""UPDATE tasks SET state = 'cancelled', published = 0,
+                                     lease_until = CASE WHEN state = 'leased' THEN lease_until END
                                  WHERE job_id = ? AND state IN ('pending', 'leased')""", (job_id,)).rowcount
 
     def requeue(self, job_id: str, failed_only: bool) -> int:
         states = ("failed",) if failed_only else ("failed", "cancelled", "pending", "leased")
         with self._write() as db:
             count = db.execute(
-                f"""UPDATE tasks SET state = 'pending', attempts = 0, error = NULL, lease_until = NULL
+                f"""UPDATE tasks SET state = 'pending', attempts = 0, error = NULL, lease_until = NULL,
+                        published = 0
                     WHERE job_id = ? AND state IN ({','.join('?' * len(states))})""",
                 (job_id, *states)).rowcount
+            db.execute("DELETE FROM job_failures WHERE job_id = ?", (job_id,))  # every worker may take it again
             if count:
                 db.execute("UPDATE jobs SET state = 'active' WHERE id = ?", (job_id,))
             return count
 
     def status(self, job_id: str | None = None) -> list[JobStatus]:
         db = self._db()
+        now = self.clock()
         where, args = ("WHERE id = ?", (job_id,)) if job_id else ("", ())
-        jobs = db.execute(f"SELECT id, spec, priority, state FROM jobs {where} ORDER BY seq", args).fetchall()
         result = []
-        for job in jobs:
-            tasks = db.execute("SELECT kind, first, last, state, error FROM tasks WHERE job_id = ?", (job["id"],))
-            result.append(job_status(job["id"], json.loads(job["spec"])["name"], job["state"], job["priority"],
-                                     (TaskRow(*row) for row in tasks)))
+        db.execute("BEGIN")  # one snapshot for all the reads below
+        try:
+            jobs = db.execute(f"SELECT id, spec, priority, state FROM jobs {where} ORDER BY seq", args).fetchall()
+            for job in jobs:
+                tasks = db.execute(
+                    """SELECT kind, first, last,
+                              CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END,
+                              error, published
+                       FROM tasks WHERE job_id = ?""", (now, job["id"]))
+                rows = [TaskRow(*row) for row in tasks]
+                blocked = db.execute("SELECT worker, failures FROM job_failures WHERE job_id = ? AND blocked",
+                                     (job["id"],)).fetchall()
+                result.append(job_status(job["id"], json.loads(job["spec"])["name"], job["state"], job["priority"],
+                                         rows, [(row[0], row[1]) for row in blocked]))
+        finally:
+            db.execute("COMMIT")
         return result
 
     # -- workers
 
     def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+        now = self.clock()
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO workers (name, heartbeat, info) VALUES (?, ?, ?)",
-                       (worker, self.clock(), json.dumps(info)))
+                       (worker, now, json.dumps(info)))
+            db.execute("DELETE FROM workers WHERE heartbeat < ?", (now - self.worker_drop_s,))
+
+    def remove_worker(self, worker: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM workers WHERE name = ?", (worker,))
 
     def workers(self) -> list[WorkerStatus]:
-        rows = self._db().execute("SELECT name, heartbeat, info FROM workers ORDER BY name").fetchall()
-        return [WorkerStatus(r["name"], r["heartbeat"], json.loads(r["info"])) for r in rows]
+        now = self.clock()
+        rows = self._db().execute("SELECT name, heartbeat, info FROM workers WHERE heartbeat >= ? ORDER BY name",
+                                  (now - self.worker_drop_s,)).fetchall()
+        return [WorkerStatus(r["name"], r["heartbeat"], json.loads(r["info"]), age=max(0.0, now - r["heartbeat"]))
+                for r in rows]

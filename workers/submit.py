@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.config.formats import frame_format
 from pipeline.config.job import load_job
-from pipeline.errors import JobError
+from pipeline.errors import FramefarmError, JobError
 from pipeline.plan import make_plan
 
 from .queue import open_queue
-from .tasks import JobSpec
+from .tasks import JobSpec, QueueUnavailable
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    queue: str                # where it went: the absolute sqlite:/// URL, or the redacted Redis URL
+    frames: int
+    tasks: int
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
+    """Queue the job; its id."""
+    return submit(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts).job_id
+
+
+def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> Submitted:
     job = load_job(job_file)
     plan = make_plan(job, torch.device("cpu"))  # the model, latents and output checks of `render run`
     if plan.clip_frames:
@@ -29,9 +43,12 @@ def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
                    chunk=chunk, video="mp4" in job.output.formats, max_attempts=max_attempts)
-    queue = open_queue(queue_url)
     try:
-        queue.submit(spec)
-    finally:
-        queue.close()
-    return spec.job_id
+        queue = open_queue(queue_url)
+        try:
+            queue.submit(spec)
+        finally:
+            queue.close()
+    except QueueUnavailable as err:
+        raise FramefarmError(f"the queue cannot be reached, nothing was queued: {err}") from None
+    return Submitted(spec.job_id, queue.where, len(job.shot.frames), len(spec.chunks()))

@@ -8,6 +8,7 @@ opener that picks a backend; tests/test_queue_contract.py checks them on every b
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -24,6 +25,14 @@ TASK_VIDEO = "video"
 # A failed task's error is stored cut to this many characters, so that one runaway
 # message (a long traceback) cannot bloat the queue or the output of `render status`.
 ERROR_CHARS = 2000
+
+# Workers that stop heartbeating: shown as "gone" once their last heartbeat is older than
+# `worker_gone_after` (the longer of 3 heartbeat intervals and one lease: by then the
+# leases it held have expired too and its tasks go to other workers), and dropped from
+# the queue once it is older than WORKER_DROP_S. A worker that exits cleanly removes
+# itself at once.
+HEARTBEAT_MISSES = 3
+WORKER_DROP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,14 @@ class JobStatus:
     name: str
     state: str                # "active", "done" or "cancelled"
     priority: int
-    done: int = 0             # frames, not tasks
+    done: int = 0             # frames, not tasks: published (acked tasks, and what cancelled tasks published)
     leased: int = 0
     pending: int = 0
     failed: int = 0
+    cancelled: int = 0        # frames of cancelled tasks that were not published
+    stopping: int = 0         # frames of tasks cancelled while leased whose worker has not stopped yet
     errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"}
+    blocked: list[dict[str, Any]] = field(default_factory=list)  # {"worker","failures"}: workers that stopped taking it
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,8 +98,26 @@ class JobStatus:
 @dataclass
 class WorkerStatus:
     name: str
-    heartbeat: float          # seconds since the epoch
-    info: dict[str, Any]
+    heartbeat: float          # seconds since the epoch, by the queue's clock
+    info: dict[str, Any]      # what the worker reports: device, pid, counts, draining, lease_s, heartbeat_s
+    age: float = 0.0          # seconds since that heartbeat, by the same clock
+
+    @property
+    def gone(self) -> bool:
+        return self.age > worker_gone_after(self.info)
+
+    @property
+    def state(self) -> str:
+        """running | draining | gone (no heartbeat for `worker_gone_after`: exited or hung)."""
+        if self.gone:
+            return "gone"
+        return "draining" if self.info.get("draining") else "running"
+
+
+def worker_gone_after(info: dict[str, Any]) -> float:
+    """Seconds without a heartbeat after which a worker counts as gone (its info says
+    how often it beats and how long its leases are; defaults: the worker's)."""
+    return max(HEARTBEAT_MISSES * float(info.get("heartbeat_s", 5.0)), float(info.get("lease_s", 60.0)))
 
 
 class TaskRow(NamedTuple):
@@ -95,48 +125,98 @@ class TaskRow(NamedTuple):
     kind: str                 # TASK_FRAMES or TASK_VIDEO
     first: int
     last: int
-    state: str                # pending | leased | done | failed | cancelled
+    state: str                # pending | leased | done | failed | cancelled | stopping (cancelled while
+                              #   leased; its worker has neither reported nor let the lease run out)
     error: str | None
+    published: int = 0        # cancelled: frames its worker had published when it stopped
 
 
-def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow]) -> JobStatus:
+def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow],
+               blocked: Iterable[tuple[str, int]] = ()) -> JobStatus:
     """A job's frames counted by the state of their tasks, with the error of each
     failed range in frame order. Only frames tasks count: the video task covers frames
-    already counted as done, and cancelled frames are in no column."""
-    counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0}
+    already counted as done. A cancelled task's frames count as done as far as its
+    worker published them before it stopped, and as cancelled for the rest, so that
+    `done` is what lies on disk."""
+    counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
     for task in sorted(tasks, key=lambda task: (task.first, task.last)):
         if task.kind != TASK_FRAMES or task.state not in counts:
             continue
-        counts[task.state] += task.last - task.first + 1
+        frames = task.last - task.first + 1
+        if task.state == "cancelled":
+            published = max(0, min(int(task.published or 0), frames))
+            counts["done"] += published
+            counts["cancelled"] += frames - published
+            continue
+        counts[task.state] += frames
         if task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error})
     return JobStatus(job_id=job_id, name=name, state=state, priority=priority, done=counts["done"],
-                     leased=counts["leased"], pending=counts["pending"], failed=counts["failed"], errors=errors)
+                     leased=counts["leased"], pending=counts["pending"], failed=counts["failed"],
+                     cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
+                     blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)])
 
 
 class TaskQueue(Protocol):
+    where: str                # the queue for messages: an absolute sqlite:/// URL, or a redacted Redis URL
+
     def submit(self, spec: JobSpec) -> None: ...
     def lease(self, worker: str, lease_s: float, skip_jobs: frozenset[str] = frozenset()
               ) -> Task | None: ...
     def renew(self, task: Task, worker: str, lease_s: float) -> bool: ...
+    def holds(self, task: Task, worker: str) -> bool: ...
     def ack(self, task: Task, worker: str) -> bool: ...
-    def fail(self, task: Task, worker: str, error: str) -> bool: ...
+    def fail(self, task: Task, worker: str, error: str, block_after: int | None = None) -> bool: ...
     def release(self, task: Task, worker: str) -> None: ...
+    def record_stopped(self, task: Task, worker: str, published: int) -> bool: ...
     def job(self, job_id: str) -> JobSpec | None: ...
     def status(self, job_id: str | None = None) -> list[JobStatus]: ...
     def requeue(self, job_id: str, failed_only: bool) -> int: ...
     def cancel(self, job_id: str) -> int: ...
     def heartbeat(self, worker: str, info: dict[str, Any]) -> None: ...
+    def remove_worker(self, worker: str) -> None: ...
     def workers(self) -> list[WorkerStatus]: ...
     def close(self) -> None: ...
 
 
+# Query parameters of a Redis URL that carry no secret (redis-py's own parsers, and a few
+# harmless connection settings): their values are shown. Every other parameter's value
+# is masked: password, username, ssl_password, ssl_keyfile, and any name not listed here.
+_SAFE_QUERY = frozenset({
+    "db", "socket_timeout", "socket_connect_timeout", "socket_read_size", "socket_keepalive",
+    "retry_on_timeout", "max_connections", "health_check_interval", "ssl_check_hostname", "ssl_cert_reqs",
+    "ssl_min_version", "timeout", "protocol", "client_name", "decode_responses",
+})
+MASK = "***"
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
+    """The URL with every credential masked, for logs and messages.
+
+    The URL is taken apart, not searched for a known password: the userinfo (user and
+    password) is everything between `scheme://` and the *last* '@', so a password holding
+    '@', '/', '?' or ':' unencoded is masked whole; it becomes `***`. Query parameters
+    keep their names, and their values unless the name is in `_SAFE_QUERY`; a fragment
+    is masked. When the text cannot be told apart (an '@' that may belong to a query
+    value or to a password), more is masked, never less."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+    if not sep:
+        scheme, sep, rest = url.partition(":")
+        if not sep:
+            return url
+    else:
+        sep = "://"
+    _userinfo, at, hostpart = rest.rpartition("@")   # no '@': ('', '', rest)
+    hostpart, hash_, _fragment = hostpart.partition("#")
+    location, question, query = hostpart.partition("?")
+    if question:
+        shown = []
+        for pair in query.split("&"):
+            name, eq, value = pair.partition("=")
+            safe = urllib.parse.unquote_plus(name).lower() in _SAFE_QUERY
+            shown.append(name + eq + (value if safe else MASK) if eq else (name if safe else MASK))
+        location += "?" + "&".join(shown)
+    if hash_:
+        location += "#" + MASK
+    return f"{scheme}{sep}{MASK + '@' if at else ''}{location}"

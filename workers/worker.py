@@ -2,8 +2,10 @@
 acknowledge once the frames are durable.
 
     while not draining:
-        lease a task -> plan its frames (resume: skip frames already published)
-        render, renewing the lease meanwhile -> ack (or fail with the error)
+        lease a task -> refuse it (release) if this worker's configuration excludes its job
+        plan its frames (resume: skip frames already published)
+        render, renewing the lease meanwhile and checking it at every frame boundary
+        -> ack (or fail with the error; or, if the task was cancelled, stop and report)
 
 Several task slots run at once so the GPU has the next task's frames while one task's
 last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
@@ -11,9 +13,24 @@ task's decodes run while another's frames are prepared or written, rather than b
 sharing the GPU and waiting on their host work at the same moments. Models stay loaded
 between tasks (`ModelCache`). SIGTERM or Ctrl-C drains: no new task is leased, tasks in
 progress finish the frames in flight, and the rest is released at once for other
-workers. A queue that cannot be reached (Redis restarting) is retried with backoff; a
-lost lease stops the task (its frames already published stay: publishing is
-first-writer-wins).
+workers. A queue that cannot be reached (Redis restarting) is retried with backoff.
+
+A task cancelled, requeued or taken over while it renders publishes nothing more: the
+render's writers ask the queue (`holds`, read-only) just before each publish, the
+worker asks after every frame and renews the lease every third of its length; the
+first "no" stops the render (a publish is never torn). The worker then reports how many
+of the task's frames lie published (`record_stopped`), so that `render status` counts
+what is on disk.
+
+Refusals: a job whose outputs fall outside --output-root, or whose model lies outside
+the --model-roots, is refused because of this worker's configuration, not the task's
+fault: the task is released untouched (no attempt counted), the worker says once why
+and never takes that job again. A worker that refuses every job it sees (it has taken
+on none, and nothing else is left for it) stops with exit status 2 and one line naming
+the option (`WorkerState.error`). Failures of the tasks themselves count in the queue,
+which blocklists a worker on a job after --max-job-failures of them until `requeue`.
+
+A worker that stops cleanly removes itself from the queue's worker list.
 """
 
 from __future__ import annotations
@@ -26,7 +43,6 @@ import signal
 import socket
 import time
 import tomllib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +56,12 @@ from pipeline.errors import JobError, describe
 from pipeline.gpu.device import pick_device
 from pipeline.gpu.turns import GpuTurn
 from pipeline.models.cache import ModelCache
-from pipeline.plan import make_plan
+from pipeline.plan import Plan, make_plan
 from pipeline.run import render
 
 from .metrics import WorkerMetrics
 from .queue import open_queue
-from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue, redact
+from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue
 
 log = logging.getLogger("framefarm.worker")
 T = TypeVar("T")
@@ -72,11 +88,25 @@ class WorkerConfig:
             self.name = f"{socket.gethostname()}/{os.getpid()}/{self.device or 'auto'}"
 
 
+class WorkerRefusal(JobError):
+    """A job this worker's own configuration excludes (`option`: --output-root or
+    --model-root): not the task's fault, so the task is released, not failed."""
+
+    def __init__(self, field: str, value: Any, allowed: str, *, option: str, option_value: str) -> None:
+        super().__init__(field, value, allowed)
+        self.option = option
+        self.option_value = option_value
+
+
 @dataclass
 class WorkerState:
     draining: trio.Event = field(default_factory=trio.Event)
-    skip_jobs: set[str] = field(default_factory=set)
-    job_failures: Counter[str] = field(default_factory=Counter)
+    skip_jobs: set[str] = field(default_factory=set)   # jobs this worker's configuration refuses
+    refusals: dict[str, WorkerRefusal] = field(default_factory=dict)   # job id -> why
+    accepted: int = 0         # tasks leased and not refused, whatever became of them
+    leasing: int = 0          # lease calls in flight
+    in_hand: int = 0          # tasks leased and not yet acked, failed or given back
+    error: JobError | None = None   # why the worker stopped on its own: it refused every job it saw
     frames_done: int = 0
     tasks_done: int = 0
     tasks_failed: int = 0
@@ -93,7 +123,7 @@ async def serve(config: WorkerConfig) -> WorkerState:
     state = WorkerState()
     models = ModelCache()
     turn = GpuTurn() if config.gpu_turns else None   # one GPU per worker process
-    log.info("worker %s on %s, queue %s", config.name, device, redact(config.queue_url))
+    log.info("worker %s on %s, queue %s", config.name, device, queue.where)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_drain_on_signal, state)
         nursery.start_soon(_heartbeats, config, queue, state, device, metrics)
@@ -101,8 +131,8 @@ async def serve(config: WorkerConfig) -> WorkerState:
             for _ in range(config.slots):
                 slots.start_soon(_slot, config, queue, state, device, models, metrics, turn)
         nursery.cancel_scope.cancel()
-    with contextlib.suppress(QueueUnavailable):
-        await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(state, device))
+    with contextlib.suppress(QueueUnavailable):  # a clean exit: off the list at once (else shown gone, then dropped)
+        await trio.to_thread.run_sync(queue.remove_worker, config.name)
     await trio.to_thread.run_sync(queue.close)
     log.info("worker %s stopped: %d task(s), %d frame(s), %d failure(s)", config.name,
              state.tasks_done, state.frames_done, state.tasks_failed)
@@ -113,71 +143,140 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
                 models: ModelCache, metrics: WorkerMetrics, turn: GpuTurn | None) -> None:
     while not state.draining.is_set():
         lease = functools.partial(queue.lease, config.name, config.lease_s, frozenset(state.skip_jobs))
+        state.leasing += 1
         try:
             task = await _retry(lease, state)
         except QueueUnavailable:
             return  # draining while the queue is down: nothing is leased, nothing to give back
+        finally:
+            state.leasing -= 1
         if task is None:
-            unfinished = functools.partial(_unfinished, queue, frozenset(state.skip_jobs))
+            if state.refusals and not (state.accepted or state.in_hand or state.leasing):
+                _refused_everything(config, state)
+                return
+            unfinished = functools.partial(_unfinished, queue, frozenset(state.skip_jobs), config.name)
             if config.exit_when_idle and not await _retry(unfinished, state):
                 return
             with trio.move_on_after(config.idle_poll_s):
                 await state.draining.wait()
             continue
-        await _process(config, queue, state, device, models, metrics, turn, task)
+        state.in_hand += 1
+        try:
+            await _process(config, queue, state, device, models, metrics, turn, task)
+        finally:
+            state.in_hand -= 1
+
+
+def _refused_everything(config: WorkerConfig, state: WorkerState) -> None:
+    """Stop the worker: every job it saw was refused for its configuration."""
+    first = next(iter(state.refusals.values()))
+    jobs = len(state.refusals)
+    state.error = JobError(first.option, first.option_value,
+                           f"this worker refused every job it saw ({jobs} job{'s' * (jobs > 1)}; first: "
+                           f"{first}); their tasks were released untouched for other workers. Give it an "
+                           f"{first.option} that covers them, or point it at another queue")
+    log.error("worker %s stops: it refused every job it saw", config.name)
+    state.draining.set()
 
 
 async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, device: torch.device,
                    models: ModelCache, metrics: WorkerMetrics, turn: GpuTurn | None, task: Task) -> None:
     started = time.perf_counter()
     label = f"task {task.job_id}:{task.kind} {task.first}-{task.last} (attempt {task.attempt})"
-    stop = trio.Event()
-    lost = False
+    stop = trio.Event()       # draining: the frames in flight finish, no new one starts
+    fenced = False            # the queue took the task back (cancelled, requeued, taken over)
+    boundary = trio.Event()   # set when a frame is published: ask the queue before the next one
     done = 0
+    plan = None
+    report = None
 
     def frame_done(frame: int) -> None:
         nonlocal done
         done += 1
         metrics.frames_done.inc()
+        boundary.set()
 
-    async def keep_lease() -> None:
-        nonlocal lost
+    async def guard(render_scope: trio.CancelScope) -> None:
+        """Renew the lease every third of its length; at every frame boundary in between,
+        check that it still holds. The first "no" cancels the render: frames in a writer
+        thread finish whole, no other frame is published."""
+        nonlocal fenced, boundary
+        renew_at = trio.current_time() + config.lease_s / 3
         while True:
-            await trio.sleep(config.lease_s / 3)
+            with trio.move_on_at(renew_at):
+                await boundary.wait()
+            boundary = trio.Event()
+            renewing = trio.current_time() >= renew_at
             try:
-                renewed = await trio.to_thread.run_sync(queue.renew, task, config.name, config.lease_s)
+                if renewing:
+                    ours = await trio.to_thread.run_sync(queue.renew, task, config.name, config.lease_s)
+                else:
+                    ours = await trio.to_thread.run_sync(queue.holds, task, config.name)
             except QueueUnavailable:
-                continue  # the lease runs on; publishing stays safe if another worker takes over
-            if not renewed:
-                lost = True
-                stop.set()
+                ours = True  # the lease runs on; publishing stays safe if another worker takes over
+            if renewing:
+                renew_at = trio.current_time() + config.lease_s / 3
+            if not ours:
+                fenced = True
+                render_scope.cancel()
                 return
 
     async def relay_drain() -> None:
         await state.draining.wait()
         stop.set()
 
+    async def still_ours() -> bool:
+        try:
+            return await trio.to_thread.run_sync(queue.holds, task, config.name)
+        except QueueUnavailable:
+            return True  # as in guard: the lease runs on
+
+    def may_publish() -> bool:
+        """Asked by the render's writer threads just before each publish: a cancelled (or
+        requeued, or taken-over) task publishes nothing more, not even frames in flight."""
+        nonlocal fenced
+        if fenced:
+            return False
+        try:
+            ours = queue.holds(task, config.name)
+        except QueueUnavailable:
+            return True  # as in guard: the lease runs on
+        fenced = fenced or not ours
+        return ours
+
+    state.accepted += 1   # taken back by _refuse
     try:
         spec = await _retry(lambda: queue.job(task.job_id), state)
         if spec is None:
             raise JobError("job", task.job_id, "is not in the queue any more")
-        job = job_from_spec(spec, config)
+        try:
+            job = job_from_spec(spec, config)
+        except WorkerRefusal as refusal:
+            await _refuse(config, queue, state, task, spec, refusal)
+            return
         whole = task.kind == TASK_VIDEO
         plan = await trio.to_thread.run_sync(
             lambda: make_plan(job, device, resume=True, frames=None if whole else task.frames, video=whole))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keep_lease)
-            nursery.start_soon(relay_drain)
-            report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
-                                  pipelines=models.pipelines, gpu_turn=turn)
-            nursery.cancel_scope.cancel()
+        with trio.CancelScope() as render_scope:
+            if not await still_ours():
+                fenced = True  # cancelled while it was being planned
+                render_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(guard, render_scope)
+                nursery.start_soon(relay_drain)
+                report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
+                                      pipelines=models.pipelines, gpu_turn=turn, may_publish=may_publish)
+                nursery.cancel_scope.cancel()
     except Exception as err:  # ours, a bug or an environment fault: report it with the task, keep serving
-        await _failed(config, queue, state, metrics, task, describe(err))
+        if fenced:  # the render was being stopped anyway: the task is no longer ours to fail
+            log.warning("%s: %s, while stopping", label, describe(err))
+            await _stopped(config, queue, task, plan, label, done)
+        else:
+            await _failed(config, queue, state, metrics, task, describe(err))
         return
-    finished = report.frames == len(plan.todo)
-    if lost:
-        log.warning("%s: lease lost after %d frame(s); another worker carries on", label, done)
-    elif not finished:
+    if fenced or report is None:
+        await _stopped(config, queue, task, plan, label, done)
+    elif report.frames != len(plan.todo):
         await _retry(lambda: queue.release(task, config.name), None)
         log.info("%s: draining, released after %d frame(s)", label, done)
     elif await _retry(lambda: queue.ack(task, config.name), None):
@@ -189,23 +288,58 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         log.warning("%s: finished but the lease was gone at ack (cancelled or taken over)", label)
 
 
+async def _stopped(config: WorkerConfig, queue: TaskQueue, task: Task, plan: Plan | None, label: str,
+                   done: int) -> None:
+    """The queue took the task back mid-render. Count the task's frames that lie published
+    (this run's, those in flight that finished whole, earlier attempts') and report them:
+    for a cancelled task they count as done in `status`, so status and disk agree."""
+    def published() -> int:
+        if plan is None or task.kind == TASK_VIDEO:
+            return 0
+        return sum(1 for frame in task.frames if frame in plan.frame_paths and plan.frame_paths[frame].is_file())
+
+    count = await trio.to_thread.run_sync(published)
+    if await _retry(lambda: queue.record_stopped(task, config.name, count), None):
+        log.warning("%s: job cancelled; stopped at a frame boundary after %d frame(s) this run; %d of the "
+                    "task's %d frame(s) are published, nothing more will be", label, done, count, len(task.frames))
+    else:
+        log.warning("%s: lease lost after %d frame(s) (requeued or taken over); stopped, another worker "
+                    "carries on", label, done)
+
+
+async def _refuse(config: WorkerConfig, queue: TaskQueue, state: WorkerState, task: Task, spec: JobSpec,
+                  refusal: WorkerRefusal) -> None:
+    """Give the task back untouched and never take its job again; say why once per job."""
+    await _retry(lambda: queue.release(task, config.name), None)
+    state.accepted -= 1
+    state.skip_jobs.add(task.job_id)
+    if task.job_id not in state.refusals:
+        state.refusals[task.job_id] = refusal
+        log.warning("refusing job %s (shot %s): %s. This is this worker's configuration (%s), not the job's "
+                    "fault: its task is released untouched for other workers, and this worker will not take "
+                    "job %s again", task.job_id, spec.name, refusal, refusal.option, task.job_id)
+
+
 async def _failed(config: WorkerConfig, queue: TaskQueue, state: WorkerState, metrics: WorkerMetrics,
                   task: Task, error: str) -> None:
     state.tasks_failed += 1
     metrics.tasks_failed.inc()
-    state.job_failures[task.job_id] += 1
-    if state.job_failures[task.job_id] >= config.max_job_failures:
-        state.skip_jobs.add(task.job_id)
-        log.warning("job %s failed %d times here; this worker stops taking it", task.job_id,
-                    state.job_failures[task.job_id])
-    dead = await _retry(lambda: queue.fail(task, config.name, error), None)
+    dead = await _retry(lambda: queue.fail(task, config.name, error, config.max_job_failures), None)
     log.error("task %s:%s %d-%d failed%s: %s", task.job_id, task.kind, task.first, task.last,
               " (dead-lettered)" if dead else "", error)
+    with contextlib.suppress(QueueUnavailable):
+        jobs = await trio.to_thread.run_sync(queue.status, task.job_id)
+        blocked = {b["worker"]: b["failures"] for job in jobs for b in job.blocked}
+        if config.name in blocked:
+            log.warning("job %s failed %d times on this worker: the queue blocklists it here (`render status` "
+                        "shows it) until `render requeue %s`", task.job_id, blocked[config.name], task.job_id)
 
 
-def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str]) -> bool:
-    """Tasks this worker may still get: pending, or leased (back if the lease expires)."""
+def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str], worker: str) -> bool:
+    """Tasks this worker may still get: pending, or leased (back if the lease expires),
+    in jobs it neither refuses nor is blocklisted on."""
     return any(s.state == "active" and (s.pending or s.leased) and s.job_id not in skip_jobs
+               and worker not in {b["worker"] for b in s.blocked}
                for s in queue.status())
 
 
@@ -220,14 +354,16 @@ def job_from_spec(spec: JobSpec, config: WorkerConfig) -> Job:
                     output_root=Path(spec.output_root))
     root = config.output_root.resolve()
     if not job.output.root.is_relative_to(root):
-        raise JobError("output.root", str(job.output.root), f"outside this worker's output root {root}")
+        raise WorkerRefusal("output.root", str(job.output.root), f"outside this worker's output root {root}",
+                            option="--output-root", option_value=str(root))
     loaded = [("model.path", job.model.path)]
     if job.source.kind == "diffusers" and job.source.path:  # a generation pipeline is loaded too
         loaded.insert(0, ("source.path", Path(job.source.path)))
     for name, path in loaded:
         if not any(path.resolve().is_relative_to(allowed.resolve()) for allowed in config.model_roots):
-            allowed = ", ".join(str(p) for p in config.model_roots)
-            raise JobError(name, str(path.resolve()), f"outside this worker's model roots ({allowed})")
+            allowed = ", ".join(str(p.resolve()) for p in config.model_roots)
+            raise WorkerRefusal(name, str(path.resolve()), f"outside this worker's model roots ({allowed})",
+                                option="--model-root", option_value=allowed)
     return job
 
 
@@ -254,17 +390,18 @@ async def _drain_on_signal(state: WorkerState) -> None:
             state.draining.set()
 
 
-def _heartbeat_info(state: WorkerState, device: torch.device) -> dict[str, Any]:
+def _heartbeat_info(config: WorkerConfig, state: WorkerState, device: torch.device) -> dict[str, Any]:
     return {"device": str(device), "pid": os.getpid(), "frames_done": state.frames_done,
             "tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed,
-            "draining": state.draining.is_set()}
+            "draining": state.draining.is_set(), "refused_jobs": sorted(state.refusals),
+            "lease_s": config.lease_s, "heartbeat_s": config.heartbeat_s}
 
 
 async def _heartbeats(config: WorkerConfig, queue: TaskQueue, state: WorkerState, device: torch.device,
                       metrics: WorkerMetrics) -> None:
     while True:
         try:
-            await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(state, device))
+            await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(config, state, device))
             await trio.to_thread.run_sync(metrics.sample)
         except QueueUnavailable:
             pass

@@ -19,7 +19,7 @@ import numpy as np
 import trio
 
 from pipeline.config.formats import FrameFormat
-from pipeline.errors import StageFailed
+from pipeline.errors import PublishRefused, StageFailed
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import publish_bytes
@@ -38,11 +38,20 @@ class FrameOutputs:
     png_compression: int
     manifest: Manifest
     record_base: dict[str, Any]           # shot, model_hash, job_hash, device
+    # Asked, in the writer's thread, just before each output is published: False stops
+    # the render there (a farm task that is no longer this worker's). None: always publish.
+    may_publish: Callable[[], bool] | None = None
+
+    def check_publish(self, what: str) -> None:
+        if self.may_publish is not None and not self.may_publish():
+            raise PublishRefused(what)
 
     def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         assert self.frame_format is not None
         path = self.frame_paths[frame]
-        published = publish_bytes(path, encode(self.frame_format, pixels, self.png_compression))
+        data = encode(self.frame_format, pixels, self.png_compression)
+        self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
+        published = publish_bytes(path, data)
         relative = path.relative_to(self.root).as_posix()
         if published.kept_existing and self.manifest.has(relative, published.sha256):
             return  # another writer published this very frame first, and recorded it
@@ -129,6 +138,7 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
     if video is not None:
         try:
             await video.finish()
+            await trio.to_thread.run_sync(outputs.check_publish, "the video")
             published = await trio.to_thread.run_sync(video.video.finish)
         except Exception as err:
             raise StageFailed("write", None, err) from err

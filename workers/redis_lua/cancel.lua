@@ -4,7 +4,8 @@
 -- ARGV[1] key prefix
 -- ARGV[2] job id
 -- Writes ff:job:<job> (state) and its tasks, deletes its stream and leases, and takes
--- the job out of the priority index.
+-- the job out of the priority index. A leased task keeps its lease deadline as stop_by:
+-- it is "stopping" until its worker reports what it published (stopped.lua) or then.
 -- Returns the number of tasks dropped (pending) or fenced off (leased); 0 for an
 -- unknown job.
 
@@ -16,6 +17,10 @@ local count = 0
 for i = 1, #all, 2 do
   local t = cjson.decode(all[i + 1])
   if t.state == 'pending' or t.state == 'leased' then
+    if t.state == 'leased' then
+      t.stop_by = tonumber(redis.call('ZSCORE', lkey(job), all[i]))
+    end
+    t.published = 0
     t.state = 'cancelled'
     t.entry = nil
     put_task(job, all[i], t)

@@ -8,7 +8,10 @@
 -- ARGV[4] fencing token of the lease
 -- ARGV[5] worker name
 -- ARGV[6] the error (RedisQueue has already cut it to ERROR_CHARS)
--- Writes the job's tasks, stream and leases, the priority index and, when dead, ff:dead.
+-- ARGV[7] block_after: blocklist the worker on the job once it has failed it this many
+--         times; '' never
+-- Writes the job's tasks, stream, leases, failure counts and blocklist, the priority index
+-- and, when dead, ff:dead.
 -- Returns 1 if the task is now dead-lettered; 0 if it is pending again, or if `worker`
 -- does not hold the lease with this token (`owned`, prelude.lua; nothing changes then).
 --
@@ -18,6 +21,9 @@
 local job, tid, err = ARGV[2], ARGV[3], ARGV[6]
 local t = owned(job, tid, ARGV[4], ARGV[5])
 if not t then return 0 end
+local failures = redis.call('HINCRBY', fkey(job), ARGV[5], 1)
+local block_after = tonumber(ARGV[7])
+if block_after and failures >= block_after then redis.call('SADD', bkey(job), ARGV[5]) end
 if t.attempts >= tonumber(redis.call('HGET', jkey(job), 'max_attempts')) then
   dead_letter(job, tid, t, err)
   return 1

@@ -7,15 +7,16 @@
 -- ARGV[3] lease length, ms
 -- ARGV[4..] ids of the jobs this worker skips
 -- Walks ff:prio and ff:prio:<level>; reads and writes each job's hash, tasks, stream and
--- leases; appends to ff:dead.
+-- leases; reads its blocklist; appends to ff:dead.
 -- Returns {job, tid, kind, first, last, token, attempt}, or false when no task is free.
 --
 -- For each job, its expired leases (deadline passed, oldest first) come first: each is
 -- taken over with XCLAIM to this worker, or dead-lettered if it already used
 -- `max_attempts` ("lease expired N times (last worker W)"); only then is a new entry
 -- read with XREADGROUP. Reclaiming first finishes old work first and keeps an expired
--- task from waiting behind the rest of its job. A skipped job's expired leases are
--- still dead-lettered, since that needs no worker. Each lease adds 1 to the task's
+-- task from waiting behind the rest of its job. A skipped job (in ARGV, or with this
+-- worker in its blocklist) is passed over; its expired leases are still dead-lettered,
+-- since that needs no worker. Each lease adds 1 to the task's
 -- attempts and to its fencing token (never reset, so a token is never reused for a
 -- task) and sets its deadline.
 
@@ -42,6 +43,7 @@ for _, level in ipairs(redis.call('ZREVRANGE', P .. 'prio', 0, -1)) do
       deactivate(job, level)
     else
       local max_attempts = tonumber(meta[2])
+      if redis.call('SISMEMBER', bkey(job), worker) == 1 then skip[job] = true end
       -- expired leases first; dead-letter those out of attempts even for a worker that skips the job
       for _, tid in ipairs(redis.call('ZRANGEBYSCORE', lkey(job), '-inf', now)) do
         local t = get_task(job, tid)

@@ -17,15 +17,23 @@
 --                             frame_start, frame_end, seq, remaining (tasks not done yet),
 --                             next_task (task id counter), video_queued
 --   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
---                             done | failed | cancelled), attempts, token, worker, error, entry}
+--                             done | failed | cancelled), attempts, token, worker, error, entry,
+--                             and for a task cancelled while leased: stop_by (its lease deadline,
+--                             ms: "stopping" until then, unless its worker reports first) and
+--                             published (the frames its worker had published when it stopped)}
 --   ff:job:<job>:stream       stream, one entry {task: tid} per pending task, consumer group
 --                             "farm"; the consumer is the worker name
 --   ff:job:<job>:leases       zset tid -> lease deadline (ms, Redis server clock)
+--   ff:job:<job>:failures     hash worker -> failures of this job on that worker (fail.lua)
+--   ff:job:<job>:blocked      set of the workers blocklisted on this job: lease.lua passes the job
+--                             over for them; requeue.lua deletes both keys
 --   ff:prio                   zset of the priority levels that have jobs with work (score = level)
 --   ff:prio:<level>           zset job id -> seq: the jobs of that level that may have work
 --   ff:dead                   stream of dead-lettered tasks {job, task, kind, first, last, error,
 --                             worker, attempts}, capped near 10000 entries
---   ff:workers                hash worker name -> JSON {heartbeat, info} (RedisQueue writes it, no script)
+--   ff:workers                hash worker name -> JSON {heartbeat (s, server clock), info} (heartbeat.lua)
+--   ff:workers:seen           zset worker name -> last heartbeat (ms, server clock): heartbeat.lua
+--                             drops the workers silent for longer than the drop time it is given
 --
 -- One stream per *job* rather than per priority level: lease.lua walks the levels high
 -- to low and, within a level, the jobs in submission order, and reads each job's stream
@@ -51,6 +59,8 @@ local function jkey(job) return P .. 'job:' .. job end
 local function tkey(job) return P .. 'job:' .. job .. ':tasks' end
 local function skey(job) return P .. 'job:' .. job .. ':stream' end
 local function lkey(job) return P .. 'job:' .. job .. ':leases' end
+local function fkey(job) return P .. 'job:' .. job .. ':failures' end
+local function bkey(job) return P .. 'job:' .. job .. ':blocked' end
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -5,7 +5,8 @@
 -- ARGV[1] key prefix
 -- ARGV[2] job id
 -- ARGV[3] failed_only: 1 for failed tasks only; 0 adds cancelled, pending and leased ones
--- Writes ff:job:<job> (state), its tasks, stream and leases, and the priority index.
+-- Writes ff:job:<job> (state), its tasks, stream and leases, and the priority index, and
+-- deletes its failure counts and blocklist: every worker may take the job again.
 -- Returns the number of tasks made pending; 0 for an unknown job.
 --
 -- A leased task requeued here loses its entry, so its holder is fenced off. Attempts go
@@ -13,6 +14,7 @@
 
 local job = ARGV[2]
 if redis.call('EXISTS', jkey(job)) == 0 then return 0 end
+redis.call('DEL', fkey(job), bkey(job))
 local states = {failed = true}
 if ARGV[3] == '0' then
   states = {failed = true, cancelled = true, pending = true, leased = true}
@@ -38,6 +40,8 @@ for _, t in ipairs(chosen) do
   redis.call('ZREM', lkey(job), tid)
   t.attempts = 0
   t.error = nil
+  t.stop_by = nil
+  t.published = nil
   enqueue(job, tid, t)
 end
 local count = #chosen
