@@ -200,7 +200,10 @@ def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attemp
 @click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), required=True,
               help="Refuse jobs whose outputs fall outside DIR.")
 @click.option("--model-root", "model_roots", metavar="DIR", type=click.Path(path_type=Path), multiple=True,
-              required=True, help="Refuse jobs whose model lies outside DIR (repeatable).")
+              required=True, help="Refuse jobs whose model or pipeline lies outside DIR (repeatable).")
+@click.option("--input-root", "input_roots", metavar="DIR", type=click.Path(path_type=Path), multiple=True,
+              help="Refuse jobs whose latents or preset file lie outside DIR (repeatable; default: the "
+                   "--model-root folders).")
 @click.option("--slots", default=2, show_default=True, type=click.IntRange(1, 8),
               help="Tasks in flight at once, so the GPU has work while a task's last frames are written.")
 @click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
@@ -213,12 +216,13 @@ def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attemp
 @click.option("--exit-when-idle", is_flag=True, help="Stop once the queue has no task left for this worker.")
 @click.option("--name", default="", help="Worker name in status output (default: host/pid/device).")
 def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Path, model_roots: tuple[Path, ...],
-           slots: int, lease_s: float, max_job_failures: int, metrics_port: int | None, exit_when_idle: bool,
+           input_roots: tuple[Path, ...], slots: int, lease_s: float, max_job_failures: int,
+           metrics_port: int | None, exit_when_idle: bool,
            name: str) -> None:
     """Consume frame tasks until told to stop. SIGTERM drains: frames in flight finish,
     the rest of their tasks is released to other workers at once.
 
-    Jobs outside --output-root or the --model-roots are refused: their tasks are released
+    Jobs outside --output-root, the --model-roots or the --input-roots are refused: their tasks are released
     untouched for other workers. A worker that refuses every job it sees exits with
     status 2 and one line naming the option."""
     import logging
@@ -231,6 +235,7 @@ def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Pa
     from workers.worker import WorkerConfig, run_worker
 
     state = run_worker(WorkerConfig(queue_url=queue_url, output_root=output_root, model_roots=model_roots,
+                                    input_roots=input_roots,
                                     device=device, name=name, lease_s=lease_s, slots=slots,
                                     max_job_failures=max_job_failures, metrics_port=metrics_port,
                                     exit_when_idle=exit_when_idle))

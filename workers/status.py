@@ -81,7 +81,8 @@ def _worker_line(worker: WorkerStatus) -> str:
     refused = worker.info.get("refused_jobs") or []
     return (f"worker {worker.name}: {worker.state}, last heartbeat {worker.age:.0f} s ago, "
             f"{worker.info.get('frames_done', 0)} frame(s) done"
-            + (f", refuses job(s) {', '.join(refused)} (its --output-root / --model-root)" if refused else ""))
+            + (f", refuses job(s) {', '.join(refused)} (its --output-root / --model-root / --input-root)"
+               if refused else ""))
 
 
 def existing_job(queue_url: str, job_id: str) -> TaskQueue:

@@ -22,8 +22,9 @@ first "no" stops the render (a publish is never torn). The worker then reports h
 of the task's frames lie published (`record_stopped`), so that `render status` counts
 what is on disk.
 
-Refusals: a job whose outputs fall outside --output-root, or whose model lies outside
-the --model-roots, is refused because of this worker's configuration, not the task's
+Refusals: a job whose outputs fall outside --output-root, whose model or pipeline lies
+outside the --model-roots, or whose latents or preset file lie outside the --input-roots
+(default: the model roots) is refused because of this worker's configuration, not the task's
 fault: the task is released untouched (no attempt counted), the worker says once why
 and never takes that job again. A worker that refuses every job it sees (it has taken
 on none, and nothing else is left for it) stops with exit status 2 and one line naming
@@ -72,6 +73,7 @@ class WorkerConfig:
     queue_url: str
     output_root: Path                   # jobs writing elsewhere are refused
     model_roots: tuple[Path, ...]       # jobs loading models from elsewhere are refused
+    input_roots: tuple[Path, ...] = ()  # jobs reading latents or preset files elsewhere are refused
     device: str | None = None
     name: str = ""
     lease_s: float = 60.0
@@ -87,10 +89,15 @@ class WorkerConfig:
         if not self.name:
             self.name = f"{socket.gethostname()}/{os.getpid()}/{self.device or 'auto'}"
 
+    def data_roots(self) -> tuple[Path, ...]:
+        """Where jobs may read latents and preset files: the input roots, or where none
+        were given, the model roots."""
+        return self.input_roots or self.model_roots
+
 
 class WorkerRefusal(JobError):
-    """A job this worker's own configuration excludes (`option`: --output-root or
-    --model-root): not the task's fault, so the task is released, not failed."""
+    """A job this worker's own configuration excludes (`option`: --output-root,
+    --model-root or --input-root): not the task's fault, so the task is released, not failed."""
 
     def __init__(self, field: str, value: Any, allowed: str, *, option: str, option_value: str) -> None:
         super().__init__(field, value, allowed)
@@ -344,27 +351,33 @@ def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str], worker: str) -> boo
 
 
 def job_from_spec(spec: JobSpec, config: WorkerConfig) -> Job:
-    """Parse the stored job text like `render run` does, then refuse what this worker
-    must not touch: outputs outside its output root, models outside its model roots."""
+    """Parse the stored job text like `render run` does, refusing what this worker must
+    not touch: outputs outside its output root, models and pipelines outside its model
+    roots, latents and preset files outside its input roots (each checked before it is
+    read, so a job cannot make the worker read, or quote, a file of the worker's)."""
     try:
         data = tomllib.loads(spec.toml)
     except tomllib.TOMLDecodeError as err:
         raise JobError("job", spec.job_id, f"stored job text is not valid TOML ({err})") from None
     job = parse_job(data, job_dir=Path(spec.base_dir), file=Path(spec.base_dir) / f"{spec.name}.toml",
-                    output_root=Path(spec.output_root))
+                    output_root=Path(spec.output_root), check_input=functools.partial(_check_input, config))
     root = config.output_root.resolve()
     if not job.output.root.is_relative_to(root):
         raise WorkerRefusal("output.root", str(job.output.root), f"outside this worker's output root {root}",
                             option="--output-root", option_value=str(root))
-    loaded = [("model.path", job.model.path)]
-    if job.source.kind == "diffusers" and job.source.path:  # a generation pipeline is loaded too
-        loaded.insert(0, ("source.path", Path(job.source.path)))
-    for name, path in loaded:
-        if not any(path.resolve().is_relative_to(allowed.resolve()) for allowed in config.model_roots):
-            allowed = ", ".join(str(p.resolve()) for p in config.model_roots)
-            raise WorkerRefusal(name, str(path.resolve()), f"outside this worker's model roots ({allowed})",
-                                option="--model-root", option_value=allowed)
     return job
+
+
+def _check_input(config: WorkerConfig, field: str, path: Path, kind: str) -> None:
+    """config.job's InputCheck: `path` must resolve inside one of this worker's roots for
+    its kind (symbolic links followed: a link out of a root is outside)."""
+    roots, option, what = ((config.model_roots, "--model-root", "model roots") if kind == "model"
+                           else (config.data_roots(), "--input-root", "input roots"))
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(allowed.resolve()) for allowed in roots):
+        allowed = ", ".join(str(p.resolve()) for p in roots)
+        raise WorkerRefusal(field, str(resolved), f"outside this worker's {what} ({allowed})",
+                            option=option, option_value=allowed)
 
 
 async def _retry(call: Callable[[], T], state: WorkerState | None) -> T:

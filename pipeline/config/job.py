@@ -9,6 +9,7 @@ working directory, so the same job renders wherever it is run.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")   # models.dtypes maps them to 
 FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_FRAMES = 1_000_000
+
+
+# Shown every file or folder a job names, before anything is read from it: (field, path,
+# what it is: "model" for a model or pipeline folder, "data" for latents and preset
+# files). A farm worker confines them to its roots this way; it raises to refuse.
+InputCheck = Callable[[str, Path, str], None]
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def load_job(path: Path, *, output_root: Path | None = None) -> Job:
 
 
 def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
-              output_root: Path | None = None) -> Job:
+              output_root: Path | None = None, check_input: InputCheck | None = None) -> Job:
     top = Table(data, "")
     seed = top.integer("seed", 0, lo=0, hi=2**63 - 1)
     preset = top.string("preset", "default")
@@ -128,9 +135,28 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     watermark = _watermark(top.table("watermark", required=False))
     overrides = top.table("tuning", required=False).data
     top.done()
-    tuning = load_tuning(preset, job_dir, overrides)
+    if check_input is not None:
+        for field, path, kind in input_paths(shot, source, model):
+            check_input(field, path, kind)
+    tuning = load_tuning(preset, job_dir, overrides,
+                         None if check_input is None else lambda field, path: check_input(field, path, "data"))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
                output=output, watermark=watermark, tuning=tuning)
+
+
+def input_paths(shot: Shot, source: Source, model: Model) -> list[tuple[str, Path, str]]:
+    """Every file or folder the job reads (but a preset), as InputCheck sees them. A
+    latent pattern is shown filled for its first and last frame: a frame number fills
+    in digits only, so the frames between name the same folders."""
+    paths = [("model.path", model.path, "model")]
+    if source.kind == "diffusers" and source.path:
+        paths.append(("source.path", Path(source.path), "model"))
+    elif source.kind == "clip" and source.path:
+        paths.append(("source.path", Path(patterns.fill(source.path, shot=shot.name)), "data"))
+    elif source.kind == "latents" and source.path:
+        for frame in sorted({shot.frame_start, shot.frame_end}):
+            paths.append(("source.path", Path(patterns.fill(source.path, shot=shot.name, frame=frame)), "data"))
+    return paths
 
 
 def _shot(t: Table) -> Shot:

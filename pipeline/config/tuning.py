@@ -7,6 +7,7 @@ lists only what it changes, and a job's [tuning] table overrides the preset.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,25 +58,44 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
-def load_tuning(preset: str, job_dir: Path, overrides: dict[str, Any]) -> Tuning:
+def load_tuning(preset: str, job_dir: Path, overrides: dict[str, Any],
+                check_file: Callable[[str, Path], None] | None = None) -> Tuning:
+    """The default preset, then `preset`, then the job's overrides. A preset given as a
+    path is shown to `check_file` (which may refuse it) before it is read. Values read
+    from a preset file are never quoted in an error: the file may not be the job's
+    (a farm worker's), and its contents must not reach a log or the queue."""
     default_path = CONFIG_DIR / "default.toml"
     merged = dict(read_toml(default_path, "configs/default.toml"))
+    from_file: set[str] = set()
     if preset != "default":
         path = preset_path(preset, job_dir)
+        if check_file is not None and preset.endswith(".toml"):
+            check_file("preset", path)
         if not path.is_file():
             raise JobError("preset", preset, "no such preset; available: " + ", ".join(available_presets()))
         layer = read_toml(path, "preset")
-        _reject_unknown(layer, merged, f"preset {preset}")
+        for key in layer:
+            if key not in merged:
+                raise JobError("preset", preset, f"unknown field {_key(key)} in the preset file; allowed: "
+                               + ", ".join(sorted(merged)))
         merged.update(layer)
-    _reject_unknown(overrides, merged, "tuning")
+        from_file = set(layer) - set(overrides)
+    for key, value in overrides.items():
+        if key not in merged:
+            raise JobError(f"tuning.{key}", value, "unknown field; allowed: " + ", ".join(sorted(merged)))
     merged.update(overrides)
-    return _parse(Table(merged, "tuning"))
+    try:
+        return _parse(Table(merged, "tuning"))
+    except JobError as err:
+        key = err.field.removeprefix("tuning.")
+        if key in from_file:   # the value came from the preset file: name where, not what
+            raise JobError("preset", preset, f"its {key}: {err.allowed}") from None
+        raise
 
 
-def _reject_unknown(layer: dict[str, Any], known: dict[str, Any], where: str) -> None:
-    for key, value in layer.items():
-        if key not in known:
-            raise JobError(f"{where}.{key}", value, "unknown field; allowed: " + ", ".join(sorted(known)))
+def _key(key: str) -> str:
+    """A key read from a file, shown short and printable."""
+    return repr(key) if len(key) <= 40 and key.isprintable() else "(a long or unprintable name)"
 
 
 def _parse(t: Table) -> Tuning:
