@@ -7,8 +7,12 @@ or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +50,25 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
     OUTPUT_ROOT/manifest.jsonl; an interrupted run leaves no partial file and can be
     continued with --resume.
     """
-    from pipeline.config.job import load_job
-    from pipeline.gpu.device import pick_device
-    from pipeline.plan import make_plan
+    with ctrl_c_deferred():   # the imports, the plan, the model's code: then the run watches signals itself
+        from pipeline.config.job import load_job
+        from pipeline.gpu.device import pick_device
+        from pipeline.plan import make_plan
 
-    job = load_job(job_file, output_root=output_root)
-    plan = make_plan(job, pick_device(device), resume=resume)
-    if dry_run:
-        click.echo(plan.describe())
-        return
-    if not plan.todo and plan.video_path is None:
-        click.echo(f"nothing to render: all {len(job.shot.frames)} frame(s) of {job.shot.name} "
-                   f"are finished and match the manifest in {plan.root}")
-        return
+        job = load_job(job_file, output_root=output_root)
+        plan = make_plan(job, pick_device(device), resume=resume)
+        if dry_run:
+            click.echo(plan.describe())
+            return
+        if not plan.todo and plan.video_path is None:
+            click.echo(f"nothing to render: all {len(job.shot.frames)} frame(s) of {job.shot.name} "
+                       f"are finished and match the manifest in {plan.root}")
+            return
 
-    from pipeline.run import run_plan
-    from pipeline.summary import format_summary
+        from pipeline.run import import_model_code, run_plan
+        from pipeline.summary import format_summary
+
+        import_model_code(plan)
 
     started = time.perf_counter()
     progress = Progress(job.shot.name, len(plan.todo), quiet=quiet)
@@ -70,6 +77,25 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
     finally:
         progress.close()
     click.echo(format_summary(plan, report, time.perf_counter() - started))
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise KeyboardInterrupt (main() says
+    nothing was written). Raised in the middle of an import, it broke diffusers' lazy
+    imports (a RecursionError and 100 lines of traceback) or was lost in them."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 class Progress:
@@ -289,8 +315,12 @@ def cancel(job_id: str, queue_url: str) -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False, prog_name="render")
-    except click.exceptions.Abort:
+        # Not cli.main(): it turns Ctrl-C into a blank line and Abort ("error: aborted")
+        with cli.make_context("render", sys.argv[1:]) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as done:   # --help, --version
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:   # a prompt declined
         click.echo("error: aborted", err=True)
         sys.exit(130)
     except click.ClickException as err:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ import trio
 from pipeline.errors import RunInterrupted, StageFailed, leaves
 from pipeline.files.formats import pixel_dtype
 from pipeline.files.manifest import Manifest
-from pipeline.files.publish import sweep_stale_temps
+from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
 from pipeline.files.video import VideoFile
 from pipeline.flow.stats import StageStats
 from pipeline.gpu.device import DeviceContext
@@ -61,7 +62,22 @@ class RunReport:
 
 def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None) -> RunReport:
     """Render a plan; blocking. Raises StageFailed or RunInterrupted."""
+    import_model_code(plan)
     return trio.run(render, plan, on_frame)
+
+
+def import_model_code(plan: Plan) -> None:
+    """Import the model classes (diffusers imports them lazily) and the kernels here, in
+    the main thread, before the loader thread needs them: a Ctrl-C that landed while a
+    loader thread was importing broke diffusers' lazy import with a 108-line traceback
+    (RecursionError) instead of stopping the run."""
+    import diffusers
+
+    import pipeline.kernels.install  # noqa: F401
+
+    getattr(diffusers, plan.vae.class_name)
+    if plan.pipeline is not None:
+        getattr(diffusers, plan.pipeline.class_name)
 
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
@@ -74,7 +90,31 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     and SIGTERM to the caller; setting `stop` lets the frames in flight finish and
     starts no more; renders given one `gpu_turn` take turns at the GPU; `may_publish`,
     asked in a writer thread before each output is published, stops the render with
-    PublishRefused when it says no."""
+    PublishRefused when it says no. Ctrl-C and SIGTERM are watched from the start: one
+    landing while the model loads stops the run once the load returns."""
+    kwargs: dict[str, Any] = dict(stop=stop, pipelines=pipelines, gpu_turn=gpu_turn, may_publish=may_publish)
+    if not (handle_signals and threading.current_thread() is threading.main_thread()):
+        return await _render(plan, on_frame, models, **kwargs)
+    done = 0
+
+    def counted(frame: int) -> None:
+        nonlocal done
+        done += 1
+        on_frame(frame)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal)
+            report = await _render(plan, counted, models, **kwargs)
+            nursery.cancel_scope.cancel()   # the signal watcher is all that is left
+    except BaseException as group:
+        raise _one_error(group, done) from None
+    return report
+
+
+async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None,
+                  *, stop: trio.Event | None, pipelines: PipelineCache | None, gpu_turn: GpuTurn | None,
+                  may_publish: Callable[[], bool] | None) -> RunReport:
     started = time.perf_counter()
     ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
                         watermark_priority=plan.job.tuning.watermark_priority)
@@ -83,21 +123,23 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
     decoder, pipe = await _load(plan, ctx, models, pipelines)
     report.load_s = time.perf_counter() - started
 
-    outputs = await _prepare_outputs(plan, ctx, decoder.pixel_dtype)
-    outputs.files.may_publish = may_publish
-
     def frame_written(frame: int) -> None:
         report.frames += 1
         on_frame(frame)
 
+    made: list[Path] = []   # folders this run created: removed again, where still empty, if it fails
+    outputs: _Outputs | None = None
     turn = TurnHold(gpu_turn)
-    stages = _stages(plan, ctx, decoder, pipe, outputs, turn, stop, frame_written)
-    render_start = time.perf_counter()
     try:
-        await _run_stages(stages, render_start, handle_signals)
+        outputs = await _prepare_outputs(plan, ctx, decoder.pixel_dtype, made)
+        outputs.files.may_publish = may_publish
+        stages = _stages(plan, ctx, decoder, pipe, outputs, turn, stop, frame_written)
+        render_start = time.perf_counter()
+        await _run_stages(stages, render_start)
     except BaseException as group:
-        if outputs.video is not None:
+        if outputs is not None and outputs.video is not None:
             outputs.video.abort()
+        remove_empty_folders(made)
         raise _one_error(group, report.frames) from None
     finally:
         turn.give()  # a stage cancelled just after taking the turn, before the decode ended
@@ -150,13 +192,13 @@ class _Outputs:
     watermark: torch.Tensor | None     # the run's mark, drawn once; None: no watermark
 
 
-async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dtype) -> _Outputs:
-    """Folders made and swept of temporary files a killed run left, the host ring, the
-    open video, and the watermark's pattern."""
+async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dtype, made: list[Path]) -> _Outputs:
+    """Folders made (those that did not exist appended to `made`) and swept of temporary
+    files a killed run left, the host ring, the open video, and the watermark's pattern."""
     job, shot = plan.job, plan.job.shot
-    plan.root.mkdir(parents=True, exist_ok=True)
+    make_folders([plan.root], made)
     for folder in {p.parent for p in plan.frame_paths.values()}:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders([folder], made)
         sweep_stale_temps(folder)
     files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
                          png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
@@ -168,6 +210,7 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
         mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
     video = None
     if plan.video_path is not None:
+        make_folders([plan.video_path.parent], made)
         sweep_stale_temps(plan.video_path.parent)
         video = VideoFile(plan.video_path, width=shot.width, height=shot.height, fps=shot.fps,
                           codec=job.tuning.video_codec, crf=job.tuning.video_crf, preset=job.tuning.video_preset)
@@ -220,21 +263,18 @@ def _stages(plan: Plan, ctx: DeviceContext, decoder: Decoder, pipe: Pipeline | N
     return stages
 
 
-async def _run_stages(stages: list[_Stage], origin: float, handle_signals: bool) -> None:
+async def _run_stages(stages: list[_Stage], origin: float) -> None:
     """Every stage in one nursery, each joined to the next by a bounded channel; returns
     when the last stage has finished."""
     for stage in stages:
         stage.stats.origin = origin
     async with trio.open_nursery() as nursery:
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            nursery.start_soon(_stop_on_signal)
         rx = None
         for stage in stages[:-1]:
             tx, next_rx = trio.open_memory_channel[Any](stage.depth)
             nursery.start_soon(stage.work, stage.stats, rx, tx)
             rx = next_rx
         await stages[-1].work(stages[-1].stats, rx, None)
-        nursery.cancel_scope.cancel()  # the signal watcher is all that is left
 
 
 class _Stop(Exception):

@@ -159,6 +159,18 @@ def test_pickled_npy_latents_refused(reject: Callable[..., None], write_job: Cal
     reject(write_job(source={"path": "objects/frame_{frame:04d}.npy"}), "source.path", "float")
 
 
+def test_long_double_npy_latents_refused_at_plan_time(reject: Callable[..., None],
+                                                      write_job: Callable[..., Path], job_dir: Path) -> None:
+    """Before: accepted by the plan, then a TypeError in the source stage after the output
+    folders were made."""
+    folder = job_dir / "long"
+    folder.mkdir()
+    for frame in range(1, 7):
+        np.save(folder / f"frame_{frame:04d}.npy", np.zeros((4, 12, 16), dtype=np.longdouble))
+    reject(write_job(source={"path": "long/frame_{frame:04d}.npy"}), "source.path", "float128",
+           "expected a float16, float32 or float64 array")
+
+
 def test_output_root_not_writable(reject: Callable[..., None], write_job: Callable[..., Path],
                                   job_dir: Path) -> None:
     blocker = job_dir / "a_file"

@@ -17,6 +17,7 @@ from pipeline.config.job import Source
 from pipeline.errors import JobError
 
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_NPY_FLOAT_SIZES = (2, 4, 8)
 
 
 def latent_path(source: Source, frame: int) -> Path:
@@ -50,8 +51,9 @@ def _header_shape(path: Path, tensor: str, frame: int) -> tuple[int, ...]:
                 shape, _order, dtype = read_header(handle)
         except ValueError as err:
             raise JobError("source.path", str(path), f"not a valid .npy file ({err})") from None
-        if dtype.kind != "f":
-            raise JobError("source.path", str(path), f"holds {dtype}; expected a float array")
+        if dtype.kind != "f" or dtype.itemsize not in _NPY_FLOAT_SIZES:   # long double: torch has none
+            raise JobError("source.path", str(path), f"holds {dtype} ({dtype.str}); expected a float16, "
+                           "float32 or float64 array (either byte order)")
         return tuple(shape)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -87,7 +89,10 @@ def read_latents(source: Source, frame: int) -> torch.Tensor:
 
 def _read_tensor(path: Path, tensor: str) -> torch.Tensor:
     if path.suffix == ".npy":
-        latents = torch.from_numpy(np.load(path, allow_pickle=False))
+        array = np.load(path, allow_pickle=False)
+        if not array.dtype.isnative:   # big-endian files (written on another machine): torch takes native only
+            array = array.astype(array.dtype.newbyteorder("="))
+        latents = torch.from_numpy(array)
     else:
         with safe_open(str(path), framework="pt") as handle:
             latents = handle.get_tensor(tensor)

@@ -75,6 +75,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_folders(folders: list[Path], made: list[Path]) -> None:
+    """mkdir -p each folder, appending every folder it creates (outermost first) to `made`."""
+    for folder in folders:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+        folder.mkdir(parents=True, exist_ok=True)
+        made.extend(p for p in missing if p not in made)
+
+
+def remove_empty_folders(made: list[Path]) -> None:
+    """Undo make_folders where nothing was put in the folders (a run that failed or was
+    interrupted before its first output): innermost first; a folder with anything in it stays."""
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def sweep_stale_temps(folder: Path) -> int:
     """Remove temporary files left by processes of this host that no longer run (kill -9)."""
     removed = 0
