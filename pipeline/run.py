@@ -35,7 +35,7 @@ from pipeline.gpu.turns import GpuTurn, TurnHold
 from pipeline.models.cache import ModelCache, PipelineCache
 from pipeline.models.dtypes import DTYPES
 from pipeline.models.generation import Pipeline
-from pipeline.models.vae import Vae
+from pipeline.models.vae import Vae, import_model_classes
 from pipeline.plan import Plan
 from pipeline.stages.decode import Decoder, decode_stage
 from pipeline.stages.generate import generate_clip_stage, generate_stage
@@ -71,13 +71,7 @@ def import_model_code(plan: Plan) -> None:
     the main thread, before the loader thread needs them: a Ctrl-C that landed while a
     loader thread was importing broke diffusers' lazy import with a 108-line traceback
     (RecursionError) instead of stopping the run."""
-    import diffusers
-
-    import pipeline.kernels.install  # noqa: F401
-
-    getattr(diffusers, plan.vae.class_name)
-    if plan.pipeline is not None:
-        getattr(diffusers, plan.pipeline.class_name)
+    import_model_classes(plan.vae.class_name, *([plan.pipeline.class_name] if plan.pipeline is not None else []))
 
 
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,

@@ -145,6 +145,16 @@ def effective_dtype(info: VaeInfo, dtype: str, device: torch.device) -> str:
     return dtype
 
 
+def import_model_classes(*class_names: str) -> None:
+    """Import these diffusers classes and the kernels now (diffusers imports lazily)."""
+    import diffusers
+
+    import pipeline.kernels.install  # noqa: F401
+
+    for name in class_names:
+        getattr(diffusers, name)
+
+
 def load_vae(info: VaeInfo, dtype: str, device: torch.device, tiling: bool) -> Vae:
     import diffusers  # deferred: importing diffusers costs seconds, not needed to plan
 
