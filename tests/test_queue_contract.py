@@ -113,6 +113,31 @@ def test_a_task_that_keeps_losing_its_worker_is_dead_lettered(queue: TaskQueue) 
     [status] = queue.status("j1")
     assert status.failed == 1
     assert "lease expired" in status.errors[0]["error"]
+    assert status.state == "failed"
+
+
+def test_a_job_with_dead_lettered_tasks_is_failed_until_requeued(queue: TaskQueue) -> None:
+    """Such a job used to stay "active" for ever (issue 15, item 11): nothing was left to
+    run, yet it looked like work in progress."""
+    queue.submit(spec("j1", end=4, chunk=2, max_attempts=1))
+    first, second = queue.lease("w1", 30), queue.lease("w2", 30)
+    assert queue.fail(first, "w1", "ValueError: poison frame")
+    assert queue.status("j1")[0].state == "active", "frames 3-4 are still rendering"
+    assert queue.ack(second, "w2")
+    [status] = queue.status("j1")
+    assert (status.state, status.failed, status.done, status.pending, status.leased) == ("failed", 2, 2, 0, 0)
+    assert queue.requeue("j1", failed_only=True) == 1
+    assert queue.status("j1")[0].state == "active"
+    assert queue.ack(queue.lease("w3", 30), "w3")
+    assert queue.status("j1")[0].state == "done"
+    queue.submit(spec("j2", end=2, video=True, max_attempts=1))
+    assert queue.ack(queue.lease("w1", 30), "w1")
+    video = queue.lease("w1", 30)
+    assert video is not None and video.kind == TASK_VIDEO
+    assert queue.fail(video, "w1", "OSError: disk full")
+    [status] = queue.status("j2")
+    assert (status.state, status.done, status.failed) == ("failed", 2, 0)
+    assert status.errors == [{"first": 1, "last": 2, "error": "OSError: disk full", "kind": "video"}]
 
 
 def test_release_gives_back_without_counting_an_attempt(queue: TaskQueue) -> None:

@@ -60,7 +60,8 @@ def _job_notes(job: JobStatus) -> list[str]:
         notes.append(f"  stopping: {job.stopping} frame(s) of tasks cancelled while rendering; their workers "
                      "stop at the next frame and report what they published")
     for error in job.errors:
-        notes.append(f"  failed frames {error['first']}-{error['last']}: {error['error']}")
+        what = "video of frames" if error.get("kind") == "video" else "frames"
+        notes.append(f"  failed {what} {error['first']}-{error['last']}: {error['error']}")
     if job.blocked:
         who = ", ".join(f"{b['worker']} ({b['failures']} failures)" for b in job.blocked)
         notes.append(f"  blocklisted by worker(s) {who}: they no longer take this job; "

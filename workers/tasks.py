@@ -80,7 +80,7 @@ class Task:
 class JobStatus:
     job_id: str
     name: str
-    state: str                # "active", "done" or "cancelled"
+    state: str                # "active", "done", "cancelled" or "failed" (dead-lettered tasks, none left to run)
     priority: int
     done: int = 0             # frames, not tasks: published (acked tasks, and what cancelled tasks published)
     leased: int = 0
@@ -88,7 +88,7 @@ class JobStatus:
     failed: int = 0
     cancelled: int = 0        # frames of cancelled tasks that were not published
     stopping: int = 0         # frames of tasks cancelled while leased whose worker has not stopped yet
-    errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"}
+    errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"} (+ "kind": "video")
     blocked: list[dict[str, Any]] = field(default_factory=list)  # {"worker","failures"}: workers that stopped taking it
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,10 +137,22 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
     failed range in frame order. Only frames tasks count: the video task covers frames
     already counted as done. A cancelled task's frames count as done as far as its
     worker published them before it stopped, and as cancelled for the rest, so that
-    `done` is what lies on disk."""
+    `done` is what lies on disk.
+
+    `state` is what the backend stores (active, done, cancelled). An active job whose
+    tasks, frames or video, include dead-lettered ones and none that may still run
+    (pending, leased, stopping) is "failed": nothing more will happen to it until
+    `requeue`, which makes it active again. A dead-lettered video task's error is listed
+    too (with "kind": "video"), so a failed job always shows why."""
     counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
-    for task in sorted(tasks, key=lambda task: (task.first, task.last)):
+    rows = sorted(tasks, key=lambda task: (task.kind == TASK_VIDEO, task.first, task.last))
+    if state == "active" and any(t.state == "failed" for t in rows) and not any(
+            t.state in ("pending", "leased", "stopping") for t in rows):
+        state = "failed"
+    for task in rows:
+        if task.kind == TASK_VIDEO and task.state == "failed":
+            errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": TASK_VIDEO})
         if task.kind != TASK_FRAMES or task.state not in counts:
             continue
         frames = task.last - task.first + 1

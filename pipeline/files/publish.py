@@ -41,9 +41,20 @@ def publish_bytes(dest: Path, data: bytes | memoryview) -> Published:
             handle.flush()
             os.fsync(handle.fileno())
         return commit(tmp, dest, hashlib.sha256(data).hexdigest(), len(data))
+    except OSError as err:
+        if failed_write(err, tmp):
+            raise OSError(err.errno, err.strerror, str(dest)) from err
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def failed_write(err: OSError, tmp: Path) -> bool:
+    """Whether `err` is a write to `tmp` that failed (a full disk): it is then reported
+    naming the file being published, not its temporary file (hidden, and already
+    removed by the time the message is read)."""
+    return err.errno is not None and err.filename in (None, str(tmp))
 
 
 def commit(tmp: Path, dest: Path, sha256: str, size: int) -> Published:

@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from pipeline.files.formats import to_rgb8
-from pipeline.files.publish import Published, commit, file_sha256, temp_path
+from pipeline.files.publish import Published, commit, failed_write, file_sha256, temp_path
 
 
 class VideoFile:
@@ -51,14 +51,18 @@ class VideoFile:
         self.frames += 1
 
     def finish(self) -> Published:
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
         try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
             with self.tmp.open("rb+") as handle:
                 os.fsync(handle.fileno())
             return commit(self.tmp, self.dest, file_sha256(self.tmp), self.tmp.stat().st_size)
-        finally:
+        except OSError as err:   # a full disk while the last packets and the index are written
+            if failed_write(err, self.tmp):
+                raise OSError(err.errno, err.strerror, str(self.dest)) from err
+            raise
+        finally:   # published (linked into place) or failed: the temporary file goes either way
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
 
