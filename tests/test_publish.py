@@ -142,3 +142,56 @@ def test_two_processes_racing_for_frames_publish_each_once(tmp_path: Path) -> No
                 outcomes.setdefault(int(index), []).append(outcome)
     assert all(sorted(o) == ["kept", "won"] for o in outcomes.values()), outcomes
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"frame.{i:04d}.png" for i in range(30)]
+
+
+RECORDING_RACER = """
+import sys, time
+from pathlib import Path
+from pipeline.files.manifest import Manifest
+from pipeline.files.publish import publish_bytes
+folder, start = Path(sys.argv[1]), float(sys.argv[2])
+manifest = Manifest(folder)
+time.sleep(max(0.0, start - time.time()))
+for index in range(30):
+    name = f"frame.{index:04d}.png"
+    def record(published, name=name):
+        manifest.record_unless_recorded({"path": name, "sha256": published.sha256}, published.kept_existing)
+    publish_bytes(folder / name, bytes([index]) * 200_000, then=record, lock=manifest.exclusive())
+"""
+
+
+def test_two_processes_publishing_the_same_files_record_each_once(tmp_path: Path) -> None:
+    """Before: the second publisher of an identical file checked for a record before the
+    first had written it, and both recorded it."""
+    start = time.time() + 2.0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    racers = [subprocess.Popen([sys.executable, "-c", RECORDING_RACER, str(tmp_path), str(start)], env=env)
+              for _ in range(3)]
+    for racer in racers:
+        assert racer.wait(timeout=60) == 0
+    paths = [r["path"] for r in read_records(tmp_path)]
+    assert sorted(paths) == [f"frame.{i:04d}.png" for i in range(30)], "each file recorded exactly once"
+
+
+def test_two_runs_on_one_output_root_record_the_video_once(tmp_path: Path) -> None:
+    """Two `render run`s of one shot into one root at the same time (issue 15: the video
+    was recorded twice)."""
+    from collections import Counter
+
+    from helpers import base_job, job_toml, make_kl_vae
+
+    vae = make_kl_vae(tmp_path / "vae")
+    job = base_job(vae, source={"kind": "noise"}, shot={"frame_end": 8, "width": 32, "height": 24},
+                   output={"root": str(tmp_path / "out"), "formats": ["png", "mp4"]})
+    (tmp_path / "job.toml").write_text(job_toml(job))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runs = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "job.toml"),
+                              "--device", "cpu", "-q"], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for run in runs:
+        _out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err
+    counts = Counter(r["path"] for r in read_records(tmp_path / "out"))
+    assert counts["test.mp4"] == 1, counts
+    assert len(counts) == 9 and max(counts.values()) == 1, counts
+    assert verify(tmp_path / "out") == (9, [])

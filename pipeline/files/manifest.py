@@ -11,10 +11,12 @@ to the output root, so a render folder can be moved.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ class Manifest:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = root / MANIFEST_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record, durably; raises OSError if it could not be written whole."""
@@ -45,6 +47,28 @@ class Manifest:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Alone with the manifest: this thread, and any process of any run that asks the
+        same (an flock on the file), so that publishing an output and recording it is one
+        step; two runs on one root that publish the same file record it once."""
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)   # releases the flock
+
+    def record_unless_recorded(self, record: dict[str, Any], kept_existing: bool) -> bool:
+        """Append `record` of a file just published, unless the file was already there
+        with this content and a record of it exists (another writer published and
+        recorded it first). Call inside `exclusive()`. Returns whether it appended."""
+        if kept_existing and self.has(record["path"], record["sha256"]):
+            return False
+        self.append(record)
+        return True
 
     def has(self, relative_path: str, sha256: str) -> bool:
         """Whether a record of this exact file exists (a rare check: it reads the file)."""

@@ -13,8 +13,11 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIX = ".part"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
@@ -32,7 +35,10 @@ def temp_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
 
 
-def publish_bytes(dest: Path, data: bytes | memoryview) -> Published:
+def publish_bytes(dest: Path, data: bytes | memoryview, *, then: Callable[[Published], None] | None = None,
+                  lock: AbstractContextManager[Any] | None = None) -> Published:
+    """Write `data` to a temporary file, fsync it, and move it into place; inside `lock`,
+    the move and `then` (the manifest record) as one step."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
     try:
@@ -40,7 +46,11 @@ def publish_bytes(dest: Path, data: bytes | memoryview) -> Published:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        return commit(tmp, dest, hashlib.sha256(data).hexdigest(), len(data))
+        with lock or contextlib.nullcontext():
+            published = commit(tmp, dest, hashlib.sha256(data).hexdigest(), len(data))
+            if then is not None:
+                then(published)
+        return published
     except OSError as err:
         if failed_write(err, tmp):
             raise OSError(err.errno, err.strerror, str(dest)) from err

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from fractions import Fraction
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -50,14 +52,22 @@ class VideoFile:
             self._container.mux(packet)
         self.frames += 1
 
-    def finish(self) -> Published:
+    def finish(self, *, then: Callable[[Published], None] | None = None,
+               lock: AbstractContextManager[Any] | None = None) -> Published:
+        """Flush, close and publish the video; inside `lock`, the move into place and `then`
+        (the manifest record) as one step."""
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
             with self.tmp.open("rb+") as handle:
                 os.fsync(handle.fileno())
-            return commit(self.tmp, self.dest, file_sha256(self.tmp), self.tmp.stat().st_size)
+            sha256, size = file_sha256(self.tmp), self.tmp.stat().st_size
+            with lock or contextlib.nullcontext():
+                published = commit(self.tmp, self.dest, sha256, size)
+                if then is not None:
+                    then(published)
+            return published
         except OSError as err:   # a full disk while the last packets and the index are written
             if failed_write(err, self.tmp):
                 raise OSError(err.errno, err.strerror, str(self.dest)) from err

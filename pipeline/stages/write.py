@@ -9,6 +9,7 @@ one thread call, so a cancelled run never leaves a published frame without its r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pipeline.config.formats import FrameFormat
 from pipeline.errors import PublishRefused, StageFailed
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
-from pipeline.files.publish import publish_bytes
+from pipeline.files.publish import Published, publish_bytes
 from pipeline.files.video import VideoFile
 from pipeline.flow.frames import HostFrame
 from pipeline.flow.stats import StageStats
@@ -51,15 +52,17 @@ class FrameOutputs:
         path = self.frame_paths[frame]
         data = encode(self.frame_format, pixels, self.png_compression)
         self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
-        published = publish_bytes(path, data)
         relative = path.relative_to(self.root).as_posix()
-        if published.kept_existing and self.manifest.has(relative, published.sha256):
-            return  # another writer published this very frame first, and recorded it
-        self.manifest.append({
-            **self.record_base, "kind": "frame", "frame": frame, "format": self.frame_format.name,
-            "path": relative, "size": published.size,
-            "sha256": published.sha256, "seed": seed, "time": time.time(),
-        })
+        frame_format = self.frame_format
+
+        def record(published: Published) -> None:   # unless another writer published and recorded it first
+            self.manifest.record_unless_recorded({
+                **self.record_base, "kind": "frame", "frame": frame, "format": frame_format.name,
+                "path": relative, "size": published.size,
+                "sha256": published.sha256, "seed": seed, "time": time.time(),
+            }, published.kept_existing)
+
+        publish_bytes(path, data, then=record, lock=self.manifest.exclusive())
 
 
 class VideoSequencer:
@@ -139,11 +142,15 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
         try:
             await video.finish()
             await trio.to_thread.run_sync(outputs.check_publish, "the video")
-            published = await trio.to_thread.run_sync(video.video.finish)
+
+            def record(published: Published) -> None:   # once, whichever run on this root published it
+                outputs.manifest.record_unless_recorded({
+                    **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
+                    "path": published.path.relative_to(outputs.root).as_posix(),
+                    "size": published.size, "sha256": published.sha256, "time": time.time(),
+                }, published.kept_existing)
+
+            await trio.to_thread.run_sync(functools.partial(video.video.finish, then=record,
+                                                            lock=outputs.manifest.exclusive()))
         except Exception as err:
             raise StageFailed("write", None, err) from err
-        await trio.to_thread.run_sync(outputs.manifest.append, {
-            **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
-            "path": published.path.relative_to(outputs.root).as_posix(),
-            "size": published.size, "sha256": published.sha256, "time": time.time(),
-        })
