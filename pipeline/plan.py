@@ -213,6 +213,7 @@ def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
                    job.tuning.whole_up_blocks]
         if tiled else "whole",
         "frames": getattr(frame_format(job.output.formats), "name", None),  # the file format
+        **({"exr_transfer": job.output.exr_transfer} if "exr" in job.output.formats else {}),
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
     }

@@ -14,7 +14,7 @@ import torch
 from helpers import render
 from safetensors.torch import load_file
 
-from pipeline.files.exr import read_exr
+from pipeline.files.exr import read_exr, srgb_to_linear
 from pipeline.files.formats import read_frame, to_rgb8
 from pipeline.files.png import read_png
 from pipeline.files.video import read_video_info
@@ -53,8 +53,10 @@ def test_deep_frames_equal_the_decoder_and_feed_the_video(
         else:
             written = read_exr(path)
             assert written.dtype == np.float32 and written.shape == (24, 32, 3)
-            assert np.abs(written - unit.numpy()).max() <= 1e-3  # half precision
+            # linear light (the default): the sRGB transfer inverted, in half precision
+            assert np.abs(written - srgb_to_linear(unit.numpy())).max() <= 1e-3
             assert np.array_equal(written, written.astype(np.float16).astype(np.float32))
+            assert np.abs(read_frame(path) - unit.numpy()).max() <= 2e-3   # back to display values
     records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     assert {r["format"] for r in records if r["kind"] == "frame"} == {fmt}
     assert read_video_info(root / "test.mp4") == (6, 32, 24)
@@ -107,3 +109,92 @@ def test_hevc_mp4_is_tagged_for_apple_players_and_quiet(tmp_path: Path) -> None:
         stream = container.streams.video[0]
         assert stream.codec_context.codec_tag == "hvc1"
         assert sum(1 for _ in container.decode(stream)) == 3
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+@pytest.mark.parametrize("depth", ["uint8", "uint16"])
+def test_mp4_is_bt709_and_says_so(codec: str, depth: str, tmp_path: Path) -> None:
+    """Before: swscale's default BT.601 matrix and no colour tags; at 1920x1080 a BT.709
+    player showed (200, 60, 40) as (213, 73, 37)."""
+    import av
+
+    from pipeline.files.video import COLOUR_TAGS, VideoFile, read_colour_tags
+
+    dest = tmp_path / "hd.mp4"
+    video = VideoFile(dest, width=1920, height=1080, fps=24, codec=codec, crf=0 if codec == "libx264" else 1,
+                      preset="ultrafast")
+    colour = np.array([200, 60, 40], dtype=np.uint8)
+    pixels = np.broadcast_to(colour if depth == "uint8" else colour.astype(np.uint16) * 257, (1080, 1920, 3))
+    for _ in range(2):
+        video.add(np.ascontiguousarray(pixels))
+    video.finish()
+    assert read_colour_tags(dest) == COLOUR_TAGS == {
+        "color_primaries": 1, "color_trc": 1, "colorspace": 1, "color_range": 1}
+    with av.open(str(dest)) as container:
+        frame = next(container.decode(video=0))
+        as_a_bt709_player_shows = frame.reformat(format="rgb24", src_colorspace="ITU709",
+                                                 src_color_range="MPEG").to_ndarray()
+    assert np.abs(as_a_bt709_player_shows[540, 960].astype(int) - colour).max() <= 3, as_a_bt709_player_shows[540, 960]
+
+
+def exr_channel_types(path: Path) -> dict[str, int]:
+    """Each channel's stored pixel type from an EXR header (0 uint, 1 half, 2 float), read
+    from the bytes: the decoder converts to float32 whatever is stored."""
+    import struct
+
+    data = path.read_bytes()
+    assert data[:4] == b"\x76\x2f\x31\x01", "not an OpenEXR file"
+    at, types = 8, {}
+    while data[at] != 0:
+        name_end = data.index(b"\0", at)
+        type_end = data.index(b"\0", name_end + 1)
+        name, kind = data[at:name_end].decode(), data[name_end + 1:type_end].decode()
+        size = struct.unpack("<i", data[type_end + 1:type_end + 5])[0]
+        value = data[type_end + 5:type_end + 5 + size]
+        if name == "channels" and kind == "chlist":
+            pos = 0
+            while value[pos] != 0:
+                channel_end = value.index(b"\0", pos)
+                types[value[pos:channel_end].decode()] = struct.unpack("<i", value[channel_end + 1:channel_end + 5])[0]
+                pos = channel_end + 1 + 16
+        at = type_end + 5 + size
+    return types
+
+
+def test_exr_frames_store_half_floats(tmp_path: Path) -> None:
+    """Before: 32-bit float channels (FFmpeg's encoder ignored the `pixel_type` option
+    given; its option is `format`), though the README said half."""
+    from pipeline.files.exr import encode_exr
+
+    pixels = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32).astype(np.float16)
+    path = tmp_path / "frame.exr"
+    path.write_bytes(encode_exr(pixels, "srgb"))
+    assert exr_channel_types(path) == {"B": 1, "G": 1, "R": 1}
+    assert np.array_equal(read_exr(path), pixels.astype(np.float32))
+
+
+@pytest.mark.parametrize("transfer", ["linear", "srgb"])
+def test_exr_says_its_chromaticities_and_transfer_and_still_decodes(transfer: str, tmp_path: Path) -> None:
+    """Before: display-referred values with no chromaticities, which compositing packages
+    read as linear (the gamma applied twice)."""
+    import struct
+
+    from pipeline.files.exr import BT709_CHROMATICITIES, encode_exr, header_attributes
+
+    rng = np.random.default_rng(1)
+    pixels = rng.random((37, 19, 3), dtype=np.float32).astype(np.float16)   # 3 zip16 chunks, the last short
+    pixels[0, 0] = (0.0, 0.5, 1.0)
+    path = tmp_path / "frame.exr"
+    path.write_bytes(encode_exr(pixels, transfer))
+    attributes, _ = header_attributes(path.read_bytes())
+    kind, value = attributes["chromaticities"]
+    assert kind == "chromaticities"
+    assert np.allclose(struct.unpack("<8f", value), BT709_CHROMATICITIES)
+    assert attributes["framefarm.transfer"] == ("string", transfer.encode())
+    assert exr_channel_types(path) == {"B": 1, "G": 1, "R": 1}
+    stored = read_exr(path)   # FFmpeg's decoder follows the moved chunk offsets to every row
+    want = srgb_to_linear(pixels) if transfer == "linear" else pixels.astype(np.float32)
+    assert np.array_equal(stored, want.astype(np.float16).astype(np.float32))
+    if transfer == "linear":
+        assert stored[0, 0].tolist() == [0.0, pytest.approx(0.2140, abs=2e-4), 1.0]   # sRGB 0.5 is 0.214 linear
+    assert np.abs(read_frame(path) - pixels.astype(np.float32)).max() <= 2e-3

@@ -4,7 +4,7 @@ torch: `pipeline.files.formats` turns it into a dtype.
 
     png    8-bit RGB PNG           uint8    (1 byte per channel)
     png16  16-bit RGB PNG          uint16   (2)
-    exr    half-float RGB OpenEXR  float16  (2), values 0..1 as the VAE made them
+    exr    half-float RGB OpenEXR  float16  (2), linear light by default (EXR_TRANSFERS)
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ FRAME_FORMATS = {
     "exr": FrameFormat("exr", ".exr", "float16"),
 }
 VIDEO_FORMATS = ("mp4",)
+# What an EXR's values are: "linear" (the sRGB transfer inverted: what compositing
+# packages expect of EXR) or "srgb" (display-referred, as the decoder made them)
+EXR_TRANSFERS = ("linear", "srgb")
 
 
 def frame_format(formats: tuple[str, ...]) -> FrameFormat | None:

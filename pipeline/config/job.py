@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import patterns
-from pipeline.config.formats import FRAME_FORMATS, VIDEO_FORMATS
+from pipeline.config.formats import EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS
 from pipeline.config.schema import Table, read_toml
 from pipeline.config.tuning import Tuning, load_tuning
 from pipeline.errors import JobError
@@ -96,6 +96,7 @@ class Output:
     frames: str               # pattern under root, without extension
     video: str                # pattern under root, ending in .mp4
     formats: tuple[str, ...]
+    exr_transfer: str = "linear"   # config.formats.EXR_TRANSFERS
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
     frames = patterns.frame_sequence(t.string("frames", "{shot}/{shot}.{frame:04d}"))
     video = t.string("video", "{shot}.mp4")
     formats = t.string_list("formats", ["png"], choices=FORMATS)
+    exr_transfer = t.string("exr_transfer", "linear", choices=EXR_TRANSFERS)
     t.done()
     if len([f for f in formats if f in FRAME_FORMATS]) > 1:
         raise JobError("output.formats", list(formats), "at most one frame format (png, png16 or exr: "
@@ -271,7 +273,8 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
                        shot.width if shot.width % 2 else shot.height,
                        "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
                        "output.formats or choose an even size")
-    return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats)
+    return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats,
+                  exr_transfer=exr_transfer)
 
 
 def _watermark(t: Table) -> Watermark:

@@ -20,15 +20,17 @@ def pixel_dtype(formats: tuple[str, ...]) -> torch.dtype:
     return getattr(torch, found.pixels) if found else torch.uint8
 
 
-def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int) -> bytes | memoryview:
+def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear"
+           ) -> bytes | memoryview:
     if fmt.name == "exr":
-        return exr.encode_exr(pixels)
+        return exr.encode_exr(pixels, exr_transfer)
     return png.encode_png(pixels, png_compression)
 
 
 def read_frame(path: Path) -> np.ndarray:
-    """A frame file as written: uint8 or uint16 (H, W, 3) for PNG, float32 for EXR."""
-    return exr.read_exr(path) if path.suffix == ".exr" else png.read_png(path, native=True)
+    """A frame file's display-referred pixels: uint8 or uint16 (H, W, 3) for PNG, float32
+    for EXR (linear EXR converted back)."""
+    return exr.read_exr_display(path) if path.suffix == ".exr" else png.read_png(path, native=True)
 
 
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:

@@ -1,5 +1,11 @@
 """MP4 through PyAV, written to a temporary file and published whole at the end.
 
+Colour: the decoder's pixels are display-referred sRGB/BT.709. They are converted to
+limited-range Y'CbCr with the BT.709 matrix, and the file says so (BT.709 primaries,
+transfer and matrix, limited range), so a player converts back with the same matrix.
+Left to the encoder, swscale used BT.601 and the file said nothing: a BT.709 player
+showed (200, 60, 40) as (213, 73, 37).
+
 Frames must arrive in order; `pipeline.stages.write` puts them in order. A run that
 stops early aborts the video: the temporary file is removed, nothing is published.
 """
@@ -19,6 +25,9 @@ import numpy as np
 
 from pipeline.files.formats import to_rgb8
 from pipeline.files.publish import Published, commit, failed_write, file_sha256, temp_path
+
+# AVCOL_PRI_BT709, AVCOL_TRC_BT709, AVCOL_SPC_BT709, AVCOL_RANGE_MPEG (limited, "tv")
+COLOUR_TAGS = {"color_primaries": 1, "color_trc": 1, "colorspace": 1, "color_range": 1}
 
 
 class VideoFile:
@@ -41,6 +50,8 @@ class VideoFile:
             raise
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
+        for tag, value in COLOUR_TAGS.items():
+            setattr(self._stream.codec_context, tag, value)
 
     def add(self, pixels: np.ndarray) -> None:
         """RGB (H, W, 3): uint8, uint16 (converted by FFmpeg) or float in [0, 1]."""
@@ -48,6 +59,8 @@ class VideoFile:
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb48le")  # copies: buffer reusable
         else:
             frame = av.VideoFrame.from_ndarray(to_rgb8(pixels), format="rgb24")
+        frame = frame.reformat(format=self._stream.pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG")
+        frame.colorspace, frame.color_range = COLOUR_TAGS["colorspace"], COLOUR_TAGS["color_range"]
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1
@@ -81,6 +94,13 @@ class VideoFile:
             self._container.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def read_colour_tags(path: Path) -> dict[str, int]:
+    """The video stream's colour tags, by the names of COLOUR_TAGS."""
+    with av.open(str(path)) as container:
+        codec = container.streams.video[0].codec_context
+        return {tag: int(getattr(codec, tag)) for tag in COLOUR_TAGS}
 
 
 def read_video_info(path: Path) -> tuple[int, int, int]:

@@ -42,6 +42,7 @@ class FrameOutputs:
     # Asked, in the writer's thread, just before each output is published: False stops
     # the render there (a farm task that is no longer this worker's). None: always publish.
     may_publish: Callable[[], bool] | None = None
+    exr_transfer: str = "linear"          # output.exr_transfer
 
     def check_publish(self, what: str) -> None:
         if self.may_publish is not None and not self.may_publish():
@@ -50,7 +51,7 @@ class FrameOutputs:
     def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         assert self.frame_format is not None
         path = self.frame_paths[frame]
-        data = encode(self.frame_format, pixels, self.png_compression)
+        data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer)
         self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
         relative = path.relative_to(self.root).as_posix()
         frame_format = self.frame_format
