@@ -20,11 +20,11 @@ def pixel_dtype(formats: tuple[str, ...]) -> torch.dtype:
     return getattr(torch, found.pixels) if found else torch.uint8
 
 
-def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear"
-           ) -> bytes | memoryview:
+def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear",
+           png_encoder: str = "isal") -> bytes | memoryview:
     if fmt.name == "exr":
         return exr.encode_exr(pixels, exr_transfer)
-    return png.encode_png(pixels, png_compression)
+    return png.encode_png(pixels, png_compression, png_encoder)
 
 
 def read_frame(path: Path) -> np.ndarray:

@@ -1,10 +1,23 @@
-"""PNG through PyAV's encoder (FFmpeg's), which releases the GIL and is about 2x faster
-than Pillow per frame (benchmarks/RESULTS.md, 'GPU overlap'), so writer threads scale
-with cores. 8-bit (rgb24) and 16-bit (rgb48) RGB.
+"""PNG frames, 8-bit (RGB) and 16-bit (RGB, big-endian samples).
+
+Two encoders (tuning.png_encoder):
+- "isal" (default): the PNG container written here around a zlib stream from ISA-L
+  (`isal`, Intel's deflate library, the fastest kept deflate for level-1 work): every row
+  filtered with PNG's Sub filter in one vectorised numpy pass (the difference from the
+  pixel to its left), the whole image compressed in one call that releases the GIL.
+  Measured in benchmarks/png_writer.py (benchmarks/RESULTS.md, 'Fast lossless PNG'):
+  several times FFmpeg's level 1 per core, files no larger.
+- "ffmpeg": PyAV's encoder (FFmpeg's), which also releases the GIL.
+Either file decodes to the same pixels; tests/test_png.py reads both back with PyAV
+and Pillow.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
+import threading
+import zlib
 from pathlib import Path
 from typing import cast
 
@@ -13,8 +26,69 @@ import numpy as np
 
 from pipeline.files.codecs import thread_codec
 
+try:
+    from isal import igzip_lib, isal_zlib
+except ImportError:  # a machine without the wheel: FFmpeg's encoder, said once
+    igzip_lib = isal_zlib = None  # type: ignore[assignment]
 
-def encode_png(pixels: np.ndarray, compression: int) -> bytes | memoryview:
+log = logging.getLogger(__name__)
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_ENCODERS = ("isal", "ffmpeg")
+_SUB = 1   # PNG filter type: each byte minus the byte one pixel to its left
+_local = threading.local()
+_warned: list[bool] = []
+
+
+def encode_png(pixels: np.ndarray, compression: int, encoder: str = "isal") -> bytes | memoryview:
+    """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth; `compression` 0-9 as
+    zlib's levels (0: stored; ISA-L has levels 1-3: 1 -> 1, 2-5 -> 2, 6-9 -> 3)."""
+    if encoder == "isal" and isal_zlib is not None:
+        return encode_png_isal(pixels, compression)
+    if encoder == "isal" and not _warned:
+        _warned.append(True)
+        log.warning("the isal package is not installed: PNG frames use FFmpeg's encoder (slower)")
+    return encode_png_ffmpeg(pixels, compression)
+
+
+def encode_png_isal(pixels: np.ndarray, compression: int) -> bytes:
+    height, width, channels = pixels.shape
+    deep = pixels.dtype == np.uint16
+    samples = np.ascontiguousarray(pixels.astype(">u2", copy=False) if deep else pixels)
+    rows = samples.view(np.uint8).reshape(height, -1)
+    step = channels * (2 if deep else 1)   # bytes per pixel: the Sub filter's distance
+    filtered = _scratch(rows.shape)
+    filtered[:, 0] = _SUB
+    filtered[:, 1:1 + step] = rows[:, :step]
+    np.subtract(rows[:, step:], rows[:, :-step], out=filtered[:, 1 + step:])
+    assert isal_zlib is not None
+    if compression == 0:   # stored, as zlib's level 0 (ISA-L's level 0 still compresses)
+        idat = zlib.compress(filtered.data.cast("B"), 0)
+    else:
+        # a 256-byte window: as fast, and smaller files on decoded frames than ISA-L's 32 KiB
+        # (11.4 against 12.6 MB at 4K; benchmarks/RESULTS.md, 'Fast lossless PNG')
+        idat = igzip_lib.compress(filtered.data.cast("B"), 1 if compression == 1 else 2 if compression <= 5 else 3,
+                                  flag=igzip_lib.COMP_ZLIB, hist_bits=8)
+    header = struct.pack(">IIBBBBB", width, height, 16 if deep else 8, 2, 0, 0, 0)   # RGB, no interlace
+    return b"".join([SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", idat), *_chunk(b"IEND", b"")])
+
+
+def _chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    crc = isal_zlib.crc32(payload, isal_zlib.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind, payload, struct.pack(">I", crc)
+
+
+def _scratch(shape: tuple[int, int]) -> np.ndarray:
+    """This thread's filter buffer for frames of `shape`, reused: a fresh 25 MB array per
+    4K frame cost its page faults every time."""
+    key = (shape[0], shape[1] + 1)
+    buffer: np.ndarray | None = getattr(_local, "buffer", None)
+    if buffer is None or buffer.shape != key:
+        buffer = np.empty(key, dtype=np.uint8)
+        _local.buffer = buffer
+    return buffer
+
+
+def encode_png_ffmpeg(pixels: np.ndarray, compression: int) -> bytes | memoryview:
     """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth (a view of the encoder's
     packet where it made one: copying a 4K PNG into `bytes` holds the GIL for ~1 ms a
     copy, time the thread that queues the GPU's kernels waits for)."""

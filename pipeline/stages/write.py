@@ -43,6 +43,7 @@ class FrameOutputs:
     # the render there (a farm task that is no longer this worker's). None: always publish.
     may_publish: Callable[[], bool] | None = None
     exr_transfer: str = "linear"          # output.exr_transfer
+    png_encoder: str = "isal"             # tuning.png_encoder
 
     def check_publish(self, what: str) -> None:
         if self.may_publish is not None and not self.may_publish():
@@ -51,7 +52,7 @@ class FrameOutputs:
     def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         assert self.frame_format is not None
         path = self.frame_paths[frame]
-        data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer)
+        data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer, self.png_encoder)
         self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
         relative = path.relative_to(self.root).as_posix()
         frame_format = self.frame_format
