@@ -20,7 +20,7 @@ import torch
 from pipeline.config import patterns
 from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
-from pipeline.decode.budget import TilePlan, layered_peak, plan_decode
+from pipeline.decode.budget import TilePlan, host_memory_available, layered_peak, plan_decode, run_memory
 from pipeline.errors import JobError
 from pipeline.files.latents import check_clip_file, check_latent_files
 from pipeline.files.manifest import check_record, latest_by_path, read_records
@@ -130,9 +130,11 @@ class Plan:
 
 
 def make_plan(job: Job, device: torch.device, *, resume: bool = False,
-              frames: range | None = None, video: bool = True) -> Plan:
+              frames: range | None = None, video: bool = True, check_memory: bool = True) -> Plan:
     """`frames` narrows the plan to part of the shot (a farm task) and `video=False`
-    leaves the video out (the farm encodes it once every frame is published)."""
+    leaves the video out (the farm encodes it once every frame is published).
+    `check_memory=False` skips the memory check (`render submit`: the workers' machines
+    render, and each checks its own)."""
     shot = job.shot
     frames = frames if frames is not None else shot.frames
     if video and "mp4" in job.output.formats and frames != shot.frames:
@@ -173,6 +175,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         pipeline_dtype = "float32" if device.type == "cpu" and job.model.dtype == "float16" else job.model.dtype
         m_hash = hashlib.sha256(f"{m_hash}/{pipeline.fingerprint}/{pipeline_dtype}".encode()).hexdigest()[:16]
     tiles = plan_decode(job.tuning, vae, shape, dtype)
+    if check_memory:
+        _check_memory(job, vae, shape, dtype, tiles, clip_frames, device)
     j_hash = job_hash(job, m_hash, dtype, tiled=tiles is not None)
 
     root = job.output.root
@@ -267,6 +271,25 @@ def _check_resolution(width: int, height: int, scale: int, maker: str = "this VA
             nearest = f"{lower} or {upper}" if lower else f"{upper}"
             raise JobError(field, value, f"{maker} makes sizes in multiples of {scale}; "
                            f"nearest allowed: {nearest}")
+
+
+def _check_memory(job: Job, vae: VaeInfo, shape: tuple[int, int, int], dtype: str, tiles: TilePlan | None,
+                  clip_frames: int, device: torch.device) -> None:
+    """Refuse a run whose modelled host memory (all of it on the CPU: the decode too) is
+    more than the machine has available, before it allocates and dies halfway."""
+    available = host_memory_available()
+    fmt = frame_format(job.output.formats)
+    frame_bytes = job.shot.width * job.shot.height * 3 * (getattr(torch, fmt.pixels).itemsize if fmt else 1)
+    use = run_memory(job.tuning, vae, shape, dtype, tiles, frame_bytes, watermark=job.watermark.enabled,
+                     clip_frames=clip_frames)
+    on_cpu = device.type == "cpu"
+    if available is None or use.host(on_cpu) <= available:
+        return
+    raise JobError("shot.width x shot.height", f"{job.shot.width}x{job.shot.height}",
+                   f"a run needs ~{use.host(on_cpu) / 2**30:.1f} GiB of host memory ({use.describe(on_cpu)}; "
+                   f"modelled), more than the {available / 2**30:.1f} GiB this machine has available; lower "
+                   + ("tuning.vram_budget_gib or tuning.whole_up_blocks (the decode), " if on_cpu else "")
+                   + "tuning.pinned_buffers, tuning.channel_depth or tuning.writer_threads, or render a smaller frame")
 
 
 def _check_writable(root: Path) -> None:

@@ -91,7 +91,7 @@ def test_the_farm_renders_a_clip_as_one_task(tmp_path: Path, wan_vae: Path) -> N
     submitted = render("submit", str(job), "--queue", queue, "--chunk", "2")
     assert submitted.returncode == 0, submitted.stderr
     worker = render("worker", "--queue", queue, "--device", "cpu", "--output-root", str(tmp_path),
-                    "--model-root", str(wan_vae.parent), "--exit-when-idle")
+                    "--model-root", str(wan_vae.parent), "--input-root", str(tmp_path), "--exit-when-idle")
     assert worker.returncode == 0, worker.stderr
     state = json.loads(render("status", "--queue", queue, "--json").stdout)["jobs"][0]
     assert (state["done"], state["failed"], state["state"]) == (9, 0, "done")

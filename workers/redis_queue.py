@@ -99,8 +99,20 @@ class RedisQueue:
         self._ack, self._fail, self._release = register(_ACK), register(_FAIL), register(_RELEASE)
         self._cancel, self._requeue = register(_CANCEL), register(_REQUEUE)
         self._holds, self._stopped, self._heartbeat = register(_HOLDS), register(_STOPPED), register(_HEARTBEAT)
-        with self._talk():
-            self._client.ping()  # fail at open, not at the first lease
+        database = urllib.parse.urlsplit(self._where).path.strip("/")
+        if database and not database.isdecimal() and "db" not in self._client.connection_pool.connection_kwargs:
+            self._client.close()  # redis-py would quietly use database 0
+            raise JobError("--queue", self._where, f"database {database!r} is not a number; expected "
+                           "redis://host:port/N with N a database number (0-15 on a default server)")
+        try:
+            with self._talk():
+                self._client.ping()  # fail at open, not at the first lease
+        except redis.ResponseError as err:  # the server refused the connection's setup, e.g. SELECT 99999
+            self._client.close()
+            db = self._client.connection_pool.connection_kwargs.get("db", 0)
+            detail = (f"the server has no database {db}; expected a number from 0 to its `databases` setting "
+                      "minus 1 (0-15 on a default server)" if "DB index" in str(err) else "the server refused it")
+            raise JobError("--queue", self._where, f"{detail} ({err})") from None
 
     def __repr__(self) -> str:
         return f"RedisQueue({self._where!r})"

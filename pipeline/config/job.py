@@ -25,6 +25,7 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")   # models.dtypes maps them to 
 FORMATS = (*FRAME_FORMATS, *VIDEO_FORMATS)
 _SHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_FRAMES = 1_000_000
+MAX_FRAME = 2**31 - 1    # a frame number fits a signed 32-bit integer, as ffmpeg and Nuke read it
 
 
 # Shown every file or folder a job names, before anything is read from it: (field, path,
@@ -166,6 +167,9 @@ def _shot(t: Table) -> Shot:
         raise JobError("shot.name", name, "expected letters, digits, '.', '_' or '-' (it names files)")
     start = t.integer("frame_start", lo=0)
     end = t.integer("frame_end", lo=0)
+    for field, frame in (("shot.frame_start", start), ("shot.frame_end", end)):
+        if frame > MAX_FRAME:
+            raise JobError(field, frame, f"expected a frame number from 0 to {MAX_FRAME}")
     if end < start:
         raise JobError("shot.frame_end", end, f"expected a frame >= shot.frame_start ({start}); "
                        "the range is inclusive, so frame_end = frame_start renders one frame")

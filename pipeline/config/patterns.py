@@ -17,6 +17,7 @@ from pipeline.errors import JobError
 PLACEHOLDERS = ("shot", "frame")
 MAX_WIDTH = 32          # digits a frame number may be padded to: a file name, not a buffer
 _SEQUENCE = re.compile(r"#+|%(0\d+)?d")
+_FRAME_SPEC = re.compile(r"0?\d*d?")   # {frame}, {frame:d}, {frame:4}, {frame:04d}: a decimal number
 
 
 def frame_sequence(pattern: str) -> str:
@@ -48,6 +49,10 @@ def check_pattern(field: str, pattern: str, *, needs_frame: bool, allow_frame: b
             raise JobError(field, pattern, f"placeholder {{{name}}} is not allowed; use {allowed}")
         if conversion is not None or "{" in (spec or ""):
             raise JobError(field, pattern, f"placeholder {{{name}}} must be plain; use {allowed}")
+        if name == "frame" and not _FRAME_SPEC.fullmatch(spec or ""):
+            # {frame:c} makes a character (a NUL for frame 0), {frame:e} a float: a frame is a whole number
+            raise JobError(field, pattern, f"{{frame:{spec}}} is not a whole-number format; use {{frame}} "
+                           "or a zero-padded width such as {frame:04d}")
         width = re.match(r"\D*(\d+)", spec or "")
         if width and int(width.group(1)) > MAX_WIDTH:
             raise JobError(field, pattern, f"placeholder {{{name}}} pads to {int(width.group(1))} characters; "

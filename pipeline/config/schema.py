@@ -7,6 +7,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from pipeline.errors import JobError, MissingField
 
 _REQUIRED: Any = object()
+MAX_DEPTH = 32   # tables and arrays inside one another; a job file needs 4 ([[source.prompts]])
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -25,9 +27,27 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
         raise JobError(what, str(path), f"cannot be read as a TOML text file ({err})") from None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+        data = tomllib.loads(text)
+    except ValueError as err:  # TOMLDecodeError, or an integer of over 4300 digits
         raise JobError(what, str(path), f"invalid TOML: {err}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise JobError(what, str(path), f"arrays or inline tables nested too deep to read; at most "
+                       f"{MAX_DEPTH} levels") from None
+    depth = _depth(data)
+    if depth > MAX_DEPTH:  # deep data still parses, but repr() and json.dumps() of it recurse
+        raise JobError(what, str(path), f"tables and arrays nested {depth} levels deep; at most {MAX_DEPTH}")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deep tables and arrays nest in parsed TOML (a flat table: 1), without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 class Table:
@@ -69,10 +89,10 @@ class Table:
         return value
 
     def number(self, key: str, default: Any = _REQUIRED, *, lo: float | None = None) -> float:
-        allowed = _range_text("a number", lo, None)
+        allowed = _range_text("a finite number", lo, None)
         value = self._get(key, default, allowed)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise JobError(self.name(key), value, f"expected {allowed}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+            raise JobError(self.name(key), value, f"expected {allowed}")  # TOML reads nan and inf as floats
         if lo is not None and value < lo:
             raise JobError(self.name(key), value, f"expected {allowed}")
         return float(value)
@@ -112,6 +132,14 @@ class Table:
             known = ", ".join(sorted(self.used)) or "none"
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise JobError(self.name(key), self.data[key], f"unknown field; {hint}allowed here: {known}")
+
+
+def _finite(value: float) -> bool:
+    """Whether a number is finite as a float (TOML's integers have no bound; 1e400 is inf)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _range_text(kind: str, lo: float | None, hi: float | None) -> str:

@@ -3,6 +3,7 @@ takes, and the batch size that keeps a batch within the job's VRAM budget."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -175,3 +176,76 @@ def clip_tile_plan(vae: VaeInfo, grid: TileGrid, itemsize: int, budget_gib: floa
     batch = balanced_batch(len(grid.tiles), batch_size(budget - whole_bytes, tile_bytes))
     return TilePlan(grid=grid, batch=batch, tile_bytes=tile_bytes, budget_bytes=budget, whole_bytes=whole_bytes,
                     norm_proxy=0, clip=True)
+
+
+@dataclass(frozen=True)
+class RunMemory:
+    """A run's modelled memory, in bytes, by what holds it (`run_memory`)."""
+    decode: float      # the decode's peak: weights and activations, on the decode's device
+    ring: float        # the ring of host frame buffers (pinned on a GPU), allocated at the start
+    queued: float      # decoded frames waiting for their copy into the ring, on the decode's device
+    encoding: float    # frames being encoded by the writers (host)
+    latents: float     # latents read ahead for the decode (host)
+
+    def host(self, on_cpu: bool) -> float:
+        """Host memory: all of it on the CPU; on a GPU the decode and its frames are on the device."""
+        return self.ring + self.encoding + self.latents + (self.decode + self.queued if on_cpu else 0.0)
+
+    def describe(self, on_cpu: bool) -> str:
+        parts = [("decode", self.decode if on_cpu else 0.0), ("frame ring", self.ring),
+                 ("frames in flight", self.encoding + (self.queued if on_cpu else 0.0)), ("latents", self.latents)]
+        return ", ".join(f"{name} {value / 2**30:.1f} GiB" for name, value in parts if value)
+
+
+def decode_peak(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str,
+                tiles: TilePlan | None) -> float:
+    """The decode's modelled peak: its tile plan's, the layered whole-frame decode's, or,
+    for a decode neither models (an AutoencoderTiny, diffusers' tiling), the weights and
+    `modelled_tile_bytes` over what one call makes (a diffusers tile, or the whole frame)."""
+    if tiles is not None:
+        return tiles.modelled_peak
+    itemsize = DTYPES[dtype].itemsize
+    _, height, width = latent_shape
+    if vae.is_video:  # a whole latent frame as one tile, with its cache
+        return clip_tile_plan(vae, make_grid(height, width, max(height, width), 0), itemsize,
+                              tuning.vram_budget_gib).modelled_peak
+    layered = None if tuning.tiling else layered_peak(vae, latent_shape, dtype)
+    if layered is not None:
+        return layered
+    pixels = height * width * vae.scale**2
+    canvas = 3 * pixels * 4 if tuning.tiling else 0   # diffusers blends its tiles into the whole image
+    tile = min(pixels, vae.sample_size**2) if tuning.tiling else pixels
+    return vae.parameters * itemsize + modelled_tile_bytes(vae.full_res_channels, tile, itemsize) + canvas
+
+
+def run_memory(tuning: Tuning, vae: VaeInfo, latent_shape: tuple[int, int, int], dtype: str,
+               tiles: TilePlan | None, frame_bytes: int, *, watermark: bool, clip_frames: int = 0) -> RunMemory:
+    """What a run holds at its peak: the decode's peak; the ring; the decoded frames each
+    channel up to the copy can hold, plus the one being copied; a frame's worth of output
+    per writer busy (at most one per ring slot); the latents the source reads ahead."""
+    channels, height, width = latent_shape
+    depth = tuning.channel_depth
+    per_step = vae.temporal_scale if clip_frames else 1      # a clip's decode sends a chunk of frames
+    queued = (max(depth, per_step) * (2 if watermark else 1) + per_step) * frame_bytes
+    latent_bytes = channels * height * width * 4              # float32, as read from a file
+    latents = latent_bytes * clip_frames if clip_frames else latent_bytes * (depth + 1)
+    return RunMemory(decode=decode_peak(tuning, vae, latent_shape, dtype, tiles),
+                     ring=float(tuning.pinned_buffers * frame_bytes), queued=float(queued),
+                     encoding=float(min(tuning.writers(), tuning.pinned_buffers) * frame_bytes),
+                     latents=float(latents))
+
+
+def host_memory_available() -> int | None:
+    """Host memory a run may still take: the kernel's MemAvailable (free memory and the
+    page cache it can give back), else the free pages os.sysconf reports; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -94,11 +94,20 @@ def _read(root: Path) -> tuple[list[dict[str, Any]], list[int]]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 bad.append(number)
                 continue
-            if isinstance(record, dict) and isinstance(record.get("path"), str) and "\0" not in record["path"]:
+            if isinstance(record, dict) and isinstance(record.get("path"), str) and _file_name(record["path"]):
                 records.append(record)
             else:
                 bad.append(number)
     return records, bad
+
+
+def _file_name(path: str) -> bool:
+    """Whether a recorded path can name a file: no NUL, no lone surrogate (JSON allows both)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in path
 
 
 def latest_by_path(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -110,6 +119,17 @@ def latest_by_path(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
 
 def check_record(root: Path, record: dict[str, Any]) -> str | None:
     """None when the file matches its record, else what is wrong, in a few words."""
+    try:
+        return _check_file(root, record)
+    except (OSError, ValueError, RuntimeError) as err:
+        # a name no file can have (too long, a lone surrogate), a symlink loop (RuntimeError
+        # before Python 3.13), an unreadable file: a mismatch to report, not a crash
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (
+            "symlink loop" if isinstance(err, RuntimeError) else "not a valid file name")
+        return f"cannot be checked: {reason}"
+
+
+def _check_file(root: Path, record: dict[str, Any]) -> str | None:
     path = root / record["path"]
     if not path.resolve().is_relative_to(root.resolve()):
         return "path leaves the output root"
