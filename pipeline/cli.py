@@ -41,27 +41,46 @@ def cli() -> None:
               help="Skip frames whose manifest record matches the file on disk; render the rest.")
 @click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Write under DIR instead of the job's output.root.")
+@click.option("--frames", "frames_text", metavar="FIRST-LAST", default=None,
+              help="Render only these frames of the shot (inclusive; or one frame) into the same outputs and "
+                   "manifest. Writes frame files only, never the video (chunks on several hosts would race to "
+                   "write it): build it afterwards with a run of the whole shot with --resume.")
+@click.option("--base-dir", metavar="DIR", type=click.Path(path_type=Path), default=None,
+              help="Resolve the job's relative model, latents and preset paths against DIR instead of the "
+                   "job file's folder.")
+@click.option("--session", metavar="DIR", type=click.Path(path_type=Path), default=None,
+              help="Render in the long-lived render process of the session folder DIR (`render session "
+                   "start`), which keeps models loaded between runs; where none answers, render here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
-        output_root: Path | None, quiet: bool) -> None:
+def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_root: Path | None,
+        frames_text: str | None, base_dir: Path | None, session: Path | None, quiet: bool) -> None:
     """Render the shot described by JOB.toml.
 
     Frames are published atomically (a temporary file, fsynced, renamed) and recorded in
     OUTPUT_ROOT/manifest.jsonl; an interrupted run leaves no partial file and can be
     continued with --resume.
     """
+    if session is not None:
+        if dry_run:
+            raise click.UsageError("--dry-run plans in this process; leave out --session")
+        if run_in_session(session, quiet, cwd=str(Path.cwd()), job=str(job_file.resolve()), frames=frames_text,
+                          resume=resume, device=device,
+                          output_root=None if output_root is None else str(output_root.resolve()),
+                          base_dir=None if base_dir is None else str(base_dir.resolve())):
+            return
     with ctrl_c_deferred():   # the imports, the plan, the model's code: then the run watches signals itself
-        from pipeline.config.job import load_job
+        from pipeline.config.task import frame_range, load_task_job
         from pipeline.gpu.device import pick_device
         from pipeline.plan import make_plan
 
-        job = load_job(job_file, output_root=output_root)
-        plan = make_plan(job, pick_device(device), resume=resume)
+        job = load_task_job(job_file, output_root=output_root, base_dir=base_dir)
+        frames = None if frames_text is None else frame_range(job, frames_text)
+        plan = make_plan(job, pick_device(device), resume=resume, frames=frames, video=frames is None)
         if dry_run:
             click.echo(plan.describe())
             return
         if not plan.todo and plan.video_path is None:
-            click.echo(f"nothing to render: all {len(job.shot.frames)} frame(s) of {job.shot.name} "
+            click.echo(f"nothing to render: all {len(frames or job.shot.frames)} frame(s) of {job.shot.name} "
                        f"are finished and match the manifest in {plan.root}")
             return
 
@@ -77,6 +96,30 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool,
     finally:
         progress.close()
     click.echo(format_summary(plan, report, time.perf_counter() - started))
+
+
+def run_in_session(folder: Path, quiet: bool, **request: Any) -> bool:
+    """`render run --session`: the run rendered by the session's server, its progress and
+    summary shown here; False, with a warning, where no server answers."""
+    from pipeline.errors import SessionUnavailable
+    from workers.session import run_in_session as hand_over
+
+    progress: Progress | None = None
+    try:
+        for event in hand_over(folder, request):
+            if "todo" in event:
+                progress = Progress(event["name"], event["todo"], quiet=quiet)
+            elif "frame" in event and progress is not None:
+                progress.frame(event["frame"])
+            elif "out" in event:
+                click.echo(event["out"])
+    except SessionUnavailable as why:
+        click.echo(f"warning: {why}; rendering in this process instead", err=True)
+        return False
+    finally:
+        if progress is not None:
+            progress.close()
+    return True
 
 
 @contextlib.contextmanager
@@ -311,6 +354,92 @@ def cancel(job_id: str, queue_url: str) -> None:
     with guarded(queue):
         count = queue.cancel(job_id)
     click.echo(f"cancelled {count} task(s) of {job_id} in {queue.where}")
+
+
+@cli.command()
+@click.argument("job_file", metavar="JOB.toml", type=click.Path(path_type=Path))
+@click.option("--chunk", default=8, show_default=True, type=click.IntRange(1, 10_000),
+              help="Frames per task (the farm may size chunks differently; a clip is one task).")
+@click.option("--output", "-o", "output", metavar="FILE", type=click.Path(path_type=Path), default=None,
+              help="Write the template to FILE (YAML), its paths' defaults relative to FILE's folder (as OpenJD "
+                   "reads them). Default: stdout, without defaults for the paths.")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(0, 64),
+              help="GPUs a host must have (host requirement amount.worker.gpu); 0: none, and the Device "
+                   "parameter defaults to cpu.")
+@click.option("--gpu-memory-gib", type=click.FloatRange(0.5, 4096), default=None,
+              help="GPU memory a host must have (amount.worker.gpu.memory). Default: the job's "
+                   "tuning.vram_budget_gib, which bounds the decode; give more for a job that generates.")
+@click.option("--no-chunk-extension", is_flag=True,
+              help="Give each task its range as a STRING parameter instead of the TASK_CHUNKING "
+                   "extension's CHUNK[INT], for a runtime without that extension.")
+def openjd(job_file: Path, chunk: int, output: Path | None, gpus: int, gpu_memory_gib: float | None,
+           no_chunk_extension: bool) -> None:
+    """Export JOB.toml as an Open Job Description template (jobtemplate-2023-09) for the
+    farms studios already run (AWS Deadline Cloud, `openjd run`).
+
+    The job is checked as `render run` checks it (exit 2 on bad input, nothing written). A
+    Frames step renders chunks of frames (`render run --frames ... --resume`) in a render
+    process kept for the session, and a Video step, after it, builds the MP4 from the
+    published frames. The job file's text is embedded in the template (referenced by
+    path instead when it holds '{{', which a template would read as an expression)."""
+    from workers.openjd import export_template
+
+    text = export_template(job_file, chunk=chunk, gpus=gpus, gpu_memory_gib=gpu_memory_gib,
+                           chunk_extension=not no_chunk_extension, saved_in=None if output is None else output.parent)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from pipeline.files.publish import publish_bytes
+
+    publish_bytes(output, text.encode())
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.group()
+def session() -> None:
+    """The render process an OpenJD session keeps: `start` in the environment's onEnter,
+    `stop` in its onExit; tasks hand it runs with `render run --session DIR`."""
+
+
+@session.command("start")
+@click.option("--dir", "folder", metavar="DIR", type=click.Path(path_type=Path), required=True,
+              help="The session's working directory: the server's socket and log go there.")
+@click.option("--idle-exit", "idle_exit_s", default=600.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Seconds without a run after which the server exits by itself (a session that ended "
+                   "without its onExit must not keep the GPU).")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for the server to be ready.")
+def session_start(folder: Path, idle_exit_s: float, timeout_s: float) -> None:
+    """Start the session's render server in the background and wait until it is ready."""
+    from workers.session import start_server
+
+    click.echo(start_server(folder, idle_exit_s=idle_exit_s, timeout_s=timeout_s))
+
+
+@session.command("stop")
+@click.option("--dir", "folder", metavar="DIR", type=click.Path(path_type=Path), required=True,
+              help="The session's working directory.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for a run in progress to stop at a frame boundary before the server is "
+                   "killed.")
+def session_stop(folder: Path, timeout_s: float) -> None:
+    """Stop the session's render server: a run in progress stops at a frame boundary."""
+    from workers.session import stop_server
+
+    click.echo(stop_server(folder, timeout_s=timeout_s))
+
+
+@session.command("serve", hidden=True)
+@click.option("--dir", "folder", type=click.Path(path_type=Path), required=True)
+@click.option("--idle-exit", "idle_exit_s", default=600.0, type=float)
+def session_serve(folder: Path, idle_exit_s: float) -> None:
+    """The server itself, in the foreground (`render session start` runs it)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    from workers.session_server import serve
+
+    serve(folder, idle_exit_s)
 
 
 def main() -> None:

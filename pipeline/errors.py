@@ -84,6 +84,20 @@ class RunInterrupted(FramefarmError):
         )
 
 
+class Relayed(FramefarmError):
+    """An error another render process reported (a session's render server): its line
+    and exit status, passed on as they were."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+class SessionUnavailable(FramefarmError):
+    """No render server answers in a session folder (`render session start` did not run
+    there, or it stopped)."""
+
+
 class VerifyFailed(FramefarmError):
     """`render verify` found outputs that do not match their manifest records."""
 
