@@ -43,6 +43,7 @@ def test_signal_mid_run_leaves_no_partial_file(write_job: Callable[..., Path], j
     assert not (root / "test.mp4").exists(), "an unfinished video was published"
     done = manifest.read_text().count("\n")
     assert 5 <= done < 200
+    assert f"after {done} finished frame(s)" in err, "the message counts what is on disk"
     pngs = list(root.rglob("*.png"))
     assert len(pngs) == done, "every published frame has its manifest record"
     assert render("verify", str(root)).returncode == 0

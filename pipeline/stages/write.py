@@ -121,16 +121,22 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
                     item: HostFrame = await stats.receive(channel)
                 except trio.EndOfChannel:
                     return
+                published = False
                 try:
                     with stats.busy():
                         if outputs.frame_paths:
                             await trio.to_thread.run_sync(
                                 outputs.publish_frame, item.frame, item.seed, item.pixels,
                                 limiter=limiter)
+                            published = True
                         if video is not None:
                             await video.put(item.frame, item.pixels)
                 except Exception as err:
                     raise StageFailed("write", item.frame, err) from err
+                except BaseException:   # stopped at the video's turn: the frame's file is out, it counts
+                    if published:
+                        on_done(item.frame)
+                    raise
                 finally:
                     ring.release(item.slot)
                 stats.items += 1
