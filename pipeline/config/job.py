@@ -151,8 +151,8 @@ def input_paths(shot: Shot, source: Source, model: Model) -> list[tuple[str, Pat
     latent pattern is shown filled for its first and last frame: a frame number fills
     in digits only, so the frames between name the same folders."""
     paths = [("model.path", model.path, "model")]
-    if source.kind == "diffusers" and source.path:
-        paths.append(("source.path", Path(source.path), "model"))
+    if source.kind == "diffusers" and source.path:   # the pipeline first: its VAE is inside it
+        paths.insert(0, ("source.path", Path(source.path), "model"))
     elif source.kind == "clip" and source.path:
         paths.append(("source.path", Path(patterns.fill(source.path, shot=shot.name)), "data"))
     elif source.kind == "latents" and source.path:
