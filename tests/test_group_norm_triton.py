@@ -107,11 +107,13 @@ def test_group_norm_matches_torch(shape: tuple[int, ...], layout: str, dtype: to
 def test_statistics_of_offset_data(layout: str) -> None:
     """Mean 1000 times the spread: E[x²] - E[x]² in float32 would keep no correct digit
     of the variance (ulp(1e6) / 1 = 0.06); the chunks' shifts and Chan's merge keep ~6."""
-    x = (1000 + torch.randn(2, 64, 19, 23, dtype=torch.float64)).float().to(memory_format=LAYOUTS[layout])
+    g = torch.Generator().manual_seed(11)
+    x = (1000 + torch.randn(2, 64, 19, 23, dtype=torch.float64, generator=g)).float().to(memory_format=LAYOUTS[layout])
     mean, var = gn.group_statistics(x, 32)
     exact_var, exact_mean = torch.var_mean(x.double().reshape(2, 32, -1), dim=-1, correction=0)
     assert mean.dtype == var.dtype == torch.float32 and mean.shape == (2, 32)
-    torch.testing.assert_close(mean.double(), exact_mean, rtol=1e-7, atol=0)
+    # two float32 ulps (1e-7 was under one: an unseeded draw failed it in CI once)
+    torch.testing.assert_close(mean.double(), exact_mean, rtol=2.4e-7, atol=0)
     torch.testing.assert_close(var.double(), exact_var, rtol=1e-5, atol=0)
 
 
