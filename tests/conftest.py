@@ -24,6 +24,7 @@ from helpers import (
     base_job,
     job_toml,
     make_kl_vae,
+    redis_server_port,
     write_latents,
 )
 
@@ -80,16 +81,8 @@ def wan_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[int]:
     """A real redis-server on a free loopback port, for the whole session."""
-    import shutil
-    import socket
 
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed; .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = redis_server_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

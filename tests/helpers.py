@@ -5,11 +5,14 @@ Fixtures built from them live in conftest.py."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -307,3 +310,20 @@ def clip_job(tmp_path: Path, vae: Path, frames: int = 9, name: str = "job.toml",
     path.write_text(job_toml(job))
     return path
 
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the moment of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def redis_server_port() -> int:
+    """A free port for a test's own redis-server; skips where none is installed (fails in
+    CI, whose .ci/run installs it)."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it with apt-get")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    return free_port()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import render, write_latents
+from helpers import redis_server_port, render, write_latents
 
 from pipeline.files.video import read_video_info
 
@@ -216,14 +216,8 @@ def test_submit_rejects_bad_jobs_like_run(queue_url: str, farm_job: Callable[...
 @pytest.fixture
 def persistent_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None]]]:
     """A redis-server with an fsynced append-only file, and a function that restarts it."""
-    import shutil
-    import socket
 
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = redis_server_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
     server = {"process": subprocess.Popen(command, stdout=subprocess.DEVNULL)}

@@ -7,8 +7,6 @@ redis-server and a port nobody listens on."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import render
+from helpers import free_port, redis_server_port, render
 
 from pipeline.errors import JobError
 from workers.tasks import redact
@@ -65,11 +63,7 @@ def test_a_url_whose_host_cannot_be_told_from_its_password_is_refused_unread() -
 @pytest.fixture
 def locked_redis(tmp_path: Path) -> Iterator[int]:
     """A redis-server that wants the password SECRET."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = redis_server_port()
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--requirepass", SECRET, "--dir", str(tmp_path)],
                               stdout=subprocess.DEVNULL)
@@ -84,12 +78,6 @@ def locked_redis(tmp_path: Path) -> Iterator[int]:
     yield port
     server.terminate()
     server.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_password_forms_authenticate_and_nothing_shows_them(locked_redis: int, write_job: Callable[..., Path],

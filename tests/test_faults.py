@@ -49,7 +49,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import write_latents
+from helpers import redis_server_port, write_latents
 from safetensors.torch import save_file
 
 from pipeline.files.manifest import MANIFEST_NAME, check_record, latest_by_path, read_records, verify
@@ -553,17 +553,10 @@ def test_a_full_disk_while_the_video_is_closed(zygote: Zygote, write_job: Callab
 def own_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None]]]:
     """A redis-server of this test's own, its append-only file fsynced at every write, and
     a function that kills it (-9) and starts it again on the same port and file."""
-    import shutil
 
     import redis
 
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed; .ci/run installs it with apt-get")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = redis_server_port()
     folder = tmp_path / "redis"
     folder.mkdir()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
