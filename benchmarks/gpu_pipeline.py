@@ -294,12 +294,13 @@ def writer_limit(pictures: list[np.ndarray], frames: int, threads: int, out: Pat
 
 def mp4_writer_limit(pictures: list[np.ndarray], frames: int, out: Path) -> dict[str, Any]:
     """The pipeline's video writer alone: frames in order into PyAV's libx264."""
+    from pipeline.config.video import review_video
     from pipeline.files.video import VideoFile
 
     root = fresh_dir(out)
     height, width, _ = pictures[0].shape
-    video = VideoFile(root / "w.mp4", width=width, height=height, fps=24, codec="libx264", crf=18,
-                      preset="veryfast")
+    video = VideoFile(root / "w.mp4", review_video("w.mp4", "libx264", 18, "veryfast"),
+                      width=width, height=height, fps=24)
     start = time.perf_counter()
     for i in range(frames):
         video.add(pictures[i % len(pictures)])

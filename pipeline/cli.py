@@ -79,7 +79,7 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
         if dry_run:
             click.echo(plan.describe())
             return
-        if not plan.todo and plan.video_path is None:
+        if not plan.todo and not plan.videos_to_write:
             click.echo(f"nothing to render: all {len(frames or job.shot.frames)} frame(s) of {job.shot.name} "
                        f"are finished and match the manifest in {plan.root}")
             return

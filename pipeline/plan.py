@@ -20,12 +20,20 @@ import torch
 from pipeline.config import patterns
 from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
+from pipeline.config.video import VideoOutput
 from pipeline.decode.budget import TilePlan, host_memory_available, layered_peak, plan_decode, run_memory
 from pipeline.errors import JobError
 from pipeline.files.latents import check_clip_file, check_latent_files
 from pipeline.files.manifest import check_record, latest_by_path, read_records
 from pipeline.models.generation import PipelineInfo, check_scheduler, inspect_pipeline, size_multiple
 from pipeline.models.vae import VIDEO_CLASSES, VaeInfo, effective_dtype, inspect_vae, model_hash
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    spec: VideoOutput
+    path: Path
+    done: bool = False                # a resumed run found it finished
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class Plan:
     skipped: frozenset[int]           # frames a resumed run found finished
     frame_format: FrameFormat | None  # None: a video-only job
     frame_paths: dict[int, Path]
-    video_path: Path | None           # None: no video, or a resumed run found it finished
+    videos: tuple[PlannedVideo, ...]  # the job's videos (none when the plan leaves them out)
     model_hash: str
     job_hash: str
     tiles: TilePlan | None = None     # tiled decode: the grid and batch of every frame
@@ -55,6 +63,10 @@ class Plan:
     @property
     def root(self) -> Path:
         return self.job.output.root
+
+    @property
+    def videos_to_write(self) -> tuple[PlannedVideo, ...]:
+        return tuple(v for v in self.videos if not v.done)
 
     def tiles_per_frame(self) -> int:
         """Tiles of one frame's decode: 1 untiled; diffusers' grid with tiling on."""
@@ -116,11 +128,9 @@ class Plan:
             first, last = min(self.frame_paths), max(self.frame_paths)
             lines.append(f"  {self.frame_format.name}: {self.frame_paths[first].relative_to(self.root)} .. "
                          f"{self.frame_paths[last].relative_to(self.root)}")
-        if self.video_path:
-            lines.append(f"  mp4: {self.video_path.relative_to(self.root)} "
-                         f"({job.tuning.video_codec}, crf {job.tuning.video_crf})")
-        elif "mp4" in job.output.formats:
-            lines.append("  mp4: already finished (resume)")
+        for video in self.videos:
+            lines.append(f"  video: {video.path.relative_to(self.root)}, {video.spec.describe()}"
+                         + (": already finished (resume)" if video.done else ""))
         lines.append(f"  manifest: {self.root / 'manifest.jsonl'}")
         lines.append("watermark: " + (f"on, payload {job.watermark.payload!r}"
                                         if job.watermark.enabled else "off"))
@@ -137,8 +147,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     render, and each checks its own)."""
     shot = job.shot
     frames = frames if frames is not None else shot.frames
-    if video and "mp4" in job.output.formats and frames != shot.frames:
-        raise ValueError("a plan that writes the video must cover the whole shot")
+    if video and job.output.videos and frames != shot.frames:
+        raise ValueError("a plan that writes the videos must cover the whole shot")
     pipeline = None
     if job.source.kind == "diffusers":  # the pipeline first: its folder holds the VAE
         assert job.source.path is not None and job.source.generation is not None
@@ -186,20 +196,19 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         frame_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
                                                                     frame=frame) + fmt.suffix)
                        for frame in frames}
-    video_path = (patterns.confined(root, patterns.fill(job.output.video, shot=shot.name))
-                  if video and "mp4" in job.output.formats else None)
+    videos = tuple(PlannedVideo(spec, patterns.confined(root, patterns.fill(spec.path, shot=shot.name)))
+                   for spec in (job.output.videos if video else ()))
     skipped: set[int] = set()
     if resume:
-        skipped, video_done = _finished(root, j_hash, frame_paths, video_path)
-        if video_done:
-            video_path = None
-        if not frame_paths and video_path is not None:
-            skipped = set()  # video only, not finished: every frame is needed again
-    todo = tuple(f for f in frames if f not in skipped) if (frame_paths or video_path) else ()
+        skipped, videos = _finished(root, j_hash, frame_paths, videos)
+        if not frame_paths and any(not v.done for v in videos):
+            skipped = set()  # videos only, one not finished: every frame is needed again
+    pending_video = any(not v.done for v in videos)
+    todo = tuple(f for f in frames if f not in skipped) if (frame_paths or pending_video) else ()
     if clip_frames and todo:  # a clip decodes from its first latent frame: all of it, or none
         todo, skipped = tuple(frames), set()
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
-                skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, video_path=video_path,
+                skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, videos=videos,
                 model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames, pipeline=pipeline,
                 pipeline_dtype=pipeline_dtype)
 
@@ -220,12 +229,15 @@ def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
         **({"exr_transfer": job.output.exr_transfer} if "exr" in job.output.formats else {}),
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
+        # the editorial videos, when a job names any (jobs without keep their earlier hash)
+        **({"videos": [dataclasses.asdict(v) for v in job.output.videos if v.codec != "review"]}
+           if any(v.codec != "review" for v in job.output.videos) else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
-              video_path: Path | None) -> tuple[set[int], bool]:
+              videos: tuple[PlannedVideo, ...]) -> tuple[set[int], tuple[PlannedVideo, ...]]:
     latest = latest_by_path(r for r in read_records(root) if r.get("job_hash") == j_hash)
 
     def done(path: Path) -> bool:
@@ -233,7 +245,7 @@ def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
         return record is not None and check_record(root, record) is None
 
     skipped = {frame for frame, path in frame_paths.items() if done(path)}
-    return skipped, video_path is not None and done(video_path)
+    return skipped, tuple(dataclasses.replace(v, done=done(v.path)) for v in videos)
 
 
 def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: range) -> int:
@@ -278,8 +290,7 @@ def _check_memory(job: Job, vae: VaeInfo, shape: tuple[int, int, int], dtype: st
     """Refuse a run whose modelled host memory (all of it on the CPU: the decode too) is
     more than the machine has available, before it allocates and dies halfway."""
     available = host_memory_available()
-    fmt = frame_format(job.output.formats)
-    frame_bytes = job.shot.width * job.shot.height * 3 * (getattr(torch, fmt.pixels).itemsize if fmt else 1)
+    frame_bytes = job.shot.width * job.shot.height * 3 * getattr(torch, job.output.pixels()).itemsize
     use = run_memory(job.tuning, vae, shape, dtype, tiles, frame_bytes, watermark=job.watermark.enabled,
                      clip_frames=clip_frames)
     on_cpu = device.type == "cpu"

@@ -131,8 +131,8 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         render_start = time.perf_counter()
         await _run_stages(stages, render_start)
     except BaseException as group:
-        if outputs is not None and outputs.video is not None:
-            outputs.video.abort()
+        for video in outputs.videos if outputs is not None else ():
+            video.abort()
         remove_empty_folders(made)
         raise _one_error(group, report.frames) from None
     finally:
@@ -174,7 +174,7 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
         vae_cache = models or ModelCache(capacity=1)
         vae = await trio.to_thread.run_sync(vae_cache.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                             job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output.formats), plan.tiles)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles)
     return decoder, pipe
 
 
@@ -182,13 +182,13 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
 class _Outputs:
     files: FrameOutputs
     ring: HostRing                     # pinned host buffers, one frame each
-    video: VideoFile | None            # None: no video, or a resumed run found it finished
+    videos: list[VideoFile]            # the videos still to write (a resumed run may have none)
     watermark: torch.Tensor | None     # the run's mark, drawn once; None: no watermark
 
 
 async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dtype, made: list[Path]) -> _Outputs:
     """Folders made (those that did not exist appended to `made`) and swept of temporary
-    files a killed run left, the host ring, the open video, and the watermark's pattern."""
+    files a killed run left, the host ring, the open videos, and the watermark's pattern."""
     job, shot = plan.job, plan.job.shot
     make_folders([plan.root], made)
     for folder in {p.parent for p in plan.frame_paths.values()}:
@@ -203,13 +203,17 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     mark = None
     if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
         mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
-    video = None
-    if plan.video_path is not None:
-        make_folders([plan.video_path.parent], made)
-        sweep_stale_temps(plan.video_path.parent)
-        video = VideoFile(plan.video_path, width=shot.width, height=shot.height, fps=shot.fps,
-                          codec=job.tuning.video_codec, crf=job.tuning.video_crf, preset=job.tuning.video_preset)
-    return _Outputs(files, ring, video, mark)
+    videos: list[VideoFile] = []
+    try:
+        for planned in plan.videos_to_write:
+            make_folders([planned.path.parent], made)
+            sweep_stale_temps(planned.path.parent)
+            videos.append(VideoFile(planned.path, planned.spec, width=shot.width, height=shot.height, fps=shot.fps))
+    except BaseException:
+        for opened in videos:
+            opened.abort()
+        raise
+    return _Outputs(files, ring, videos, mark)
 
 
 @dataclass
@@ -251,9 +255,9 @@ def _stages(plan: Plan, ctx: DeviceContext, decoder: Decoder, pipe: Pipeline | N
     if outputs.watermark is not None:
         stages.append(_Stage("watermark", partial(watermark_stage, outputs.watermark, ctx), chunk_depth))
     stages.append(_Stage("transfer", partial(transfer_stage, outputs.ring, ctx), depth))
-    video = None if outputs.video is None else VideoSequencer(outputs.video, shot.frames, plan.skipped,
-                                                              read_back(outputs.files))
-    stages.append(_Stage("write", partial(write_stage, outputs.files, video, outputs.ring, job.tuning.writers(),
+    videos = [VideoSequencer(video, shot.frames, plan.skipped, read_back(outputs.files))
+              for video in outputs.videos]
+    stages.append(_Stage("write", partial(write_stage, outputs.files, videos, outputs.ring, job.tuning.writers(),
                                           frame_written), 0))
     return stages
 

@@ -35,8 +35,8 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     outputs = []
     if plan.frame_format is not None and plan.frame_paths:
         outputs.append(f"{len(plan.frame_paths)} {plan.frame_format.name.upper()} under {plan.root}")
-    if plan.video_path:
-        outputs.append(f"video {plan.video_path}")
+    for video in plan.videos_to_write:
+        outputs.append(f"video {video.path}")
     outputs.append(f"manifest {plan.root / 'manifest.jsonl'}")
     lines.append("outputs: " + "; ".join(outputs))
     return "\n".join(lines)

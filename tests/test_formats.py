@@ -93,9 +93,10 @@ def test_hevc_mp4_is_tagged_for_apple_players_and_quiet(tmp_path: Path) -> None:
     script = (
         "import numpy as np, sys\n"
         "from pathlib import Path\n"
+        "from pipeline.config.video import review_video\n"
         "from pipeline.files.video import VideoFile\n"
-        "video = VideoFile(Path(sys.argv[1]), width=64, height=48, fps=24, codec='libx265', crf=28,"
-        " preset='ultrafast')\n"
+        "video = VideoFile(Path(sys.argv[1]), review_video('clip.mp4', 'libx265', 28, 'ultrafast'),"
+        " width=64, height=48, fps=24)\n"
         "for i in range(3):\n"
         "    video.add(np.full((48, 64, 3), 40 * i, np.uint8))\n"
         "video.finish()\n")
@@ -118,11 +119,12 @@ def test_mp4_is_bt709_and_says_so(codec: str, depth: str, tmp_path: Path) -> Non
     player showed (200, 60, 40) as (213, 73, 37)."""
     import av
 
+    from pipeline.config.video import review_video
     from pipeline.files.video import COLOUR_TAGS, VideoFile, read_colour_tags
 
     dest = tmp_path / "hd.mp4"
-    video = VideoFile(dest, width=1920, height=1080, fps=24, codec=codec, crf=0 if codec == "libx264" else 1,
-                      preset="ultrafast")
+    spec = review_video("hd.mp4", codec, 0 if codec == "libx264" else 1, "ultrafast")
+    video = VideoFile(dest, spec, width=1920, height=1080, fps=24)
     colour = np.array([200, 60, 40], dtype=np.uint8)
     pixels = np.broadcast_to(colour if depth == "uint8" else colour.astype(np.uint16) * 257, (1080, 1920, 3))
     for _ in range(2):

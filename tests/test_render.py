@@ -123,7 +123,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli: Callable[..., tuple],
     assert "frames 1-6 (6)" in out
     assert "decode: whole frames, layer by layer" in out and "GiB modelled within 8.00 GiB" in out
     assert "test/test.0001.png .. test/test.0006.png" in out
-    assert "mp4: test.mp4" in out
+    assert "video: test.mp4, review (libx264, yuv420p, crf 18)" in out
     assert not (job_dir / "out").exists()
 
 

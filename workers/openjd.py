@@ -95,10 +95,10 @@ def _template(job: Job, job_file: Path, text: str | None, *, chunk: int, gpus: i
         "hostRequirements": requirements,
     }
     steps = [frames_step]
-    if "mp4" in job.output.formats:
+    if job.output.videos:
         steps.append({
             "name": "Video",
-            "description": "Encodes the MP4 from the published frames (a resumed run of the whole shot: it "
+            "description": "Encodes the videos from the published frames (a resumed run of the whole shot: it "
                            "renders only a frame that is missing).",
             "dependencies": [{"dependsOn": "Frames"}],
             "script": {

@@ -212,7 +212,7 @@ async def _render_request(server: Server, request: dict[str, Any], stop: trio.Ev
         device = pick_device(request.get("device"))
         plan = await trio.to_thread.run_sync(partial(make_plan, job, device, resume=bool(request.get("resume")),
                                                      frames=frames, video=frames is None))
-        if not plan.todo and plan.video_path is None:
+        if not plan.todo and not plan.videos_to_write:
             count = len(frames if frames is not None else job.shot.frames)
             emit({"out": f"nothing to render: all {count} frame(s) of {job.shot.name} are finished and match "
                          f"the manifest in {plan.root}"})

@@ -38,12 +38,12 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
         chunk = len(job.shot.frames)  # a clip decodes from its first latent frame: one task
     if frame_format(job.output.formats) is None:
         raise JobError("output.formats", list(job.output.formats),
-                       'the farm publishes one file per frame and encodes the MP4 from them; '
+                       'the farm publishes one file per frame and encodes the videos from them; '
                        'add "png", "png16" or "exr"')
     spec = JobSpec(job_id=uuid.uuid4().hex[:12], name=job.shot.name, toml=job_file.read_text(encoding="utf-8"),
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
-                   chunk=chunk, video="mp4" in job.output.formats, max_attempts=max_attempts)
+                   chunk=chunk, video=bool(job.output.videos), max_attempts=max_attempts)
     try:
         queue = open_queue(queue_url)
         try:

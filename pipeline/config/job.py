@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import patterns
-from pipeline.config.formats import EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS
+from pipeline.config.formats import EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS, frame_format
 from pipeline.config.schema import Table, read_toml
 from pipeline.config.tuning import Tuning, load_tuning
+from pipeline.config.video import (
+    CONTAINERS,
+    MXF_RATES,
+    VIDEO_CODECS,
+    X26X_PRESETS,
+    VideoOutput,
+    chroma_steps,
+    review_video,
+)
 from pipeline.errors import JobError
 
 SOURCE_KINDS = ("latents", "clip", "noise", "diffusers")
@@ -98,6 +107,17 @@ class Output:
     video: str                # pattern under root, ending in .mp4
     formats: tuple[str, ...]
     exr_transfer: str = "linear"   # config.formats.EXR_TRANSFERS
+    # every video the run writes from the same frames: the review MP4 ("mp4" in
+    # formats) first, then [[output.videos]] in the job's order
+    videos: tuple[VideoOutput, ...] = ()
+
+    def pixels(self) -> str:
+        """The precision the frames travel in: the frame format's; for videos alone 16 bits
+        when one stores more than 8, else 8."""
+        found = frame_format(self.formats)
+        if found is not None:
+            return found.pixels
+        return "uint16" if any(v.deep for v in self.videos) else "uint8"
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,10 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
             check_input(field, path, kind)
     tuning = load_tuning(preset, job_dir, overrides,
                          None if check_input is None else lambda field, path: check_input(field, path, "data"))
+    if "mp4" in output.formats:   # the review MP4 takes its codec from the preset
+        review = review_video(output.video, tuning.video_codec, tuning.video_crf, tuning.video_preset)
+        _distinct_paths((review, *output.videos), shot.name)
+        output = replace(output, videos=(review, *output.videos))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
                output=output, watermark=watermark, tuning=tuning)
 
@@ -259,9 +283,11 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
         t.used.add("root")
     frames = patterns.frame_sequence(t.string("frames", "{shot}/{shot}.{frame:04d}"))
     video = t.string("video", "{shot}.mp4")
-    formats = t.string_list("formats", ["png"], choices=FORMATS)
+    videos = tuple(_video(v, shot) for v in t.tables("videos"))
+    formats = t.string_list("formats", ["png"], choices=FORMATS, allow_empty=bool(videos))
     exr_transfer = t.string("exr_transfer", "linear", choices=EXR_TRANSFERS)
     t.done()
+    _distinct_paths(videos, shot.name)
     if len([f for f in formats if f in FRAME_FORMATS]) > 1:
         raise JobError("output.formats", list(formats), "at most one frame format (png, png16 or exr: "
                        "each writes one file per frame), with or without mp4")
@@ -278,7 +304,53 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
                        "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
                        "output.formats or choose an even size")
     return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats,
-                  exr_transfer=exr_transfer)
+                  exr_transfer=exr_transfer, videos=videos)
+
+
+def _video(t: Table, shot: Shot) -> VideoOutput:
+    """One [[output.videos]] entry: codec, container (the path's suffix), pixel format, quality."""
+    name = t.string("codec", choices=VIDEO_CODECS)
+    codec = VIDEO_CODECS[name]
+    path = t.string("path")
+    pixel_format = t.string("pixel_format", codec.pixel_formats[0], choices=codec.pixel_formats)
+    crf = preset = None
+    for field in ("crf", "preset"):
+        if codec.crf is None and field in t.data:
+            raise JobError(t.name(field), t.data[field], f"{name} takes no {field}: its quality is its profile")
+    if codec.crf is not None:
+        crf = t.integer("crf", codec.crf, lo=0, hi=51)
+        preset = t.string("preset", "veryfast", choices=X26X_PRESETS)
+    t.done()   # a crf or preset for a codec without one is an unknown field here
+    patterns.check_pattern(t.name("path"), path, needs_frame=False, allow_frame=False)
+    patterns.check_relative(t.name("path"), path, patterns.fill(path, shot=shot.name))
+    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if suffix not in codec.suffixes:
+        raise JobError(t.name("path"), path, f"{name} goes in a file ending in {' or '.join(codec.suffixes)}")
+    across, down = chroma_steps(pixel_format)
+    for field, size, step in (("shot.width", shot.width, across), ("shot.height", shot.height, down)):
+        if size % step:
+            raise JobError(field, size, f"{name} in {pixel_format} ({t.name('videos')}) needs a size divisible "
+                           f"by {step}; choose another size or pixel_format")
+    least_w, least_h = codec.min_size
+    if shot.width < least_w or shot.height < least_h:
+        raise JobError("shot.width" if shot.width < least_w else "shot.height",
+                       shot.width if shot.width < least_w else shot.height,
+                       f"{name} needs at least {least_w}x{least_h} pixels")
+    if CONTAINERS[suffix] == "mxf" and shot.fps not in MXF_RATES:
+        raise JobError("shot.fps", shot.fps, f"MXF ({t.name('path')}) takes "
+                       f"{', '.join(map(str, MXF_RATES))} frames/s; write a .mov instead")
+    return VideoOutput(path=path, codec=name, encoder=codec.encoder, container=CONTAINERS[suffix],
+                       pixel_format=pixel_format, crf=crf, preset=preset, options=codec.options)
+
+
+def _distinct_paths(videos: tuple[VideoOutput, ...], shot: str) -> None:
+    seen: set[str] = set()
+    for video in videos:
+        path = patterns.fill(video.path, shot=shot)
+        if path in seen:
+            raise JobError("output.videos", video.path, "two videos would be written to the same file; "
+                           "give each its own path (output.video is the review MP4's)")
+        seen.add(path)
 
 
 def _watermark(t: Table) -> Watermark:

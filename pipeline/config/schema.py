@@ -115,14 +115,22 @@ class Table:
                            f"expected a non-empty string of at most {max_len} characters")
         return value
 
-    def string_list(self, key: str, default: Any = _REQUIRED, *, choices: Iterable[str]) -> tuple[str, ...]:
+    def string_list(self, key: str, default: Any = _REQUIRED, *, choices: Iterable[str],
+                    allow_empty: bool = False) -> tuple[str, ...]:
         options = tuple(choices)
-        allowed = "a non-empty list of distinct values from " + ", ".join(options)
+        allowed = ("a list" if allow_empty else "a non-empty list") + " of distinct values from " + ", ".join(options)
         value = self._get(key, default, allowed)
-        if (not isinstance(value, list) or not value or len(set(map(str, value))) != len(value)
+        if (not isinstance(value, list) or not (value or allow_empty) or len(set(map(str, value))) != len(value)
                 or any(v not in options for v in value)):
             raise JobError(self.name(key), value, f"expected {allowed}")
         return tuple(value)
+
+    def tables(self, key: str) -> list[Table]:
+        """An array of tables (`[[key]]`), each named key[i] in errors; none when absent."""
+        value = self._get(key, [], "an array of tables")
+        if not isinstance(value, list):
+            raise JobError(self.name(key), value, f"expected an array of tables ([[{self.name(key)}]])")
+        return [Table(item, f"{self.name(key)}[{i}]") for i, item in enumerate(value)]
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)

@@ -1,7 +1,7 @@
 """Frame files: encoding and reading the formats `pipeline.config.formats` names, and the
 torch dtype the GPU quantises to for each, so that the copy moves the final bytes and
-nothing more. A job writes at most one frame format (plus, if it asks, the MP4, which
-is encoded from the same pixels)."""
+nothing more. A job writes at most one frame format (plus, if it asks, videos, which
+are encoded from the same pixels)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config.formats import FrameFormat, frame_format
+from pipeline.config.formats import FrameFormat
+from pipeline.config.job import Output
 from pipeline.files import exr, png
 
 
-def pixel_dtype(formats: tuple[str, ...]) -> torch.dtype:
-    """The precision a run's frames travel in: the frame format's, or 8 bits for video alone."""
-    found = frame_format(formats)
-    return getattr(torch, found.pixels) if found else torch.uint8
+def pixel_dtype(output: Output) -> torch.dtype:
+    """The precision a run's frames travel in (`Output.pixels`), as a torch dtype."""
+    return getattr(torch, output.pixels())
 
 
 def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear",

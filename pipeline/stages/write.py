@@ -109,7 +109,7 @@ def read_back(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
     return lambda frame: read_frame(outputs.frame_paths[frame])
 
 
-async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring: HostRing,
+async def write_stage(outputs: FrameOutputs, videos: list[VideoSequencer], ring: HostRing,
                       writers: int, on_done: Callable[[int], None], stats: StageStats,
                       rx: trio.MemoryReceiveChannel, tx: None) -> None:
     limiter = trio.CapacityLimiter(writers)
@@ -129,8 +129,8 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
                                 outputs.publish_frame, item.frame, item.seed, item.pixels,
                                 limiter=limiter)
                             published = True
-                        if video is not None:
-                            await video.put(item.frame, item.pixels)
+                        for video in videos:   # each in its own thread: one writer may be at
+                            await video.put(item.frame, item.pixels)   # one video's turn, another at the next
                 except Exception as err:
                     raise StageFailed("write", item.frame, err) from err
                 except BaseException:   # stopped at the video's turn: the frame's file is out, it counts
@@ -146,19 +146,23 @@ async def write_stage(outputs: FrameOutputs, video: VideoSequencer | None, ring:
     async with rx, trio.open_nursery() as nursery:
         for _ in range(writers):
             nursery.start_soon(writer, rx.clone())
-    if video is not None:
+    for video in videos:
         try:
-            await video.finish()
-            await trio.to_thread.run_sync(outputs.check_publish, "the video")
-
-            def record(published: Published) -> None:   # once, whichever run on this root published it
-                outputs.manifest.record_unless_recorded({
-                    **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
-                    "path": published.path.relative_to(outputs.root).as_posix(),
-                    "size": published.size, "sha256": published.sha256, "time": time.time(),
-                }, published.kept_existing)
-
-            await trio.to_thread.run_sync(functools.partial(video.video.finish, then=record,
-                                                            lock=outputs.manifest.exclusive()))
+            await _publish_video(outputs, video)
         except Exception as err:
             raise StageFailed("write", None, err) from err
+
+
+async def _publish_video(outputs: FrameOutputs, video: VideoSequencer) -> None:
+    await video.finish()
+    await trio.to_thread.run_sync(outputs.check_publish, f"the video {video.video.dest.name}")
+
+    def record(published: Published) -> None:   # once, whichever run on this root published it
+        outputs.manifest.record_unless_recorded({
+            **outputs.record_base, "kind": "video", "frames": [video.first, video.end - 1],
+            "path": published.path.relative_to(outputs.root).as_posix(),
+            "size": published.size, "sha256": published.sha256, "time": time.time(),
+        }, published.kept_existing)
+
+    await trio.to_thread.run_sync(functools.partial(video.video.finish, then=record,
+                                                    lock=outputs.manifest.exclusive()))
