@@ -197,6 +197,7 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
                          png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
                          exr_transfer=job.output.exr_transfer, png_encoder=job.tuning.png_encoder,
+                         exr_compression=job.output.exr_compression, fps=shot.fps,
                          record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                       "job_hash": plan.job_hash, "device": str(plan.device)})
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype)

@@ -200,3 +200,37 @@ def test_exr_says_its_chromaticities_and_transfer_and_still_decodes(transfer: st
     if transfer == "linear":
         assert stored[0, 0].tolist() == [0.0, pytest.approx(0.2140, abs=2e-4), 1.0]   # sRGB 0.5 is 0.214 linear
     assert np.abs(read_frame(path) - pixels.astype(np.float32)).max() <= 2e-3
+
+
+@pytest.mark.parametrize("compression", ["zip16", "zip1", "rle", "none"])
+def test_exr_compression_is_the_jobs_and_every_row_decodes(compression: str, tmp_path: Path) -> None:
+    from pipeline.files.exr import encode_exr, frame_attributes, read_attributes
+
+    pixels = np.random.default_rng(2).random((37, 19, 3), dtype=np.float32).astype(np.float16)
+    path = tmp_path / "frame.exr"
+    path.write_bytes(encode_exr(pixels, "srgb", compression, frame_attributes("sh010", 1001, "abc123", 25)))
+    attributes = read_attributes(path)
+    assert attributes["compression"] == compression
+    assert (attributes["framefarm.shot"], attributes["framefarm.frame"], attributes["framefarm.job_hash"],
+            attributes["framesPerSecond"]) == ("sh010", 1001, "abc123", (25, 1))
+    assert np.array_equal(read_exr(path), pixels.astype(np.float32))
+
+
+def test_exr_frames_of_a_run_say_their_shot_frame_and_job_hash(
+        write_job: Callable[..., Path], job_dir: Path) -> None:
+    from pipeline.files.exr import read_attributes
+
+    job = write_job(output={"formats": ["exr"], "exr_compression": "rle"})
+    result = render("run", str(job), "--device", "cpu", "-q")
+    assert result.returncode == 0, result.stderr
+    root = job_dir / "out"
+    records = {r["path"]: r for r in map(json.loads, (root / "manifest.jsonl").read_text().splitlines())}
+    for frame in (1, 6):
+        relative = f"test/test.{frame:04d}.exr"
+        attributes = read_attributes(root / relative)
+        assert attributes["compression"] == "rle"
+        assert attributes["framefarm.frame"] == frame and attributes["framefarm.shot"] == "test"
+        assert attributes["framefarm.job_hash"] == records[relative]["job_hash"]
+        assert attributes["framesPerSecond"] == (24, 1)
+    bad = render("run", str(write_job(output={"formats": ["exr"], "exr_compression": "piz"})), "--device", "cpu")
+    assert bad.returncode == 2 and "output.exr_compression" in bad.stderr and "zip16" in bad.stderr, bad.stderr

@@ -28,6 +28,9 @@ VIDEO_FORMATS = ("mp4",)
 # What an EXR's values are: "linear" (the sRGB transfer inverted: what compositing
 # packages expect of EXR) or "srgb" (display-referred, as the decoder made them)
 EXR_TRANSFERS = ("linear", "srgb")
+# How EXR frames are compressed: what FFmpeg's EXR encoder writes (zip16 by default:
+# lossless, 16 scanlines a block). PIZ and DWA would need OpenEXR's own library.
+EXR_COMPRESSIONS = ("zip16", "zip1", "rle", "none")
 
 
 def frame_format(formats: tuple[str, ...]) -> FrameFormat | None:

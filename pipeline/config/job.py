@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import patterns
-from pipeline.config.formats import EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS, frame_format
+from pipeline.config.formats import EXR_COMPRESSIONS, EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS, frame_format
 from pipeline.config.schema import Table, read_toml
 from pipeline.config.tuning import Tuning, load_tuning
 from pipeline.config.video import (
@@ -107,6 +107,7 @@ class Output:
     video: str                # pattern under root, ending in .mp4
     formats: tuple[str, ...]
     exr_transfer: str = "linear"   # config.formats.EXR_TRANSFERS
+    exr_compression: str = "zip16"  # config.formats.EXR_COMPRESSIONS
     # every video the run writes from the same frames: the review MP4 ("mp4" in
     # formats) first, then [[output.videos]] in the job's order
     videos: tuple[VideoOutput, ...] = ()
@@ -286,6 +287,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
     videos = tuple(_video(v, shot) for v in t.tables("videos"))
     formats = t.string_list("formats", ["png"], choices=FORMATS, allow_empty=bool(videos))
     exr_transfer = t.string("exr_transfer", "linear", choices=EXR_TRANSFERS)
+    exr_compression = t.string("exr_compression", "zip16", choices=EXR_COMPRESSIONS)
     t.done()
     _distinct_paths(videos, shot.name)
     if len([f for f in formats if f in FRAME_FORMATS]) > 1:
@@ -304,7 +306,7 @@ def _output(t: Table, shot: Shot, root_override: Path | None) -> Output:
                        "MP4 (yuv420p) needs an even width and height; drop \"mp4\" from "
                        "output.formats or choose an even size")
     return Output(root=root.expanduser().resolve(), frames=frames, video=video, formats=formats,
-                  exr_transfer=exr_transfer, videos=videos)
+                  exr_transfer=exr_transfer, exr_compression=exr_compression, videos=videos)
 
 
 def _video(t: Table, shot: Shot) -> VideoOutput:

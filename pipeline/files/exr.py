@@ -1,5 +1,6 @@
-"""OpenEXR through PyAV's encoder (FFmpeg's): half-float RGB, zip-compressed by scanline
-blocks, the way compositing packages expect render passes.
+"""OpenEXR through PyAV's encoder (FFmpeg's): half-float RGB, compressed the way the job
+says (zip16 by default: lossless by blocks of 16 scanlines), the way compositing
+packages expect render passes.
 
 Values: compositing packages read EXR as scene-linear light. The decoder's output is
 display-referred sRGB/BT.709, so by default the sRGB transfer is inverted before the
@@ -7,22 +8,24 @@ file is written (a lookup over every half-float value: exact and one gather per
 pixel), and the file carries the BT.709/D65 chromaticities. A job can keep the values
 display-referred (`output.exr_transfer = "srgb"`). Either way the file says which in a
 `framefarm.transfer` attribute, so our own readers (the video from published frames,
-the watermark check) get display values back. FFmpeg's encoder writes neither
-attribute: they are inserted into its header, and the chunk offsets that follow it
-moved by as many bytes.
+the watermark check) get display values back. Each frame also says where it came
+from: `framefarm.shot`, `framefarm.frame`, `framefarm.job_hash` and the standard
+`framesPerSecond`. FFmpeg's encoder writes none of these attributes: they are
+inserted into its header, and the chunk offsets that follow it moved by as many bytes.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 import av
 import numpy as np
 
-from pipeline.config.formats import EXR_TRANSFERS
+from pipeline.config.formats import EXR_COMPRESSIONS, EXR_TRANSFERS
 from pipeline.files.codecs import thread_codec
 
 # BT.709 primaries and D65 white: red x, y, green x, y, blue x, y, white x, y
@@ -58,25 +61,38 @@ def _linearise(pixels: np.ndarray) -> np.ndarray:
     return _HALF_TO_LINEAR[np.ascontiguousarray(pixels).view(np.uint16)]
 
 
-def encode_exr(pixels: np.ndarray, transfer: str = "linear") -> bytes:
+Attribute = tuple[str, str, bytes]   # name, EXR type name, value bytes
+
+
+def frame_attributes(shot: str, frame: int, job_hash: str, fps: int) -> list[Attribute]:
+    """What a frame file says of where it came from (read by `read_attributes`)."""
+    return [("framesPerSecond", "rational", struct.pack("<iI", fps, 1)),
+            ("framefarm.shot", "string", shot.encode()),
+            ("framefarm.frame", "int", struct.pack("<i", frame)),
+            ("framefarm.job_hash", "string", job_hash.encode())]
+
+
+def encode_exr(pixels: np.ndarray, transfer: str = "linear", compression: str = "zip16",
+               attributes: Sequence[Attribute] = ()) -> bytes:
     """Float (H, W, 3) display-referred RGB, half or single -> EXR bytes stored as half
-    floats, linearised unless `transfer` is "srgb"."""
+    floats, linearised unless `transfer` is "srgb", with `attributes` in the header."""
     height, width, _ = pixels.shape
 
     def open_codec() -> av.VideoCodecContext:
         codec = cast(av.VideoCodecContext, av.CodecContext.create("exr", "w"))
         codec.width, codec.height, codec.pix_fmt = width, height, "gbrpf32le"
-        codec.options = {"format": "half", "compression": "zip16"}   # `format`: FFmpeg ignores unknown keys
+        codec.options = {"format": "half", "compression": compression}   # `format`: FFmpeg ignores unknown keys
         return codec
 
-    assert transfer in EXR_TRANSFERS
+    assert transfer in EXR_TRANSFERS and compression in EXR_COMPRESSIONS
     values = _linearise(pixels) if transfer == "linear" else pixels
-    codec = thread_codec(("exr", width, height), open_codec)
+    codec = thread_codec(("exr", width, height, compression), open_codec)
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(values, dtype=np.float32), format="gbrpf32le")
     data = b"".join(bytes(packet) for packet in codec.encode(frame))
     return with_attributes(data, [
         ("chromaticities", "chromaticities", struct.pack("<8f", *BT709_CHROMATICITIES)),
         (_TRANSFER_ATTRIBUTE, "string", transfer.encode()),
+        *attributes,
     ])
 
 
@@ -94,6 +110,25 @@ def header_attributes(data: bytes) -> tuple[dict[str, tuple[str, bytes]], int]:
         attributes[data[at:name_end].decode()] = (data[name_end + 1:type_end].decode(), data[value_at:value_at + size])
         at = value_at + size
     return attributes, at
+
+
+def read_attributes(path: Path) -> dict[str, object]:
+    """The header's attributes of the types this module writes, decoded; others as bytes."""
+    decoded: dict[str, object] = {}
+    for name, (kind, value) in header_attributes(path.read_bytes())[0].items():
+        if kind == "string":
+            decoded[name] = value.decode()
+        elif kind == "int":
+            decoded[name] = struct.unpack("<i", value)[0]
+        elif kind == "rational":
+            decoded[name] = struct.unpack("<iI", value)
+        elif kind == "compression":
+            decoded[name] = {0: "none", 1: "rle", 2: "zip1", 3: "zip16"}.get(value[0], value[0])
+        elif kind == "chromaticities":
+            decoded[name] = struct.unpack("<8f", value)
+        else:
+            decoded[name] = value
+    return decoded
 
 
 def with_attributes(data: bytes, extra: list[tuple[str, str, bytes]]) -> bytes:

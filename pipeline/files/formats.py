@@ -5,6 +5,7 @@ are encoded from the same pixels)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ def pixel_dtype(output: Output) -> torch.dtype:
 
 
 def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear",
-           png_encoder: str = "isal") -> bytes | memoryview:
+           png_encoder: str = "isal", exr_compression: str = "zip16",
+           exr_attributes: Sequence[exr.Attribute] = ()) -> bytes | memoryview:
     if fmt.name == "exr":
-        return exr.encode_exr(pixels, exr_transfer)
+        return exr.encode_exr(pixels, exr_transfer, exr_compression, exr_attributes)
     return png.encode_png(pixels, png_compression, png_encoder)
 
 

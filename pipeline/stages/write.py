@@ -21,6 +21,7 @@ import trio
 
 from pipeline.config.formats import FrameFormat
 from pipeline.errors import PublishRefused, StageFailed
+from pipeline.files.exr import frame_attributes
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import Published, publish_bytes
@@ -44,6 +45,8 @@ class FrameOutputs:
     may_publish: Callable[[], bool] | None = None
     exr_transfer: str = "linear"          # output.exr_transfer
     png_encoder: str = "isal"             # tuning.png_encoder
+    exr_compression: str = "zip16"        # output.exr_compression
+    fps: int = 24                         # shot.fps (EXR frames say it)
 
     def check_publish(self, what: str) -> None:
         if self.may_publish is not None and not self.may_publish():
@@ -52,7 +55,10 @@ class FrameOutputs:
     def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         assert self.frame_format is not None
         path = self.frame_paths[frame]
-        data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer, self.png_encoder)
+        where_from = (frame_attributes(self.record_base["shot"], frame, self.record_base["job_hash"], self.fps)
+                      if self.frame_format.name == "exr" else [])
+        data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer, self.png_encoder,
+                      self.exr_compression, where_from)
         self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
         relative = path.relative_to(self.root).as_posix()
         frame_format = self.frame_format
