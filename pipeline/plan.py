@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.colour.ocio import check as colour_check
 from pipeline.config import patterns
 from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
@@ -177,6 +178,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         check_latent_files(job.source, frames, shape,
                            f"for {shot.width}x{shot.height} with this VAE "
                            f"({vae.latent_channels} channels, {vae.scale}x upscale)")
+    if job.colour is not None:
+        colour_check(job.colour)   # names the config lacks: refused before anything is written
     _check_writable(job.output.root)
     dtype = effective_dtype(vae, job.model.dtype, device)
     m_hash = model_hash(vae.path)
@@ -228,6 +231,7 @@ def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
         "frames": getattr(frame_format(job.output.formats), "name", None),  # the file format
         **({"exr_transfer": job.output.exr_transfer} if "exr" in job.output.formats else {}),
         "watermark": [mark.enabled, mark.payload, hashlib.sha256(mark.key.encode()).hexdigest()],
+        **({"colour": dataclasses.asdict(job.colour)} if job.colour is not None else {}),
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
         # the editorial videos, when a job names any (jobs without keep their earlier hash)
         **({"videos": [dataclasses.asdict(v) for v in job.output.videos if v.codec != "review"]}

@@ -23,7 +23,10 @@ from typing import Any
 import torch
 import trio
 
+from pipeline.colour.ocio import CHROMATICITIES, bake
+from pipeline.config.job import Job
 from pipeline.errors import RunInterrupted, StageFailed, leaves
+from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
@@ -174,8 +177,23 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
         vae_cache = models or ModelCache(capacity=1)
         vae = await trio.to_thread.run_sync(vae_cache.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
                                             job.tuning.tiling)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles)
+    colour_lut = None
+    if job.colour is not None:   # baked on OCIO's CPU processor once, applied on the device per frame
+        lut = await trio.to_thread.run_sync(bake, job.colour)
+        colour_lut = torch.from_numpy(lut).to(plan.device)
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles, colour_lut)
     return decoder, pipe
+
+
+def _exr_colour(job: Job) -> dict[str, Any]:
+    """What EXR frames say of a [colour] transform: its values stored as they are, the
+    target's primaries where known, and the transform by name."""
+    if job.colour is None:
+        return {"exr_transfer": job.output.exr_transfer}
+    colour = job.colour
+    return {"exr_transfer": COLOUR_TRANSFER, "exr_chromaticities": CHROMATICITIES.get(colour.target),
+            "exr_extra": (("framefarm.colour", "string",
+                           f"{colour.config}: {colour.source} -> {colour.target}".encode()),)}
 
 
 @dataclass
@@ -196,8 +214,9 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
         sweep_stale_temps(folder)
     files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
                          png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
-                         exr_transfer=job.output.exr_transfer, png_encoder=job.tuning.png_encoder,
+                         png_encoder=job.tuning.png_encoder,
                          exr_compression=job.output.exr_compression, fps=shot.fps,
+                         **_exr_colour(job),
                          record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                       "job_hash": plan.job_hash, "device": str(plan.device)})
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype)

@@ -282,3 +282,19 @@ def test_generation_with_cuda_graphs_equals_eager(tmp_path: Path) -> None:
     for eager, graphed in zip(*latents, strict=True):
         assert torch.allclose(eager, graphed, atol=1e-5), (eager - graphed).abs().max()
 
+
+
+def test_colour_lut_on_cuda_matches_the_cpu_and_ocio() -> None:
+    """The [colour] transform as a run applies it: quantise_hwc on the device."""
+    from pipeline.colour.ocio import bake, reference
+    from pipeline.config.job import Colour
+    from pipeline.decode.quantise import quantise_hwc
+
+    colour = Colour("ocio://default", "sRGB Encoded Rec.709 (sRGB)", "ACEScg")
+    lut = torch.from_numpy(bake(colour))
+    image = torch.rand(3, 270, 480, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    on_cpu = quantise_hwc(image, torch.float16, lut).float()
+    on_cuda = quantise_hwc(image.cuda(), torch.float16, lut.cuda()).float().cpu()
+    assert torch.allclose(on_cuda, on_cpu, atol=1e-3)   # one half-float step near 1
+    want = reference(colour, (image * 0.5 + 0.5).permute(1, 2, 0).numpy())
+    assert np.abs(on_cuda.numpy() - want).max() <= 1.5e-3

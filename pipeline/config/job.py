@@ -129,6 +129,15 @@ class Watermark:
 
 
 @dataclass(frozen=True)
+class Colour:
+    """An OpenColorIO transform applied to every frame on the device before quantisation."""
+    config: str                # "ocio://..." (built into OCIO) or a config file's path
+    source: str                # what the decoder's pixels are
+    target: str                # what the files get
+    lut_size: int = 65         # lattice points a side of the baked 3D LUT
+
+
+@dataclass(frozen=True)
 class Job:
     file: Path
     seed: int
@@ -139,6 +148,7 @@ class Job:
     output: Output
     watermark: Watermark
     tuning: Tuning
+    colour: Colour | None = None
 
 
 def load_job(path: Path, *, output_root: Path | None = None) -> Job:
@@ -156,10 +166,11 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     model = _model(top.table("model"), job_dir, source)
     output = _output(top.table("output"), shot, output_root)
     watermark = _watermark(top.table("watermark", required=False))
+    colour = _colour(top.table("colour"), job_dir, data) if "colour" in data else None
     overrides = top.table("tuning", required=False).data
     top.done()
     if check_input is not None:
-        for field, path, kind in input_paths(shot, source, model):
+        for field, path, kind in input_paths(shot, source, model, colour):
             check_input(field, path, kind)
     tuning = load_tuning(preset, job_dir, overrides,
                          None if check_input is None else lambda field, path: check_input(field, path, "data"))
@@ -168,10 +179,11 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
         _distinct_paths((review, *output.videos), shot.name)
         output = replace(output, videos=(review, *output.videos))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
-               output=output, watermark=watermark, tuning=tuning)
+               output=output, watermark=watermark, tuning=tuning, colour=colour)
 
 
-def input_paths(shot: Shot, source: Source, model: Model) -> list[tuple[str, Path, str]]:
+def input_paths(shot: Shot, source: Source, model: Model,
+                colour: Colour | None = None) -> list[tuple[str, Path, str]]:
     """Every file or folder the job reads (but a preset), as InputCheck sees them. A
     latent pattern is shown filled for its first and last frame: a frame number fills
     in digits only, so the frames between name the same folders."""
@@ -183,6 +195,8 @@ def input_paths(shot: Shot, source: Source, model: Model) -> list[tuple[str, Pat
     elif source.kind == "latents" and source.path:
         for frame in sorted({shot.frame_start, shot.frame_end}):
             paths.append(("source.path", Path(patterns.fill(source.path, shot=shot.name, frame=frame)), "data"))
+    if colour is not None and not colour.config.startswith(OCIO_BUILTIN):
+        paths.append(("colour.config", Path(colour.config), "data"))
     return paths
 
 
@@ -353,6 +367,23 @@ def _distinct_paths(videos: tuple[VideoOutput, ...], shot: str) -> None:
             raise JobError("output.videos", video.path, "two videos would be written to the same file; "
                            "give each its own path (output.video is the review MP4's)")
         seen.add(path)
+
+
+OCIO_BUILTIN = "ocio://"
+
+
+def _colour(t: Table, job_dir: Path, data: dict[str, Any]) -> Colour:
+    config = t.string("config", "ocio://default")
+    if not config.startswith(OCIO_BUILTIN):
+        config = str(job_dir / Path(config).expanduser())
+    colour = Colour(config=config, source=t.string("from", "sRGB Encoded Rec.709 (sRGB)"),
+                    target=t.string("to"), lut_size=t.integer("lut_size", 65, lo=2, hi=129))
+    t.done()
+    output = data.get("output")
+    if isinstance(output, dict) and "exr_transfer" in output:
+        raise JobError("output.exr_transfer", output["exr_transfer"],
+                       "a [colour] transform decides what EXR values are; leave exr_transfer out")
+    return colour
 
 
 def _watermark(t: Table) -> Watermark:

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.colour.lut import apply_lut
 
-def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+
+def quantise_hwc(image: torch.Tensor, dtype: torch.dtype = torch.uint8,
+                 colour_lut: torch.Tensor | None = None) -> torch.Tensor:
     """(3, H, W) in [-1, 1], any float dtype -> (H, W, 3) of `dtype`: uint8 or uint16
-    rounded to their full range, or float16 in [0, 1]."""
+    rounded to their full range, or float16 in [0, 1]; through the job's colour
+    transform first when it has one (float16 then keeps what the transform gives,
+    beyond [0, 1] too: wide-gamut and linear values are what EXR is for)."""
     unit = (image.float() * 0.5 + 0.5).clamp_(0, 1)
+    if colour_lut is not None:
+        unit = apply_lut(unit, colour_lut)
     if dtype.is_floating_point:
         quantised = unit.to(dtype)
     else:
         top = 255 if dtype == torch.uint8 else 65535
-        quantised = unit.mul_(top).round_().to(dtype)
+        quantised = unit.clamp_(0, 1).mul_(top).round_().to(dtype)
     return quantised.permute(1, 2, 0).contiguous()
 
 

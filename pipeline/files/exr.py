@@ -72,10 +72,16 @@ def frame_attributes(shot: str, frame: int, job_hash: str, fps: int) -> list[Att
             ("framefarm.job_hash", "string", job_hash.encode())]
 
 
+COLOUR_TRANSFER = "colour"   # values a job's [colour] transform made: stored as they are
+
+
 def encode_exr(pixels: np.ndarray, transfer: str = "linear", compression: str = "zip16",
-               attributes: Sequence[Attribute] = ()) -> bytes:
-    """Float (H, W, 3) display-referred RGB, half or single -> EXR bytes stored as half
-    floats, linearised unless `transfer` is "srgb", with `attributes` in the header."""
+               attributes: Sequence[Attribute] = (),
+               chromaticities: tuple[float, ...] | None = BT709_CHROMATICITIES) -> bytes:
+    """Float (H, W, 3) RGB, half or single -> EXR bytes stored as half floats: display-
+    referred values linearised when `transfer` is "linear", kept for "srgb" and for
+    COLOUR_TRANSFER; `attributes` and the `chromaticities` (None: unknown, not written)
+    in the header."""
     height, width, _ = pixels.shape
 
     def open_codec() -> av.VideoCodecContext:
@@ -84,16 +90,14 @@ def encode_exr(pixels: np.ndarray, transfer: str = "linear", compression: str = 
         codec.options = {"format": "half", "compression": compression}   # `format`: FFmpeg ignores unknown keys
         return codec
 
-    assert transfer in EXR_TRANSFERS and compression in EXR_COMPRESSIONS
+    assert (transfer in EXR_TRANSFERS or transfer == COLOUR_TRANSFER) and compression in EXR_COMPRESSIONS
     values = _linearise(pixels) if transfer == "linear" else pixels
     codec = thread_codec(("exr", width, height, compression), open_codec)
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(values, dtype=np.float32), format="gbrpf32le")
     data = b"".join(bytes(packet) for packet in codec.encode(frame))
-    return with_attributes(data, [
-        ("chromaticities", "chromaticities", struct.pack("<8f", *BT709_CHROMATICITIES)),
-        (_TRANSFER_ATTRIBUTE, "string", transfer.encode()),
-        *attributes,
-    ])
+    primaries = [] if chromaticities is None else [
+        ("chromaticities", "chromaticities", struct.pack("<8f", *chromaticities))]
+    return with_attributes(data, [*primaries, (_TRANSFER_ATTRIBUTE, "string", transfer.encode()), *attributes])
 
 
 def header_attributes(data: bytes) -> tuple[dict[str, tuple[str, bytes]], int]:

@@ -23,9 +23,10 @@ def pixel_dtype(output: Output) -> torch.dtype:
 
 def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear",
            png_encoder: str = "isal", exr_compression: str = "zip16",
-           exr_attributes: Sequence[exr.Attribute] = ()) -> bytes | memoryview:
+           exr_attributes: Sequence[exr.Attribute] = (),
+           exr_chromaticities: tuple[float, ...] | None = exr.BT709_CHROMATICITIES) -> bytes | memoryview:
     if fmt.name == "exr":
-        return exr.encode_exr(pixels, exr_transfer, exr_compression, exr_attributes)
+        return exr.encode_exr(pixels, exr_transfer, exr_compression, exr_attributes, exr_chromaticities)
     return png.encode_png(pixels, png_compression, png_encoder)
 
 

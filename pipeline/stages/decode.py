@@ -27,8 +27,10 @@ from pipeline.models.vae import Vae, VaeInfo
 
 class Decoder:
     def __init__(self, vae: Vae, info: VaeInfo, dtype: str, ctx: DeviceContext,
-                 pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None) -> None:
+                 pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None,
+                 colour_lut: torch.Tensor | None = None) -> None:
         self.info = info
+        self.colour_lut = colour_lut    # the job's colour transform, baked, on the device
         self.dtype = DTYPES[dtype]
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
@@ -69,7 +71,7 @@ class Decoder:
             begin = self.busy.start(self.ctx.compute)
             latents = self._to_device(item.latents) / self.info.scaling_factor + self.info.shift_factor
             image = decode(latents)
-            pixels = quantise_hwc(image, self.pixel_dtype)
+            pixels = quantise_hwc(image, self.pixel_dtype, self.colour_lut)
             check = verdict(image, pixels)
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)
@@ -89,7 +91,7 @@ class Decoder:
             if images.shape[1] != len(item.frames):
                 raise RuntimeError(f"latent frame {item.index} decoded to {images.shape[1]} frames, "
                                    f"expected {len(item.frames)}")
-            pixels = [quantise_hwc(images[:, i], self.pixel_dtype) for i in range(images.shape[1])]
+            pixels = [quantise_hwc(images[:, i], self.pixel_dtype, self.colour_lut) for i in range(images.shape[1])]
             checks = [verdict(images[:, i], p) for i, p in enumerate(pixels)]
             ready = self.ctx.record(self.ctx.compute)
             self.busy.stop(self.ctx.compute, begin)

@@ -21,7 +21,7 @@ import trio
 
 from pipeline.config.formats import FrameFormat
 from pipeline.errors import PublishRefused, StageFailed
-from pipeline.files.exr import frame_attributes
+from pipeline.files.exr import BT709_CHROMATICITIES, Attribute, frame_attributes
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import Published, publish_bytes
@@ -47,6 +47,8 @@ class FrameOutputs:
     png_encoder: str = "isal"             # tuning.png_encoder
     exr_compression: str = "zip16"        # output.exr_compression
     fps: int = 24                         # shot.fps (EXR frames say it)
+    exr_chromaticities: tuple[float, ...] | None = BT709_CHROMATICITIES   # None: unknown, not written
+    exr_extra: tuple[Attribute, ...] = ()  # what every EXR frame says besides (the colour transform)
 
     def check_publish(self, what: str) -> None:
         if self.may_publish is not None and not self.may_publish():
@@ -55,10 +57,10 @@ class FrameOutputs:
     def publish_frame(self, frame: int, seed: int, pixels: np.ndarray) -> None:
         assert self.frame_format is not None
         path = self.frame_paths[frame]
-        where_from = (frame_attributes(self.record_base["shot"], frame, self.record_base["job_hash"], self.fps)
-                      if self.frame_format.name == "exr" else [])
+        where_from = ([*frame_attributes(self.record_base["shot"], frame, self.record_base["job_hash"], self.fps),
+                       *self.exr_extra] if self.frame_format.name == "exr" else [])
         data = encode(self.frame_format, pixels, self.png_compression, self.exr_transfer, self.png_encoder,
-                      self.exr_compression, where_from)
+                      self.exr_compression, where_from, self.exr_chromaticities)
         self.check_publish(f"frame {frame}")   # after the encode: as late as it can be asked
         relative = path.relative_to(self.root).as_posix()
         frame_format = self.frame_format
