@@ -21,7 +21,7 @@ from pipeline.colour.ocio import check as colour_check
 from pipeline.config import patterns
 from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
-from pipeline.config.video import VideoOutput
+from pipeline.config.video import VideoOutput, segment_path, segments
 from pipeline.decode.budget import TilePlan, host_memory_available, layered_peak, plan_decode, run_memory
 from pipeline.errors import JobError
 from pipeline.files.latents import check_clip_file, check_latent_files
@@ -35,6 +35,7 @@ class PlannedVideo:
     spec: VideoOutput
     path: Path
     done: bool = False                # a resumed run found it finished
+    segments_done: frozenset[int] = frozenset()   # segments a resumed run found published
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class Plan:
         for video in self.videos:
             lines.append(f"  video: {video.path.relative_to(self.root)}, {video.spec.describe()}"
                          + (": already finished (resume)" if video.done else ""))
+            if video.segments_done and not video.done:
+                lines.append(f"    {len(video.segments_done)} segment(s) already finished (resume)")
         lines.append(f"  manifest: {self.root / 'manifest.jsonl'}")
         lines.append("watermark: " + (f"on, payload {job.watermark.payload!r}"
                                         if job.watermark.enabled else "off"))
@@ -203,9 +206,13 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
                    for spec in (job.output.videos if video else ()))
     skipped: set[int] = set()
     if resume:
-        skipped, videos = _finished(root, j_hash, frame_paths, videos)
-        if not frame_paths and any(not v.done for v in videos):
-            skipped = set()  # videos only, one not finished: every frame is needed again
+        skipped, videos = _finished(root, j_hash, frame_paths, videos, frames)
+        if not frame_paths:   # videos only: a frame is needed again unless every video has it
+            skipped = set(frames)
+            for planned in videos:
+                if not planned.done:
+                    skipped &= {f for i in planned.segments_done
+                                for f in segments(frames, planned.spec.segment_frames)[i]}
     pending_video = any(not v.done for v in videos)
     todo = tuple(f for f in frames if f not in skipped) if (frame_paths or pending_video) else ()
     if clip_frames and todo:  # a clip decodes from its first latent frame: all of it, or none
@@ -234,22 +241,34 @@ def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
         **({"colour": dataclasses.asdict(job.colour)} if job.colour is not None else {}),
         "video": [job.tuning.video_codec, job.tuning.video_crf, job.tuning.video_preset],
         # the editorial videos, when a job names any (jobs without keep their earlier hash)
-        **({"videos": [dataclasses.asdict(v) for v in job.output.videos if v.codec != "review"]}
+        **({"videos": [{**dataclasses.asdict(v), "segment_frames": None}   # cut, not content
+                       for v in job.output.videos if v.codec != "review"]}
            if any(v.codec != "review" for v in job.output.videos) else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
-              videos: tuple[PlannedVideo, ...]) -> tuple[set[int], tuple[PlannedVideo, ...]]:
+def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path], videos: tuple[PlannedVideo, ...],
+              frames: range) -> tuple[set[int], tuple[PlannedVideo, ...]]:
     latest = latest_by_path(r for r in read_records(root) if r.get("job_hash") == j_hash)
 
     def done(path: Path) -> bool:
         record = latest.get(path.relative_to(root).as_posix())
         return record is not None and check_record(root, record) is None
 
+    def segments_done(video: PlannedVideo) -> frozenset[int]:
+        if not video.spec.segment_frames:
+            return frozenset()
+        found = set()
+        for index, part in enumerate(segments(frames, video.spec.segment_frames)):
+            record = latest.get(segment_path(video.path, index).relative_to(root).as_posix())
+            if (record is not None and record.get("frames") == [part.start, part.stop - 1]
+                    and check_record(root, record) is None):
+                found.add(index)
+        return frozenset(found)
+
     skipped = {frame for frame, path in frame_paths.items() if done(path)}
-    return skipped, tuple(dataclasses.replace(v, done=done(v.path)) for v in videos)
+    return skipped, tuple(dataclasses.replace(v, done=done(v.path), segments_done=segments_done(v)) for v in videos)
 
 
 def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: range) -> int:

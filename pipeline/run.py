@@ -25,12 +25,13 @@ import trio
 
 from pipeline.colour.ocio import CHROMATICITIES, bake
 from pipeline.config.job import Job
+from pipeline.config.video import segment_path
 from pipeline.errors import RunInterrupted, StageFailed, leaves
 from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
-from pipeline.files.video import VideoFile
+from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.stats import StageStats
 from pipeline.gpu.device import DeviceContext
 from pipeline.gpu.ring import HostRing
@@ -45,7 +46,7 @@ from pipeline.stages.generate import generate_clip_stage, generate_stage
 from pipeline.stages.source import clip_source_stage, source_stage
 from pipeline.stages.transfer import transfer_stage
 from pipeline.stages.watermark import offsets_for, watermark_stage
-from pipeline.stages.write import FrameOutputs, VideoSequencer, read_back, write_stage
+from pipeline.stages.write import FrameOutputs, VideoSequencer, publish_segment, read_back, write_stage
 
 
 @dataclass
@@ -200,7 +201,7 @@ def _exr_colour(job: Job) -> dict[str, Any]:
 class _Outputs:
     files: FrameOutputs
     ring: HostRing                     # pinned host buffers, one frame each
-    videos: list[VideoFile]            # the videos still to write (a resumed run may have none)
+    videos: list[VideoFile | SegmentedVideo]   # the videos still to write (a resumed run may have none)
     watermark: torch.Tensor | None     # the run's mark, drawn once; None: no watermark
 
 
@@ -223,12 +224,21 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     mark = None
     if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
         mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
-    videos: list[VideoFile] = []
+    videos: list[VideoFile | SegmentedVideo] = []
     try:
         for planned in plan.videos_to_write:
             make_folders([planned.path.parent], made)
             sweep_stale_temps(planned.path.parent)
-            videos.append(VideoFile(planned.path, planned.spec, width=shot.width, height=shot.height, fps=shot.fps))
+            if not planned.spec.segment_frames:
+                videos.append(VideoFile(planned.path, planned.spec, width=shot.width, height=shot.height,
+                                        fps=shot.fps))
+                continue
+            parts = segment_path(planned.path, 0).parent
+            make_folders([parts], made)
+            sweep_stale_temps(parts)
+            videos.append(SegmentedVideo(planned.path, planned.spec, width=shot.width, height=shot.height,
+                                         fps=shot.fps, frames=shot.frames, done=planned.segments_done,
+                                         on_segment=partial(publish_segment, files, planned.path)))
     except BaseException:
         for opened in videos:
             opened.abort()

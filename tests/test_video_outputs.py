@@ -172,3 +172,94 @@ def test_odd_sizes_and_mxf_rates_are_refused(write_job: Callable[..., Path], job
                     **videos_job(formats=["png"], videos=[{"path": "m.mxf", "codec": "dnxhr_hq"}]))
     result = render("run", str(mxf), "--device", "cpu")
     assert result.returncode == 2 and "shot.fps" in result.stderr and "write a .mov" in result.stderr, result.stderr
+
+
+def segment_records(root: Path) -> dict[str, dict]:
+    records = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    return {r["path"]: r for r in records if r["kind"] == "segment"}
+
+
+def test_videos_in_segments_join_without_reencoding_and_resume_by_segment(
+        write_job: Callable[..., Path], job_dir: Path) -> None:
+    job = write_job(tuning={"writer_threads": 2, "video_segment_frames": 4},
+                    **videos_job(formats=["png", "mp4"], videos=[{"path": "{shot}.mkv", "codec": "ffv1"}]))
+    result = render("run", str(job), "--device", "cpu", "-q")
+    assert result.returncode == 0, result.stderr
+    root = job_dir / "out"
+    parts = segment_records(root)
+    assert sorted(parts) == [".test.mkv.segments/00000.mkv", ".test.mkv.segments/00001.mkv",
+                             ".test.mp4.segments/00000.mp4", ".test.mp4.segments/00001.mp4"]
+    assert [parts[".test.mp4.segments/00001.mp4"][k] for k in ("video", "index", "frames")] == ["test.mp4", 1, [5, 6]]
+    from pipeline.files.png import read_png
+    with av.open(str(root / "test.mkv")) as container:   # joined in order, every frame exact
+        joined = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(joined) == 6
+    for frame, pixels in enumerate(joined, start=1):
+        assert np.array_equal(pixels, read_png(root / "test" / f"test.{frame:04d}.png")), frame
+    assert read_video_info(root / "test.mp4") == (6, 32, 24)
+    with av.open(str(root / "test.mp4")) as container:   # the second segment starts with a keyframe
+        keyframes = [p.is_keyframe for p in container.demux(video=0) if p.dts is not None]
+    assert keyframes[0] and keyframes[4], keyframes
+    assert render("verify", str(root)).returncode == 0
+
+    first = root / ".test.mp4.segments/00000.mp4"
+    kept = first.stat().st_mtime_ns
+    (root / "test.mp4").unlink()
+    (root / ".test.mp4.segments/00001.mp4").unlink()
+    result = render("run", str(job), "--device", "cpu", "--resume", "--dry-run")
+    assert "1 segment(s) already finished (resume)" in result.stdout, result.stdout
+    result = render("run", str(job), "--device", "cpu", "--resume", "-q")
+    assert result.returncode == 0, result.stderr
+    assert first.stat().st_mtime_ns == kept, "a finished segment was encoded again"
+    assert read_video_info(root / "test.mp4") == (6, 32, 24)
+    assert render("verify", str(root)).returncode == 0
+
+
+def test_verify_counts_a_videos_frames(write_job: Callable[..., Path], job_dir: Path) -> None:
+    """A video whose record says more frames than it holds is reported, hash or not."""
+    result = render("run", str(write_job()), "--device", "cpu", "-q")
+    assert result.returncode == 0, result.stderr
+    root = job_dir / "out"
+    manifest = root / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    video = next(r for r in records if r["kind"] == "video")
+    manifest.write_text("\n".join([*lines, json.dumps({**video, "frames": [1, 7]})]) + "\n")
+    result = render("verify", str(root))
+    assert result.returncode != 0 and "test.mp4: 6 frames, the record says 7" in result.stdout + result.stderr
+
+
+def test_a_killed_segmented_run_leaves_no_partial_video_and_resumes_from_its_segments(
+        write_job: Callable[..., Path], job_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    frames = 160
+    job = write_job(shot={"frame_end": frames, "width": 128, "height": 96}, source={"kind": "noise"},
+                    tuning={"writer_threads": 2, "video_segment_frames": 8},
+                    **videos_job(formats=[], videos=[{"path": "{shot}.mov", "codec": "prores_422hq"}]))
+    root = job_dir / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--device", "cpu", "-q"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not ((root / "manifest.jsonl").exists() and len(segment_records(root)) >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    run.kill()
+    run.wait()
+    assert not (root / "test.mov").exists(), "the kill landed after the video was joined"
+    finished = segment_records(root)
+    assert 2 <= len(finished) < frames // 8
+    kept = {path: (root / path).stat().st_mtime_ns for path in finished}
+
+    result = render("run", str(job), "--device", "cpu", "--resume", "-q")
+    assert result.returncode == 0, result.stderr
+    assert all((root / path).stat().st_mtime_ns == mtime for path, mtime in kept.items())
+    assert read_video_info(root / "test.mov") == (frames, 128, 96)
+    verified = render("verify", str(root))
+    assert verified.returncode == 0, verified.stdout   # no temporary file left, every segment's hash

@@ -26,6 +26,7 @@ from pipeline.config.video import (
     VideoOutput,
     chroma_steps,
     review_video,
+    with_segments,
 )
 from pipeline.errors import JobError
 
@@ -178,6 +179,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
         review = review_video(output.video, tuning.video_codec, tuning.video_crf, tuning.video_preset)
         _distinct_paths((review, *output.videos), shot.name)
         output = replace(output, videos=(review, *output.videos))
+    output = replace(output, videos=tuple(with_segments(v, tuning.video_segment_frames) for v in output.videos))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
                output=output, watermark=watermark, tuning=tuning, colour=colour)
 
@@ -329,6 +331,7 @@ def _video(t: Table, shot: Shot) -> VideoOutput:
     codec = VIDEO_CODECS[name]
     path = t.string("path")
     pixel_format = t.string("pixel_format", codec.pixel_formats[0], choices=codec.pixel_formats)
+    segment_frames = t.integer("segment_frames", 0, lo=0, hi=1_000_000)
     crf = preset = None
     for field in ("crf", "preset"):
         if codec.crf is None and field in t.data:
@@ -356,7 +359,8 @@ def _video(t: Table, shot: Shot) -> VideoOutput:
         raise JobError("shot.fps", shot.fps, f"MXF ({t.name('path')}) takes "
                        f"{', '.join(map(str, MXF_RATES))} frames/s; write a .mov instead")
     return VideoOutput(path=path, codec=name, encoder=codec.encoder, container=CONTAINERS[suffix],
-                       pixel_format=pixel_format, crf=crf, preset=preset, options=codec.options)
+                       pixel_format=pixel_format, crf=crf, preset=preset, options=codec.options,
+                       segment_frames=segment_frames)
 
 
 def _distinct_paths(videos: tuple[VideoOutput, ...], shot: str) -> None:

@@ -40,6 +40,7 @@ class Tuning:
     compute_priority: str   # CUDA stream priority of decode: highest or lowest the device offers
     watermark_priority: str  # of the watermark stream
     cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
+    video_segment_frames: int = 0   # videos in closed-GOP segments of this many frames (0: one piece)
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
@@ -119,6 +120,7 @@ def _parse(t: Table) -> Tuning:
             "video_preset",
             choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
         ),
+        video_segment_frames=t.integer("video_segment_frames", 0, lo=0, hi=1_000_000),
         compute_priority=t.string("compute_priority", choices=PRIORITIES),
         watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
         cuda_graphs=t.boolean("cuda_graphs"),

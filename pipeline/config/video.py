@@ -17,7 +17,8 @@ The `mp4` frame format of earlier jobs is the review video: H.264 with the prese
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 # FFmpeg's muxer for each file suffix
 CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".mxf": "mxf"}
@@ -62,6 +63,7 @@ class VideoOutput:
     crf: int | None = None
     preset: str | None = None         # x264/x265 speed preset
     options: tuple[tuple[str, str], ...] = ()
+    segment_frames: int = 0           # closed-GOP segments of this many frames; 0: one piece
 
     @property
     def deep(self) -> bool:
@@ -75,6 +77,21 @@ class VideoOutput:
     def describe(self) -> str:
         quality = f", crf {self.crf}" if self.crf is not None else ""
         return f"{self.codec} ({self.encoder}, {self.pixel_format}{quality})"
+
+
+def segments(frames: range, length: int) -> list[range]:
+    """The shot's frames cut into segments of `length` (the last may be shorter); 0: one."""
+    step = length or len(frames)
+    return [range(first, min(first + step, frames.stop)) for first in range(frames.start, frames.stop, step)]
+
+
+def segment_path(video: Path, index: int) -> Path:
+    """Where segment `index` of `video` is published: a hidden folder beside it."""
+    return video.parent / f".{video.name}.segments" / f"{index:05d}{video.suffix}"
+
+
+def with_segments(video: VideoOutput, default: int) -> VideoOutput:
+    return video if video.segment_frames else replace(video, segment_frames=default)
 
 
 def bit_depth(pixel_format: str) -> int:

@@ -143,6 +143,22 @@ def _check_file(root: Path, record: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_frame_count(path: Path, frames: Any) -> str | None:
+    """A video (or segment) holds the frames its record says: its packets counted, one a
+    frame, without decoding."""
+    import av
+
+    if not (isinstance(frames, list) and len(frames) == 2 and all(isinstance(f, int) for f in frames)):
+        return "record has no frame range"
+    try:
+        with av.open(str(path)) as container:
+            count = sum(1 for packet in container.demux(video=0) if packet.dts is not None)
+    except (av.FFmpegError, IndexError) as err:
+        return f"not a readable video: {err}"
+    want = frames[1] - frames[0] + 1
+    return None if count == want else f"{count} frames, the record says {want}"
+
+
 def verify(root: Path) -> tuple[int, list[str]]:
     """Check every output's latest record; also report lines that are not records,
     output files no record names, and temporary files left behind."""
@@ -151,6 +167,8 @@ def verify(root: Path) -> tuple[int, list[str]]:
     problems = [f"{MANIFEST_NAME} line {number}: not a manifest record" for number in bad]
     for rel, record in sorted(latest.items()):
         problem = check_record(root, record)
+        if problem is None and record.get("kind") in ("video", "segment"):
+            problem = _check_frame_count(root / rel, record.get("frames"))
         if problem:
             problems.append(f"{rel}: {problem}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

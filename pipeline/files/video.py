@@ -28,7 +28,7 @@ from typing import Any, cast
 import av
 import numpy as np
 
-from pipeline.config.video import VideoOutput
+from pipeline.config.video import VideoOutput, segment_path, segments
 from pipeline.files.formats import to_rgb8
 from pipeline.files.publish import Published, commit, failed_write, file_sha256, temp_path
 
@@ -92,31 +92,117 @@ class VideoFile:
                lock: AbstractContextManager[Any] | None = None) -> Published:
         """Flush, close and publish the video; inside `lock`, the move into place and `then`
         (the manifest record) as one step."""
-        try:
+        def close() -> None:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
-            with self.tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
-            sha256, size = file_sha256(self.tmp), self.tmp.stat().st_size
-            with lock or contextlib.nullcontext():
-                published = commit(self.tmp, self.dest, sha256, size)
-                if then is not None:
-                    then(published)
-            return published
-        except OSError as err:   # a full disk while the last packets and the index are written
-            if failed_write(err, self.tmp):
-                raise OSError(err.errno, err.strerror, str(self.dest)) from err
-            raise
-        finally:   # published (linked into place) or failed: the temporary file goes either way
-            with contextlib.suppress(FileNotFoundError):
-                self.tmp.unlink()
+        return _publish(self.tmp, self.dest, close, then, lock)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._container.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def _publish(tmp: Path, dest: Path, close: Callable[[], None], then: Callable[[Published], None] | None,
+             lock: AbstractContextManager[Any] | None) -> Published:
+    """`close` the file being written at `tmp`, make it durable, and move it into place
+    (with `then`, the manifest record, inside `lock`); the temporary file goes either way."""
+    try:
+        close()
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        sha256, size = file_sha256(tmp), tmp.stat().st_size
+        with lock or contextlib.nullcontext():
+            published = commit(tmp, dest, sha256, size)
+            if then is not None:
+                then(published)
+        return published
+    except OSError as err:   # a full disk while the last packets and the index are written
+        if failed_write(err, tmp):
+            raise OSError(err.errno, err.strerror, str(dest)) from err
+        raise
+    finally:   # published (linked into place) or failed
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+SegmentDone = Callable[[VideoFile, int, range], Published]
+
+
+class SegmentedVideo:
+    """A video in closed-GOP segments: each segment is a video of its own (its own
+    encoder, so it starts with a keyframe and refers to nothing before it), published as
+    it completes through `on_segment` (which records it), and at `finish` the segments
+    are joined by a remux, without re-encoding. Segments in `done` (published by an
+    earlier run) are not encoded again: their frames are never fed (`unfed`)."""
+
+    def __init__(self, dest: Path, spec: VideoOutput, *, width: int, height: int, fps: int,
+                 frames: range, done: frozenset[int], on_segment: SegmentDone) -> None:
+        self.dest, self.spec = dest, spec
+        self.size, self.fps = (width, height), fps
+        self.segments = segments(frames, spec.segment_frames)
+        self.unfed = frozenset(f for i in done for f in self.segments[i])
+        self._todo = [i for i in range(len(self.segments)) if i not in done]
+        self._on_segment = on_segment
+        self._current: VideoFile | None = None
+        self.frames = 0
+        self.tmp = temp_path(dest)
+
+    def add(self, pixels: np.ndarray) -> None:
+        if self._current is None:
+            index = self._todo[0]
+            path = segment_path(self.dest, index)
+            self._current = VideoFile(path, self.spec, width=self.size[0], height=self.size[1], fps=self.fps)
+        self._current.add(pixels)
+        self.frames += 1
+        index = self._todo[0]
+        if self._current.frames == len(self.segments[index]):
+            current, self._current = self._current, None
+            self._on_segment(current, index, self.segments[index])
+            self._todo.pop(0)
+
+    def finish(self, *, then: Callable[[Published], None] | None = None,
+               lock: AbstractContextManager[Any] | None = None) -> Published:
+        if self._todo:
+            raise RuntimeError(f"{self.dest.name}: segment {self._todo[0]} was not finished")
+        parts = [segment_path(self.dest, i) for i in range(len(self.segments))]
+        return _publish(self.tmp, self.dest, lambda: join(parts, self.tmp, self.spec.container, self.fps), then, lock)
+
+    def abort(self) -> None:
+        if self._current is not None:
+            self._current.abort()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def join(parts: list[Path], dest: Path, container_format: str, fps: int) -> None:
+    """Concatenate videos of one encoder's settings into `dest` by copying their packets,
+    each part's timestamps moved past the parts before it (by its frames, one packet
+    each: not every container says a packet's duration)."""
+    with av.open(str(parts[0])) as first:
+        out = av.open(str(dest), "w", format=container_format)
+        try:
+            stream = out.add_stream_from_template(first.streams.video[0])
+            offset = 0
+            for part in parts:
+                with av.open(str(part)) as container:
+                    source = container.streams.video[0]
+                    assert source.time_base is not None
+                    frames = 0
+                    for packet in container.demux(source):
+                        if packet.dts is None:   # the demuxer's empty packet at the end
+                            continue
+                        assert packet.pts is not None
+                        packet.pts += offset
+                        packet.dts += offset
+                        packet.stream = stream
+                        out.mux(packet)
+                        frames += 1
+                    offset += round(frames / (fps * source.time_base))
+        finally:
+            out.close()
 
 
 def read_colour_tags(path: Path) -> dict[str, int]:

@@ -25,7 +25,7 @@ from pipeline.files.exr import BT709_CHROMATICITIES, Attribute, frame_attributes
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import Published, publish_bytes
-from pipeline.files.video import VideoFile
+from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.frames import HostFrame
 from pipeline.flow.stats import StageStats
 from pipeline.gpu.ring import HostRing
@@ -76,14 +76,17 @@ class FrameOutputs:
 
 
 class VideoSequencer:
-    """Feeds the video encoder frame by frame in shot order, whichever writer is first."""
+    """Feeds the video encoder frame by frame in shot order, whichever writer is first.
+    Frames a resumed run skipped are read back from their files; frames of segments an
+    earlier run published (`unfed`) are not fed at all."""
 
-    def __init__(self, video: VideoFile, frames: range, skipped: frozenset[int],
+    def __init__(self, video: VideoFile | SegmentedVideo, frames: range, skipped: frozenset[int],
                  read_back: Callable[[int], np.ndarray]) -> None:
         self.video = video
         self.first = self.next = frames.start
         self.end = frames.stop
         self.skipped = skipped
+        self.unfed = video.unfed if isinstance(video, SegmentedVideo) else frozenset()
         self.read_back = read_back
         self._turn = trio.Condition()
         self._limiter = trio.CapacityLimiter(1)
@@ -93,7 +96,8 @@ class VideoSequencer:
             await self._encode_skipped()
             while self.next != frame:
                 await self._turn.wait()
-            await trio.to_thread.run_sync(self.video.add, pixels, limiter=self._limiter)
+            if frame not in self.unfed:
+                await trio.to_thread.run_sync(self.video.add, pixels, limiter=self._limiter)
             self.next += 1
             await self._encode_skipped()
             self._turn.notify_all()
@@ -108,9 +112,25 @@ class VideoSequencer:
         self.video.add(self.read_back(frame))
 
     async def _encode_skipped(self) -> None:
-        while self.next in self.skipped:
-            await trio.to_thread.run_sync(self._add_from_disk, self.next, limiter=self._limiter)
+        while self.next in self.skipped or self.next in self.unfed:
+            if self.next not in self.unfed:
+                await trio.to_thread.run_sync(self._add_from_disk, self.next, limiter=self._limiter)
             self.next += 1
+
+
+def publish_segment(outputs: FrameOutputs, video: Path, part: VideoFile, index: int, frames: range) -> Published:
+    """A finished segment of `video` into place with its manifest record (in the video's thread)."""
+    outputs.check_publish(f"segment {index} of {video.name}")
+
+    def record(published: Published) -> None:
+        outputs.manifest.record_unless_recorded({
+            **outputs.record_base, "kind": "segment", "video": video.relative_to(outputs.root).as_posix(),
+            "index": index, "frames": [frames.start, frames.stop - 1],
+            "path": published.path.relative_to(outputs.root).as_posix(),
+            "size": published.size, "sha256": published.sha256, "time": time.time(),
+        }, published.kept_existing)
+
+    return part.finish(then=record, lock=outputs.manifest.exclusive())
 
 
 def read_back(outputs: FrameOutputs) -> Callable[[int], np.ndarray]:
