@@ -52,8 +52,11 @@ def cli() -> None:
               help="Render in the long-lived render process of the session folder DIR (`render session "
                    "start`), which keeps models loaded between runs; where none answers, render here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--trace", "trace_path", metavar="FILE.json", type=click.Path(path_type=Path), default=None,
+              help="Write the run's timeline (Trace Event Format: open it in Perfetto or chrome://tracing).")
 def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_root: Path | None,
-        frames_text: str | None, base_dir: Path | None, session: Path | None, quiet: bool) -> None:
+        frames_text: str | None, base_dir: Path | None, session: Path | None, quiet: bool,
+        trace_path: Path | None) -> None:
     """Render the shot described by JOB.toml.
 
     Frames are published atomically (a temporary file, fsynced, renamed) and recorded in
@@ -61,8 +64,8 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
     continued with --resume.
     """
     if session is not None:
-        if dry_run:
-            raise click.UsageError("--dry-run plans in this process; leave out --session")
+        if dry_run or trace_path is not None:
+            raise click.UsageError("--dry-run and --trace work in this process; leave out --session")
         if run_in_session(session, quiet, cwd=str(Path.cwd()), job=str(job_file.resolve()), frames=frames_text,
                           resume=resume, device=device,
                           output_root=None if output_root is None else str(output_root.resolve()),
@@ -92,7 +95,7 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
     started = time.perf_counter()
     progress = Progress(job.shot.name, len(plan.todo), quiet=quiet)
     try:
-        report = run_plan(plan, on_frame=progress.frame)
+        report = run_plan(plan, on_frame=progress.frame, trace_path=trace_path)
     finally:
         progress.close()
     click.echo(format_summary(plan, report, time.perf_counter() - started))

@@ -24,6 +24,7 @@ import torch
 import trio
 
 from pipeline.colour.ocio import CHROMATICITIES, bake
+from pipeline.config.cost import price
 from pipeline.config.job import Job
 from pipeline.config.video import segment_path
 from pipeline.errors import RunInterrupted, StageFailed, leaves
@@ -33,7 +34,9 @@ from pipeline.files.manifest import Manifest
 from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
 from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.stats import StageStats
+from pipeline.flow.trace import Trace
 from pipeline.gpu.device import DeviceContext
+from pipeline.gpu.energy import EnergyMeter
 from pipeline.gpu.ring import HostRing
 from pipeline.gpu.turns import GpuTurn, TurnHold
 from pipeline.models.cache import ModelCache, PipelineCache
@@ -58,16 +61,26 @@ class RunReport:
     wall_s: float = 0.0               # everything, load included
     device: str = ""
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    energy_j: float | None = None     # the GPU's, over the run (load included); None: not measured
+    gpu_s: float | None = None        # seconds the run held its GPU; None on the CPU
 
     @property
     def fps(self) -> float:
         return self.frames / self.render_s if self.render_s > 0 else 0.0
 
 
-def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None) -> RunReport:
-    """Render a plan; blocking. Raises StageFailed or RunInterrupted."""
+def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None,
+             trace_path: Path | None = None) -> RunReport:
+    """Render a plan; blocking. Raises StageFailed or RunInterrupted. With `trace_path`,
+    the run's timeline is written there (a failed run's too: up to where it stopped)."""
     import_model_code(plan)
-    return trio.run(render, plan, on_frame)
+    trace = Trace() if trace_path is not None else None
+    try:
+        return trio.run(partial(render, plan, on_frame, trace=trace))
+    finally:
+        if trace is not None and trace_path is not None:
+            trace.write(trace_path, {"shot": plan.job.shot.name, "job_hash": plan.job_hash,
+                                     "device": str(plan.device)})
 
 
 def import_model_code(plan: Plan) -> None:
@@ -81,16 +94,18 @@ def import_model_code(plan: Plan) -> None:
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
                  *, handle_signals: bool = True, stop: trio.Event | None = None,
                  pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None,
-                 may_publish: Callable[[], bool] | None = None) -> RunReport:
+                 may_publish: Callable[[], bool] | None = None, trace: Trace | None = None) -> RunReport:
     """Render a plan inside a trio run: load the model, prepare the outputs, wire the
     stages and run them, report. `models` and `pipelines` keep VAEs and generation
     pipelines loaded across calls (farm workers); `handle_signals=False` leaves Ctrl-C
     and SIGTERM to the caller; setting `stop` lets the frames in flight finish and
     starts no more; renders given one `gpu_turn` take turns at the GPU; `may_publish`,
     asked in a writer thread before each output is published, stops the render with
-    PublishRefused when it says no. Ctrl-C and SIGTERM are watched from the start: one
-    landing while the model loads stops the run once the load returns."""
-    kwargs: dict[str, Any] = dict(stop=stop, pipelines=pipelines, gpu_turn=gpu_turn, may_publish=may_publish)
+    PublishRefused when it says no; `trace` collects the run's timeline. Ctrl-C and
+    SIGTERM are watched from the start: one landing while the model loads stops the run
+    once the load returns."""
+    kwargs: dict[str, Any] = dict(stop=stop, pipelines=pipelines, gpu_turn=gpu_turn, may_publish=may_publish,
+                                  trace=trace)
     if not (handle_signals and threading.current_thread() is threading.main_thread()):
         return await _render(plan, on_frame, models, **kwargs)
     done = 0
@@ -112,11 +127,13 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
 
 async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None,
                   *, stop: trio.Event | None, pipelines: PipelineCache | None, gpu_turn: GpuTurn | None,
-                  may_publish: Callable[[], bool] | None) -> RunReport:
+                  may_publish: Callable[[], bool] | None, trace: Trace | None) -> RunReport:
     started = time.perf_counter()
     ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
                         watermark_priority=plan.job.tuning.watermark_priority)
     report = RunReport(skipped=len(plan.skipped), device=ctx.describe())
+    meter = EnergyMeter(plan.device)
+    energy_start = meter.joules()
 
     decoder, pipe = await _load(plan, ctx, models, pipelines)
     report.load_s = time.perf_counter() - started
@@ -132,6 +149,12 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         outputs = await _prepare_outputs(plan, ctx, decoder.pixel_dtype, made)
         outputs.files.may_publish = may_publish
         stages = _stages(plan, ctx, decoder, pipe, outputs, turn, stop, frame_written)
+        if trace is not None:
+            for stage in stages:
+                stage.stats.trace = trace
+            if ctx.compute is not None:
+                trace.align_gpu(ctx.compute)
+                decoder.busy.spans = ("GPU compute stream (decode)", trace)
         render_start = time.perf_counter()
         await _run_stages(stages, render_start)
     except BaseException as group:
@@ -143,6 +166,11 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         turn.give()  # a stage cancelled just after taking the turn, before the decode ended
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
+    energy_end = meter.joules()
+    if energy_start is not None and energy_end is not None:
+        report.energy_j = round(energy_end - energy_start, 3)
+    if ctx.is_cuda:
+        report.gpu_s = round(report.wall_s, 3)
 
     report.stages = {stage.name: stage.stats.as_dict() for stage in stages}
     report.stages["decode"].update(await trio.to_thread.run_sync(decoder.statistics))
@@ -150,7 +178,30 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         report.stages["decode"]["gpu_turn_wait_s"] = round(turn.waited_s, 3)
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in outputs.ring.statistics().items()})
+    if report.frames or plan.videos_to_write:
+        await trio.to_thread.run_sync(outputs.files.manifest.append, run_record(plan, report))
     return report
+
+
+def per_frame(value: float | None, frames: int) -> float | None:
+    return None if value is None or not frames else value / frames
+
+
+def run_record(plan: Plan, report: RunReport) -> dict[str, Any]:
+    """What a run measured and cost, for the manifest (kind "run"): None is "not measured"."""
+    cost = plan.job.cost
+    money = price(cost, report.gpu_s, report.energy_j) if cost is not None else None
+    return {
+        "kind": "run", "shot": plan.job.shot.name, "job_hash": plan.job_hash, "model_hash": plan.model_hash,
+        "device": report.device, "frames": report.frames, "skipped": report.skipped,
+        "load_s": round(report.load_s, 3), "render_s": round(report.render_s, 3), "wall_s": round(report.wall_s, 3),
+        "energy_j": report.energy_j, "gpu_s": report.gpu_s,
+        "j_per_frame": per_frame(report.energy_j, report.frames),
+        "gpu_s_per_frame": per_frame(report.gpu_s, report.frames),
+        **({"cost": money, "cost_per_frame": per_frame(money, report.frames), "currency": cost.currency}
+           if cost is not None else {}),
+        "time": time.time(),
+    }
 
 
 async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.plan import Plan
-from pipeline.run import RunReport
+from pipeline.run import RunReport, run_record
 
 
 def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
@@ -32,6 +32,7 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     writers = plan.job.tuning.writers()
     if writers > 1:
         lines.append(f"(write times are summed over {writers} writer tasks)")
+    lines.append(energy_line(plan, report))
     outputs = []
     if plan.frame_format is not None and plan.frame_paths:
         outputs.append(f"{len(plan.frame_paths)} {plan.frame_format.name.upper()} under {plan.root}")
@@ -40,3 +41,19 @@ def format_summary(plan: Plan, report: RunReport, total_s: float) -> str:
     outputs.append(f"manifest {plan.root / 'manifest.jsonl'}")
     lines.append("outputs: " + "; ".join(outputs))
     return "\n".join(lines)
+
+
+def energy_line(plan: Plan, report: RunReport) -> str:
+    """Joules, GPU-seconds and money, each per frame; "not measured" where there is no figure."""
+    record = run_record(plan, report)
+
+    def figure(total: float | None, each: float | None, unit: str, digits: int = 1) -> str:
+        if total is None:
+            return f"{unit}: not measured"
+        return f"{unit}: {total:.{digits}f}" + (f" ({each:.{digits + 2}f} a frame)" if each is not None else "")
+
+    parts = [figure(record["energy_j"], record["j_per_frame"], "energy J"),
+             figure(record["gpu_s"], record["gpu_s_per_frame"], "GPU-seconds")]
+    if "cost" in record:
+        parts.append(figure(record["cost"], record["cost_per_frame"], f"cost {record['currency']}".rstrip(), 4))
+    return "; ".join(parts) + ("" if plan.device.type == "cuda" else f" (on {plan.device.type})")

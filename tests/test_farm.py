@@ -50,7 +50,8 @@ def status(queue_url: str, job_id: str) -> dict:
 
 def records(root: Path) -> list[dict]:
     path = root / "manifest.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, lines) if r["kind"] != "run"]   # the files' records, not the runs
 
 
 def wait_for_records(root: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:

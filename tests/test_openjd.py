@@ -59,7 +59,8 @@ def sample_shot(tmp_path: Path) -> Path:
 
 
 def records(root: Path) -> list[dict]:
-    return [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, filter(str.strip, lines)) if r["kind"] != "run"]   # files, not runs
 
 
 def frames_published(root: Path) -> Counter:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import patterns
+from pipeline.config.cost import Cost, parse_cost
 from pipeline.config.formats import EXR_COMPRESSIONS, EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS, frame_format
 from pipeline.config.schema import Table, read_toml
 from pipeline.config.tuning import Tuning, load_tuning
@@ -150,6 +151,7 @@ class Job:
     watermark: Watermark
     tuning: Tuning
     colour: Colour | None = None
+    cost: Cost | None = None       # prices: the run's money per frame
 
 
 def load_job(path: Path, *, output_root: Path | None = None) -> Job:
@@ -168,6 +170,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     output = _output(top.table("output"), shot, output_root)
     watermark = _watermark(top.table("watermark", required=False))
     colour = _colour(top.table("colour"), job_dir, data) if "colour" in data else None
+    cost = parse_cost(top.table("cost")) if "cost" in data else None
     overrides = top.table("tuning", required=False).data
     top.done()
     if check_input is not None:
@@ -181,7 +184,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
         output = replace(output, videos=(review, *output.videos))
     output = replace(output, videos=tuple(with_segments(v, tuning.video_segment_frames) for v in output.videos))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
-               output=output, watermark=watermark, tuning=tuning, colour=colour)
+               output=output, watermark=watermark, tuning=tuning, colour=colour, cost=cost)
 
 
 def input_paths(shot: Shot, source: Source, model: Model,

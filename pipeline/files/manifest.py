@@ -96,9 +96,26 @@ def _read(root: Path) -> tuple[list[dict[str, Any]], list[int]]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("path"), str) and _file_name(record["path"]):
                 records.append(record)
-            else:
+            elif not (isinstance(record, dict) and record.get("kind") == "run"):   # a run's figures: no file
                 bad.append(number)
     return records, bad
+
+
+def read_runs(root: Path) -> list[dict[str, Any]]:
+    """The records of runs (kind "run": what each run measured and cost), oldest first."""
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return []
+    runs = []
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict) and record.get("kind") == "run":
+                runs.append(record)
+    return runs
 
 
 def _file_name(path: str) -> bool:

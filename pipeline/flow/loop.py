@@ -26,7 +26,7 @@ async def map_stage(stats: StageStats, rx: trio.MemoryReceiveChannel,
             except trio.EndOfChannel:
                 return
             try:
-                with stats.busy():
+                with stats.busy(_frames_of(item)):
                     result = await work(item)
             except Exception as err:
                 raise StageFailed(stats.name, getattr(item, "frame", None), err) from err
@@ -35,3 +35,9 @@ async def map_stage(stats: StageStats, rx: trio.MemoryReceiveChannel,
             del item
             for out in (result if many else [result]):
                 await stats.send(tx, out)
+
+
+def _frames_of(item: Any) -> int | list[int] | None:
+    """The frames an item carries: a clip's chunk several, a frame one."""
+    frames = getattr(item, "frames", None)
+    return list(frames) if frames is not None else getattr(item, "frame", None)

@@ -11,6 +11,7 @@ whatever the shot length. On the CPU every call is a no-op and there is no figur
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 
@@ -22,6 +23,8 @@ _MAX_PENDING = 64
 
 class BusyClock:
     def __init__(self) -> None:
+        # (track, trace) to add each piece to as a GPU span; set by a run that traces
+        self.spans: tuple[str, Any] | None = None
         self._pending: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
         self._first: torch.cuda.Event | None = None
         self._last: torch.cuda.Event | None = None
@@ -37,11 +40,14 @@ class BusyClock:
             self._first = begin
         return begin
 
-    def stop(self, stream: Stream, begin: torch.cuda.Event | None) -> None:
+    def stop(self, stream: Stream, begin: torch.cuda.Event | None, label: str = "") -> None:
         if stream is None or begin is None:
             return
         end = torch.cuda.Event(enable_timing=True)
         end.record(stream)
+        if self.spans is not None:
+            track, trace = self.spans
+            trace.gpu(track, label, begin, end)
         self._pending.append((begin, end))
         self._last = end
         self._fold(wait=False)

@@ -38,6 +38,9 @@ class HostRing:
     def array(self, slot: int) -> np.ndarray:
         return self.buffers[slot].numpy()
 
+    def in_use(self) -> int:
+        return len(self.buffers) - self._free_recv.statistics().current_buffer_used
+
     def statistics(self) -> dict[str, float]:
         return {"slots": len(self.buffers), "free": self._free_recv.statistics().current_buffer_used,
                 "wait_s": round(self.wait_s, 3)}

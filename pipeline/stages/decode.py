@@ -74,7 +74,7 @@ class Decoder:
             pixels = quantise_hwc(image, self.pixel_dtype, self.colour_lut)
             check = verdict(image, pixels)
             ready = self.ctx.record(self.ctx.compute)
-            self.busy.stop(self.ctx.compute, begin)
+            self.busy.stop(self.ctx.compute, begin, f"frame {item.frame}")
         return DeviceFrame(item.frame, item.seed, pixels, ready, check)
 
     def decode_clip(self, item: ClipChunk) -> list[DeviceFrame]:
@@ -94,7 +94,7 @@ class Decoder:
             pixels = [quantise_hwc(images[:, i], self.pixel_dtype, self.colour_lut) for i in range(images.shape[1])]
             checks = [verdict(images[:, i], p) for i, p in enumerate(pixels)]
             ready = self.ctx.record(self.ctx.compute)
-            self.busy.stop(self.ctx.compute, begin)
+            self.busy.stop(self.ctx.compute, begin, f"frames {item.frames[0]}-{item.frames[-1]}")
             if item.last:
                 clip.finish()
         return [DeviceFrame(f, seed, p, ready, c)

@@ -37,7 +37,7 @@ async def generate_stage(pipe: Pipeline, generation: Generation, ctx: DeviceCont
             if stop is not None and stop.is_set():
                 return
             try:
-                with stats.busy():
+                with stats.busy(list(batch)):
                     items = await trio.to_thread.run_sync(run, batch)
             except Exception as err:
                 raise StageFailed("generate", batch[0], err) from err
@@ -61,7 +61,7 @@ async def generate_clip_stage(pipe: Pipeline, generation: Generation, ctx: Devic
             return
         await turn.take()
         try:
-            with stats.busy():
+            with stats.busy(list(frames)):
                 clip = await trio.to_thread.run_sync(run)
         except Exception as err:
             raise StageFailed("generate", frames[0], err) from err

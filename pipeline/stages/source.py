@@ -34,7 +34,7 @@ async def source_stage(source: Source, frames: list[int], job_seed: int, shape: 
             if stop is not None and stop.is_set():
                 return
             try:
-                with stats.busy():
+                with stats.busy(frame):
                     item = await trio.to_thread.run_sync(load, frame)
             except Exception as err:
                 raise StageFailed("source", frame, err) from err
@@ -55,7 +55,7 @@ async def clip_source_stage(source: Source, frames: list[int], job_seed: int, sh
         if not frames:  # every frame finished (a resumed run, the farm's video task): nothing to decode
             return
         try:
-            with stats.busy():
+            with stats.busy(list(frames)):
                 clip = await trio.to_thread.run_sync(load)
         except Exception as err:
             raise StageFailed("source", frames[0], err) from err

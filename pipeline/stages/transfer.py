@@ -25,10 +25,19 @@ from pipeline.gpu.ring import HostRing
 
 async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
                          rx: trio.MemoryReceiveChannel, tx: trio.MemorySendChannel) -> None:
+    trace = stats.trace if ctx.is_cuda else None
+
     def copy(item: DeviceFrame, slot: int) -> tuple[Event, torch.Tensor | None]:
         with ctx.on(ctx.copy):
             ctx.after(ctx.copy, item.ready)
+            if trace is not None:   # timing events only when tracing: they cost a little
+                begin = torch.cuda.Event(enable_timing=True)
+                begin.record(ctx.copy)
             ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
+            if trace is not None:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record(ctx.copy)
+                trace.gpu("GPU copy stream", f"frame {item.frame}", begin, end)
             verdict = None
             if item.verdict is not None:
                 verdict = torch.empty((), dtype=item.verdict.dtype, pin_memory=ctx.is_cuda)
@@ -38,6 +47,8 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
     async def work(item: DeviceFrame) -> HostFrame:
         start = time.perf_counter()
         slot = await ring.acquire()
+        if stats.trace is not None:
+            stats.trace.counter("ring slots in use", time.perf_counter(), ring.in_use())
         waited = time.perf_counter() - start  # a full ring means the writers are behind:
         stats.blocked_s += waited             # count it as blocked on output, not busy
         stats.busy_s -= waited

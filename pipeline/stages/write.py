@@ -142,16 +142,16 @@ async def write_stage(outputs: FrameOutputs, videos: list[VideoSequencer], ring:
                       rx: trio.MemoryReceiveChannel, tx: None) -> None:
     limiter = trio.CapacityLimiter(writers)
 
-    async def writer(channel: trio.MemoryReceiveChannel) -> None:
+    async def writer(channel: trio.MemoryReceiveChannel, track: str) -> None:
         async with channel:
             while True:
                 try:
-                    item: HostFrame = await stats.receive(channel)
+                    item: HostFrame = await stats.receive(channel, track)
                 except trio.EndOfChannel:
                     return
                 published = False
                 try:
-                    with stats.busy():
+                    with stats.busy(item.frame, track):
                         if outputs.frame_paths:
                             await trio.to_thread.run_sync(
                                 outputs.publish_frame, item.frame, item.seed, item.pixels,
@@ -172,8 +172,8 @@ async def write_stage(outputs: FrameOutputs, videos: list[VideoSequencer], ring:
                 on_done(item.frame)
 
     async with rx, trio.open_nursery() as nursery:
-        for _ in range(writers):
-            nursery.start_soon(writer, rx.clone())
+        for index in range(writers):
+            nursery.start_soon(writer, rx.clone(), f"write {index}")
     for video in videos:
         try:
             await _publish_video(outputs, video)
