@@ -321,3 +321,82 @@ def test_workers_go_quiet_then_gone_then_dropped_and_a_clean_exit_removes_at_onc
     queue.heartbeat("late", {})                         # any heartbeat drops the silent ones from the queue
     queue.worker_drop_s = 3600.0
     assert [w.name for w in queue.workers()] == ["late"]
+
+
+# -- what `render monitor` reads and steers (issue 19)
+
+def test_tasks_show_attempts_worker_times_and_error(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2, chunk=2, max_attempts=3))
+    queue.submit(spec("j2", end=4, chunk=2))
+    assert queue.fail(queue.lease("w1", 30), "w1", "out of memory") is False   # pending again
+    queue.ack(queue.lease("w2", 30), "w2")
+    queue.fail(queue.lease("w3", 30, skip_jobs=frozenset({"j1"})), "w3", "disk full")
+    [done] = queue.tasks("j1")
+    assert (done.first, done.last, done.state, done.attempts, done.worker, done.error) == (
+        1, 2, "done", 2, "w2", None)
+    retried, untouched = queue.tasks("j2")
+    assert (retried.first, retried.state, retried.attempts, retried.worker, retried.error) == (
+        1, "pending", 1, "w3", "disk full")
+    assert (untouched.first, untouched.state, untouched.attempts, untouched.worker) == (3, "pending", 0, None)
+    assert done.started is not None and done.finished is not None and done.finished >= done.started
+    assert abs(done.finished - time.time()) < 5   # seconds since the epoch on both backends
+    assert retried.finished is not None and untouched.started is None
+    held = queue.lease("w4", 30, skip_jobs=frozenset({"j1"}))
+    [now_leased] = [t for t in queue.tasks("j2") if t.task_id == held.task_id]
+    assert now_leased.state == "leased" and now_leased.worker == "w4" and now_leased.finished is None
+    assert queue.tasks("nope") == []
+
+
+def test_status_has_submitted_time_rate_and_eta(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=4, chunk=1))
+    [before] = queue.status("j1")
+    assert before.fps is None and before.eta_s is None
+    assert before.submitted is not None and abs(before.submitted - time.time()) < 5
+    task = queue.lease("w1", 30)
+    time.sleep(0.05)
+    queue.ack(task, "w1")
+    [after] = queue.status("j1")
+    assert after.fps is not None and 0 < after.fps < 1 / 0.05 + 1
+    assert after.eta_s == pytest.approx(3 / after.fps)
+
+
+def test_priority_change_reorders_leases(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=2, chunk=1))
+    queue.submit(spec("b", end=2, chunk=1))
+    assert queue.set_priority("b", 5)
+    assert queue.lease("w1", 30).job_id == "b"
+    assert queue.status("b")[0].priority == 5
+    assert queue.set_priority("a", 9) and queue.lease("w1", 30).job_id == "a"
+    assert not queue.set_priority("nope", 1)
+
+
+def test_a_paused_job_hands_out_nothing_but_its_leased_tasks_finish(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=4, chunk=1))
+    held = queue.lease("w1", 30)
+    assert queue.pause("a") and not queue.pause("a")
+    assert queue.status("a")[0].state == "paused"
+    assert queue.lease("w2", 30) is None
+    assert queue.renew(held, "w1", 30) and queue.ack(held, "w1")
+    assert queue.resume("a") and not queue.resume("a")
+    assert queue.status("a")[0].state == "active"
+    assert queue.lease("w2", 30).job_id == "a"
+    assert not queue.pause("nope") and not queue.resume("nope")
+
+
+def test_a_requeued_paused_job_stays_paused(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=2, chunk=1, max_attempts=1))
+    queue.fail(queue.lease("w1", 30), "w1", "boom")
+    assert queue.pause("a")
+    assert queue.requeue("a", failed_only=True) == 1
+    assert queue.status("a")[0].state == "paused" and queue.lease("w1", 30) is None
+    assert queue.resume("a") and queue.lease("w1", 30) is not None
+
+
+def test_drain_is_told_at_the_workers_heartbeat(queue: TaskQueue) -> None:
+    assert not queue.drain("w1")                       # unknown worker: nothing stored
+    assert queue.heartbeat("w1", {}) is False
+    assert queue.drain("w1")
+    assert queue.heartbeat("w1", {}) is True
+    assert queue.heartbeat("w2", {}) is False
+    queue.remove_worker("w1")
+    assert queue.heartbeat("w1", {}) is False          # a new worker of that name is not drained

@@ -32,6 +32,14 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
 - `status` counts a job's frames (not tasks) as done, leased, pending, failed,
   cancelled or stopping, with the error of each failed range and the blocklisted
   workers (`job_status`, workers/tasks.py, does the counting).
+- `tasks` lists a job's tasks in frame order with their attempts, last worker, the start
+  of their latest lease and when it ended (ack or fail), and their error: what the
+  monitor shows (`TaskInfo`).
+- `set_priority` moves a job to another priority level (leases follow it at once);
+  `pause` stops a job's tasks from being leased (leased ones finish; requeue keeps it
+  paused) and `resume` undoes it.
+- `drain` asks a known worker to drain: its next `heartbeat` returns True and the worker
+  stops leasing (as on SIGTERM); the request goes when the worker is removed or dropped.
 - `heartbeat` records a worker as alive (by the queue's clock: SQLite's host, the Redis
   server), `remove_worker` forgets it (a clean exit), and `workers` lists them with the
   age of their last heartbeat; entries older than WORKER_DROP_S are dropped.

@@ -3,7 +3,8 @@
 Each job has its own stream, read through one consumer group whose consumers are the
 workers, so `lease` can take jobs by priority, then submission order, and pass over a
 job a worker skips without delivering anything from it. Every check-and-act step
-(submit, lease, renew, holds, ack, fail, release, stopped, cancel, requeue, heartbeat)
+(submit, lease, renew, holds, ack, fail, release, stopped, cancel, requeue, priority,
+pause/resume, heartbeat, drain)
 is one Lua script in
 workers/redis_lua/, so it is atomic on the server: redis_lua/prelude.lua documents the
 key layout and the invariants the scripts keep, and each script's header its arguments
@@ -39,6 +40,7 @@ from .tasks import (
     JobStatus,
     QueueUnavailable,
     Task,
+    TaskInfo,
     TaskRow,
     WorkerStatus,
     job_status,
@@ -63,6 +65,7 @@ _SUBMIT, _LEASE, _RENEW = _script("submit"), _script("lease"), _script("renew")
 _ACK, _FAIL, _RELEASE = _script("ack"), _script("fail"), _script("release")
 _CANCEL, _REQUEUE = _script("cancel"), _script("requeue")
 _HOLDS, _STOPPED, _HEARTBEAT = _script("holds"), _script("stopped"), _script("heartbeat")
+_PRIORITY, _PAUSE, _DRAIN = _script("priority"), _script("pause"), _script("drain")
 
 
 class RedisQueue:
@@ -99,6 +102,7 @@ class RedisQueue:
         self._ack, self._fail, self._release = register(_ACK), register(_FAIL), register(_RELEASE)
         self._cancel, self._requeue = register(_CANCEL), register(_REQUEUE)
         self._holds, self._stopped, self._heartbeat = register(_HOLDS), register(_STOPPED), register(_HEARTBEAT)
+        self._priority, self._pause, self._drain = register(_PRIORITY), register(_PAUSE), register(_DRAIN)
         database = urllib.parse.urlsplit(self._where).path.strip("/")
         if database and not database.isdecimal() and "db" not in self._client.connection_pool.connection_kwargs:
             self._client.close()  # redis-py would quietly use database 0
@@ -207,7 +211,7 @@ class RedisQueue:
             pipe = self._client.pipeline(transaction=True)  # MULTI: one consistent snapshot
             pipe.time()
             for jid in job_ids:
-                pipe.hmget(self._key("job", jid), "spec", "state", "priority")
+                pipe.hmget(self._key("job", jid), "spec", "state", "priority", "submitted")
                 pipe.hvals(self._key("job", jid, "tasks"))
                 pipe.hgetall(self._key("job", jid, "failures"))
                 pipe.smembers(self._key("job", jid, "blocked"))
@@ -215,27 +219,62 @@ class RedisQueue:
         now_ms = _server_ms(now_reply)
         result = []
         for index, jid in enumerate(job_ids):
-            (spec, state, priority), tasks, failures, blocked = replies[4 * index:4 * index + 4]
+            (spec, state, priority, submitted), tasks, failures, blocked = replies[4 * index:4 * index + 4]
             if spec is None:
                 continue
             rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
-                            int(t.get("published") or 0))
+                            int(t.get("published") or 0), _seconds(t.get("started")), _seconds(t.get("finished")))
                     for t in map(json.loads, tasks)]
             result.append(job_status(jid, json.loads(spec)["name"], state, int(priority), rows,
-                                     [(name, int(failures.get(name, 0))) for name in blocked]))
+                                     [(name, int(failures.get(name, 0))) for name in blocked],
+                                     submitted=_seconds(submitted)))
         return result
+
+    def tasks(self, job_id: str) -> list[TaskInfo]:
+        with self._talk():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hgetall(self._key("job", job_id, "tasks"))
+            now_reply, rows = pipe.execute()
+        now_ms = _server_ms(now_reply)
+        result = []
+        for tid, raw in rows.items():
+            t = json.loads(raw)
+            result.append(TaskInfo(task_id=tid, kind=t["kind"], first=int(t["first"]), last=int(t["last"]),
+                                   state=_task_state(t, now_ms), attempts=int(t.get("attempts") or 0),
+                                   worker=t.get("worker"), started=_seconds(t.get("started")),
+                                   finished=_seconds(t.get("finished")), error=t.get("error")))
+        return sorted(result, key=lambda task: (task.kind == "video", task.first, int(task.task_id)))
+
+    def set_priority(self, job_id: str, priority: int) -> bool:
+        with self._talk():
+            return bool(self._priority(args=[self._prefix, job_id, str(int(priority))]))
+
+    def pause(self, job_id: str) -> bool:
+        with self._talk():
+            return bool(self._pause(args=[self._prefix, job_id, "pause"]))
+
+    def resume(self, job_id: str) -> bool:
+        with self._talk():
+            return bool(self._pause(args=[self._prefix, job_id, "resume"]))
 
     # -- workers
 
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+    def heartbeat(self, worker: str, info: dict[str, Any]) -> bool:
+        """Record the worker as alive; True if it has been asked to drain."""
         with self._talk():
-            self._heartbeat(args=[self._prefix, worker, json.dumps(info), _ms(self.worker_drop_s)])
+            return bool(self._heartbeat(args=[self._prefix, worker, json.dumps(info), _ms(self.worker_drop_s)]))
+
+    def drain(self, worker: str) -> bool:
+        with self._talk():
+            return bool(self._drain(args=[self._prefix, worker]))
 
     def remove_worker(self, worker: str) -> None:
         with self._talk():
             pipe = self._client.pipeline(transaction=True)
             pipe.hdel(self._key("workers"), worker)
             pipe.zrem(self._key("workers:seen"), worker)
+            pipe.srem(self._key("drain"), worker)
             pipe.execute()
 
     def workers(self) -> list[WorkerStatus]:
@@ -262,6 +301,11 @@ def _server_ms(reply: Any) -> int:
     """Redis TIME's (seconds, microseconds) in ms: the clock the scripts use."""
     seconds, micros = reply
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _seconds(ms: Any) -> float | None:
+    """A time the scripts stored in ms (server clock), in seconds; None where none was."""
+    return None if ms is None else float(ms) / 1000
 
 
 def _task_state(task: dict[str, Any], now_ms: int) -> str:

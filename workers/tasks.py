@@ -80,7 +80,8 @@ class Task:
 class JobStatus:
     job_id: str
     name: str
-    state: str                # "active", "done", "cancelled" or "failed" (dead-lettered tasks, none left to run)
+    state: str                # "active", "paused", "done", "cancelled" or "failed" (dead-lettered tasks,
+                              #   none left to run)
     priority: int
     done: int = 0             # frames, not tasks: published (acked tasks, and what cancelled tasks published)
     leased: int = 0
@@ -90,9 +91,31 @@ class JobStatus:
     stopping: int = 0         # frames of tasks cancelled while leased whose worker has not stopped yet
     errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"} (+ "kind": "video")
     blocked: list[dict[str, Any]] = field(default_factory=list)  # {"worker","failures"}: workers that stopped taking it
+    submitted: float | None = None   # seconds since the epoch, by the queue's clock (None: queued before it was kept)
+    fps: float | None = None  # frames done per second, from the first lease to the last ack of its done tasks
+    eta_s: float | None = None  # frames still to do (pending, leased) at `fps`; None until a task is done
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class TaskInfo:
+    """One task as the monitor shows it: its state, attempts and latest lease."""
+    task_id: str
+    kind: str                 # TASK_FRAMES or TASK_VIDEO
+    first: int
+    last: int
+    state: str                # as TaskRow.state
+    attempts: int
+    worker: str | None        # who leased it last
+    started: float | None     # when its latest lease began (seconds since the epoch, queue's clock)
+    finished: float | None    # when it was acked or failed after that lease
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        duration = self.finished - self.started if self.started is not None and self.finished is not None else None
+        return {**self.__dict__, "duration_s": duration}
 
 
 @dataclass
@@ -129,10 +152,12 @@ class TaskRow(NamedTuple):
                               #   leased; its worker has neither reported nor let the lease run out)
     error: str | None
     published: int = 0        # cancelled: frames its worker had published when it stopped
+    started: float | None = None   # its latest lease began (s, queue's clock)
+    finished: float | None = None  # acked or failed after that lease
 
 
 def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow],
-               blocked: Iterable[tuple[str, int]] = ()) -> JobStatus:
+               blocked: Iterable[tuple[str, int]] = (), submitted: float | None = None) -> JobStatus:
     """A job's frames counted by the state of their tasks, with the error of each
     failed range in frame order. Only frames tasks count: the video task covers frames
     already counted as done. A cancelled task's frames count as done as far as its
@@ -143,14 +168,26 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
     tasks, frames or video, include dead-lettered ones and none that may still run
     (pending, leased, stopping) is "failed": nothing more will happen to it until
     `requeue`, which makes it active again. A dead-lettered video task's error is listed
-    too (with "kind": "video"), so a failed job always shows why."""
+    too (with "kind": "video"), so a failed job always shows why.
+
+    `fps` is the done frames of acked frames tasks over the time from the first of their
+    leases to the last of their acks, and `eta_s` the pending and leased frames at that
+    rate: a paused or stalled job keeps its last rate rather than decaying to zero."""
     counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
     rows = sorted(tasks, key=lambda task: (task.kind == TASK_VIDEO, task.first, task.last))
     if state == "active" and any(t.state == "failed" for t in rows) and not any(
             t.state in ("pending", "leased", "stopping") for t in rows):
         state = "failed"
+    acked = 0
+    span_start: float | None = None
+    span_end: float | None = None
     for task in rows:
+        if task.kind == TASK_FRAMES and task.state == "done" and task.started is not None \
+                and task.finished is not None:
+            acked += task.last - task.first + 1
+            span_start = task.started if span_start is None else min(span_start, task.started)
+            span_end = task.finished if span_end is None else max(span_end, task.finished)
         if task.kind == TASK_VIDEO and task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": TASK_VIDEO})
         if task.kind != TASK_FRAMES or task.state not in counts:
@@ -164,10 +201,16 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
         counts[task.state] += frames
         if task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error})
+    fps: float | None = None
+    eta_s: float | None = None
+    if acked and span_start is not None and span_end is not None and span_end > span_start:
+        fps = acked / (span_end - span_start)
+        eta_s = (counts["pending"] + counts["leased"]) / fps
     return JobStatus(job_id=job_id, name=name, state=state, priority=priority, done=counts["done"],
                      leased=counts["leased"], pending=counts["pending"], failed=counts["failed"],
                      cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
-                     blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)])
+                     blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)],
+                     submitted=submitted, fps=fps, eta_s=eta_s)
 
 
 class TaskQueue(Protocol):
@@ -186,9 +229,14 @@ class TaskQueue(Protocol):
     def status(self, job_id: str | None = None) -> list[JobStatus]: ...
     def requeue(self, job_id: str, failed_only: bool) -> int: ...
     def cancel(self, job_id: str) -> int: ...
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None: ...
+    def tasks(self, job_id: str) -> list[TaskInfo]: ...
+    def set_priority(self, job_id: str, priority: int) -> bool: ...
+    def pause(self, job_id: str) -> bool: ...
+    def resume(self, job_id: str) -> bool: ...
+    def heartbeat(self, worker: str, info: dict[str, Any]) -> bool: ...
     def remove_worker(self, worker: str) -> None: ...
     def workers(self) -> list[WorkerStatus]: ...
+    def drain(self, worker: str) -> bool: ...
     def close(self) -> None: ...
 
 

@@ -11,9 +11,10 @@ Several task slots run at once so the GPU has the next task's frames while one t
 last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
 task's decodes run while another's frames are prepared or written, rather than both
 sharing the GPU and waiting on their host work at the same moments. Models stay loaded
-between tasks (`ModelCache`). SIGTERM or Ctrl-C drains: no new task is leased, tasks in
-progress finish the frames in flight, and the rest is released at once for other
-workers. A queue that cannot be reached (Redis restarting) is retried with backoff.
+between tasks (`ModelCache`). SIGTERM, Ctrl-C or a drain request read at the heartbeat
+(`render monitor`'s drain) drains: no new task is leased, tasks in progress finish the
+frames in flight, and the rest is released at once for other workers. A queue that
+cannot be reached (Redis restarting) is retried with backoff.
 
 A task cancelled, requeued or taken over while it renders publishes nothing more: the
 render's writers ask the queue (`holds`, read-only) just before each publish, the
@@ -414,7 +415,11 @@ async def _heartbeats(config: WorkerConfig, queue: TaskQueue, state: WorkerState
                       metrics: WorkerMetrics) -> None:
     while True:
         try:
-            await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(config, state, device))
+            drain = await trio.to_thread.run_sync(queue.heartbeat, config.name,
+                                                  _heartbeat_info(config, state, device))
+            if drain and not state.draining.is_set():  # `render monitor`'s drain button, through the queue
+                log.info("asked to drain by the queue (finishing frames in flight, releasing the rest)")
+                state.draining.set()
             await trio.to_thread.run_sync(metrics.sample)
         except QueueUnavailable:
             pass

@@ -19,7 +19,7 @@ local seq = redis.call('INCR', P .. 'seq')
 local chunks = cjson.decode(ARGV[9])
 redis.call('HSET', jkey(job), 'spec', ARGV[3], 'state', 'active', 'priority', ARGV[4],
            'max_attempts', ARGV[5], 'video', ARGV[6], 'frame_start', ARGV[7], 'frame_end', ARGV[8],
-           'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0)
+           'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0, 'submitted', now_ms())
 redis.call('ZADD', P .. 'jobs', seq, job)
 for i, chunk in ipairs(chunks) do
   enqueue(job, tostring(i), {kind = 'frames', first = chunk[1], last = chunk[2], attempts = 0, token = 0})
