@@ -357,6 +357,21 @@ def cancel(job_id: str, queue_url: str) -> None:
 
 
 @cli.command()
+@QUEUE_OPTION
+@click.option("--bind", "bind", metavar="HOST:PORT", default="127.0.0.1:8470", show_default=True,
+              help="Where to listen. A non-loopback address needs --token.")
+@click.option("--token", envvar="FRAMEFARM_MONITOR_TOKEN", default=None, metavar="TOKEN",
+              help="Needed for actions (requeue, cancel, priority, pause, resume, drain), and for reading "
+                   "when not bound to loopback (default: $FRAMEFARM_MONITOR_TOKEN).")
+def monitor(queue_url: str, bind: str, token: str | None) -> None:
+    """Serve a web page and a JSON API (under /api/) that show the farm's jobs, tasks and
+    workers and steer them; Ctrl-C stops it."""
+    from workers.monitor.serve import serve
+
+    serve(queue_url, bind, token)
+
+
+@cli.command()
 @click.argument("job_file", metavar="JOB.toml", type=click.Path(path_type=Path))
 @click.option("--chunk", default=8, show_default=True, type=click.IntRange(1, 10_000),
               help="Frames per task (the farm may size chunks differently; a clip is one task).")
