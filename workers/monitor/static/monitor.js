@@ -56,6 +56,7 @@ const FORMATS = {
   },
   age: (v) => (v == null ? "–" : Math.round(v) + " s ago"),
   list: (v) => (v && v.length ? v.join(", ") : ""),
+  kind: (v) => (v === "frames" ? "" : v),   // only the video task is marked
 };
 
 // Each element with data-field shows that field of `item`; data-format says how.
