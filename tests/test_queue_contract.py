@@ -400,3 +400,17 @@ def test_drain_is_told_at_the_workers_heartbeat(queue: TaskQueue) -> None:
     assert queue.heartbeat("w2", {}) is False
     queue.remove_worker("w1")
     assert queue.heartbeat("w1", {}) is False          # a new worker of that name is not drained
+
+
+def test_job_states_and_status_of_some_jobs(queue: TaskQueue) -> None:
+    for job_id in ("a", "b", "c", "d"):
+        queue.submit(spec(job_id, end=2, chunk=1, max_attempts=1))
+    queue.cancel("b")
+    queue.pause("c")
+    queue.fail(queue.lease("w1", 30), "w1", "boom")      # a: one frame failed, one pending
+    assert queue.job_states() == [("a", "active"), ("b", "cancelled"), ("c", "paused"), ("d", "active")]
+    some = queue.status(job_ids=["d", "a", "nope"])
+    assert [job.job_id for job in some] == ["a", "d"]     # submission order; unknown ids left out
+    assert [(job.done, job.pending, job.failed) for job in some] == [(0, 1, 1), (0, 2, 0)]
+    assert some == [job for job in queue.status() if job.job_id in ("a", "d")]
+    assert queue.status(job_ids=[]) == []

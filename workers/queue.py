@@ -29,6 +29,9 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
   `record_stopped`s it, saying how many of its frames it had published (they count as
   done, the rest as cancelled), or until its lease deadline passes.
 - `requeue` makes failed (or all unfinished) tasks pending again with fresh attempts.
+- `job_states` lists every job id with its stored state (active, paused, done,
+  cancelled) in submission order, cheaply: the monitor picks the jobs it shows from it
+  and asks `status(job_ids=...)` for those only (in submission order too).
 - `status` counts a job's frames (not tasks) as done, leased, pending, failed,
   cancelled or stopping, with the error of each failed range and the blocklisted
   workers (`job_status`, workers/tasks.py, does the counting).

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -205,9 +205,25 @@ class RedisQueue:
         with self._talk():
             return int(self._requeue(args=[self._prefix, job_id, int(failed_only)]))
 
-    def status(self, job_id: str | None = None) -> list[JobStatus]:
+    def job_states(self) -> list[tuple[str, str]]:
         with self._talk():
-            job_ids = [job_id] if job_id is not None else cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            job_ids = cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            pipe = self._client.pipeline(transaction=False)
+            for jid in job_ids:
+                pipe.hget(self._key("job", jid), "state")
+            states = pipe.execute()
+        return [(jid, state) for jid, state in zip(job_ids, states, strict=True) if state is not None]
+
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
+        with self._talk():
+            if job_id is not None:
+                job_ids = [job_id]
+            elif job_ids is None:
+                job_ids = cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            else:   # in submission order, as for the whole queue
+                scores = self._client.zmscore(self._key("jobs"), list(job_ids)) if job_ids else []
+                job_ids = [jid for _, jid in sorted((score, jid) for jid, score in zip(job_ids, scores, strict=True)
+                                                   if score is not None)]
             pipe = self._client.pipeline(transaction=True)  # MULTI: one consistent snapshot
             pipe.time()
             for jid in job_ids:

@@ -19,7 +19,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,23 @@ CREATE TABLE IF NOT EXISTS job_failures (   -- per-worker failure counts and blo
 CREATE TABLE IF NOT EXISTS drains (         -- workers asked to drain (the monitor); read at their heartbeat
     name TEXT PRIMARY KEY
 );
+"""
+
+# What `status` hands `job_status` (which does all the counting): each failed task on its
+# own (it carries its error), and the other tasks of a job summed per kind and state into
+# one TaskRow whose first..last spans their frame count. job_status counts frames, not
+# tasks, so the counts are those of the tasks one by one, while SQLite, not Python, walks
+# the 100,000 rows of a large queue. Summed published frames are clipped per task, as
+# job_status clips them; tasks without both times are kept apart (they give no rate).
+_STATUS_ROWS = """
+SELECT job_id, kind, first, last, 'failed', error, published, started, finished
+  FROM tasks WHERE state = 'failed' {where}
+UNION ALL
+SELECT job_id, kind, 0, SUM(last - first + 1) - 1, shown, NULL, SUM(MIN(published, last - first + 1)),
+       MIN(started), MAX(finished)
+  FROM (SELECT *, CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END AS shown
+          FROM tasks WHERE state != 'failed' {where})
+ GROUP BY job_id, kind, shown, started IS NULL OR finished IS NULL
 """
 
 # Columns added to existing tables since the first schema: (table, column, definition).
@@ -327,30 +344,31 @@ class SqliteQueue:
                          attempts=r["attempts"], worker=r["worker"], started=r["started"], finished=r["finished"],
                          error=r["error"]) for r in rows]
 
-    def status(self, job_id: str | None = None) -> list[JobStatus]:
+    def job_states(self) -> list[tuple[str, str]]:
+        return [(row[0], row[1]) for row in self._db().execute("SELECT id, state FROM jobs ORDER BY seq")]
+
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
         db = self._db()
         now = self.clock()
-        args: tuple[str, ...] = (job_id,) if job_id else ()
-        where = "WHERE job_id = ?" if job_id else ""
+        if job_id is not None:
+            job_ids = [job_id]
+        args: tuple[str, ...] = () if job_ids is None else (json.dumps(list(job_ids)),)
+        where = "" if job_ids is None else "WHERE job_id IN (SELECT value FROM json_each(?))"
         rows: dict[str, list[TaskRow]] = {}
         blocked: dict[str, list[tuple[str, int]]] = {}
         db.execute("BEGIN")  # one snapshot for all the reads below
         try:
-            jobs = db.execute("SELECT id, spec, priority, state, submitted FROM jobs "
-                              f"{'WHERE id = ?' if job_id else ''} ORDER BY seq", args).fetchall()
-            # one pass over the tasks for every job: a query per job costs more than the counting
-            for row in db.execute(
-                    f"""SELECT job_id, kind, first, last,
-                               CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END,
-                               error, published, started, finished
-                        FROM tasks {where}""", (now, *args)):
+            jobs = db.execute("SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted FROM jobs "
+                              f"{where.replace('job_id', 'id')} ORDER BY seq", args).fetchall()
+            for row in db.execute(_STATUS_ROWS.format(where=where and f"AND {where.removeprefix('WHERE ')}"),
+                                  (*args, now, *args)):
                 rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
             for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures {where} "
                                   f"{'AND' if where else 'WHERE'} blocked", args):
                 blocked.setdefault(row[0], []).append((row[1], row[2]))
         finally:
             db.execute("COMMIT")
-        return [job_status(job["id"], json.loads(job["spec"])["name"], job["state"], job["priority"],
+        return [job_status(job["id"], job["name"], job["state"], job["priority"],
                            rows.get(job["id"], []), blocked.get(job["id"], []), submitted=job["submitted"])
                 for job in jobs]
 

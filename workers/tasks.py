@@ -9,7 +9,7 @@ opener that picks a backend; tests/test_queue_contract.py checks them on every b
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -144,7 +144,9 @@ def worker_gone_after(info: dict[str, Any]) -> float:
 
 
 class TaskRow(NamedTuple):
-    """One task as a backend stores it, reduced to what `job_status` counts."""
+    """One task as a backend stores it, reduced to what `job_status` counts; or several
+    tasks of one kind and state that are not failed, their frames summed into
+    first..last (SQLite sums them in SQL: job_status counts frames, so the counts agree)."""
     kind: str                 # TASK_FRAMES or TASK_VIDEO
     first: int
     last: int
@@ -226,7 +228,8 @@ class TaskQueue(Protocol):
     def release(self, task: Task, worker: str) -> None: ...
     def record_stopped(self, task: Task, worker: str, published: int) -> bool: ...
     def job(self, job_id: str) -> JobSpec | None: ...
-    def status(self, job_id: str | None = None) -> list[JobStatus]: ...
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]: ...
+    def job_states(self) -> list[tuple[str, str]]: ...
     def requeue(self, job_id: str, failed_only: bool) -> int: ...
     def cancel(self, job_id: str) -> int: ...
     def tasks(self, job_id: str) -> list[TaskInfo]: ...

@@ -99,9 +99,18 @@ class Api:
         limit_text = request.query_params.get("limit", str(DEFAULT_LIMIT))
         if not limit_text.isdecimal() or not 1 <= int(limit_text) <= MAX_LIMIT:
             raise BadRequest(400, f"limit = {limit_text!r}: expected a whole number from 1 to {MAX_LIMIT}")
-        jobs = [job for job in reversed(self.queue.status()) if state is None or job.state == state]
-        return {"queue": self.queue.where, "total": len(jobs),
-                "jobs": [job_dict(job) for job in jobs[:int(limit_text)]]}
+        limit = int(limit_text)
+        # Count frames only for the jobs shown: a large queue's done jobs cost nothing here.
+        # "failed" is counted (an active job with dead-lettered tasks and none left to run),
+        # so "active" and "failed" look at every stored-active job.
+        stored = "active" if state == "failed" else state
+        candidates = [job_id for job_id, kept in reversed(self.queue.job_states()) if stored in (None, kept)]
+        if state in ("active", "failed"):
+            jobs = [job for job in reversed(self.queue.status(job_ids=candidates)) if job.state == state]
+            total, shown = len(jobs), jobs[:limit]
+        else:
+            total, shown = len(candidates), list(reversed(self.queue.status(job_ids=candidates[:limit])))
+        return {"queue": self.queue.where, "total": total, "jobs": [job_dict(job) for job in shown]}
 
     def job(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         job_id = self._known_job(request)
