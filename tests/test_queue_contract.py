@@ -4,6 +4,7 @@ a real redis-server on a loopback port."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -414,3 +415,31 @@ def test_job_states_and_status_of_some_jobs(queue: TaskQueue) -> None:
     assert [(job.done, job.pending, job.failed) for job in some] == [(0, 1, 1), (0, 2, 0)]
     assert some == [job for job in queue.status() if job.job_id in ("a", "d")]
     assert queue.status(job_ids=[]) == []
+
+
+def test_a_queue_file_from_before_the_monitor_gains_its_columns(tmp_path) -> None:
+    import sqlite3
+
+    from workers.sqlite_queue import SqliteQueue
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:   # the tables as they were before issue 19
+        db.executescript("""
+            CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, spec TEXT NOT NULL,
+                               priority INTEGER NOT NULL, max_attempts INTEGER NOT NULL, state TEXT NOT NULL);
+            CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, kind TEXT NOT NULL,
+                                first INTEGER NOT NULL, last INTEGER NOT NULL, state TEXT NOT NULL,
+                                attempts INTEGER NOT NULL DEFAULT 0, token INTEGER NOT NULL DEFAULT 0,
+                                lease_until REAL, worker TEXT, error TEXT, published INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE workers (name TEXT PRIMARY KEY, heartbeat REAL NOT NULL, info TEXT NOT NULL);""")
+        db.execute("INSERT INTO jobs (id, spec, priority, max_attempts, state) VALUES (?, ?, 0, 3, 'active')",
+                   ("old", json.dumps(dataclasses.asdict(spec("old", end=2, chunk=1)))))
+        db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES ('old', 'frames', ?, ?, ?)",
+                       [(1, 1, "done"), (2, 2, "pending")])
+    queue = SqliteQueue(path, create=False)
+    [old] = queue.status()
+    assert (old.done, old.pending, old.submitted, old.fps) == (1, 1, None, None)
+    assert [(t.state, t.started) for t in queue.tasks("old")] == [("done", None), ("pending", None)]
+    task = queue.lease("w1", 30)
+    assert task.first == 2 and queue.ack(task, "w1") and queue.heartbeat("w1", {}) is False
+    queue.close()
