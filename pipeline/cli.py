@@ -41,10 +41,11 @@ def cli() -> None:
               help="Skip frames whose manifest record matches the file on disk; render the rest.")
 @click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Write under DIR instead of the job's output.root.")
-@click.option("--frames", "frames_text", metavar="FIRST-LAST", default=None,
-              help="Render only these frames of the shot (inclusive; or one frame) into the same outputs and "
-                   "manifest. Writes frame files only, never the video (chunks on several hosts would race to "
-                   "write it): build it afterwards with a run of the whole shot with --resume.")
+@click.option("--frames", "frames_text", metavar="FRAMES", default=None,
+              help="Render only these frames of the shot into the same outputs and manifest: 1001-1100 "
+                   "(inclusive), 1001-1100x4 (every 4th), 1001,1010,1020-1030, or one frame. Writes frame "
+                   "files only, never the video (chunks on several hosts would race to write it): build it "
+                   "afterwards with a run of the whole shot with --resume.")
 @click.option("--base-dir", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Resolve the job's relative model, latents and preset paths against DIR instead of the "
                    "job file's folder.")

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,14 +131,15 @@ class Plan:
 
 
 def make_plan(job: Job, device: torch.device, *, resume: bool = False,
-              frames: range | None = None, video: bool = True, check_memory: bool = True) -> Plan:
+              frames: Sequence[int] | None = None, video: bool = True, check_memory: bool = True) -> Plan:
     """`frames` narrows the plan to part of the shot (a farm task) and `video=False`
     leaves the video out (the farm encodes it once every frame is published).
     `check_memory=False` skips the memory check (`render submit`: the workers' machines
     render, and each checks its own)."""
     shot = job.shot
+    whole = frames is None or tuple(frames) == tuple(shot.frames)
     frames = frames if frames is not None else shot.frames
-    if video and "mp4" in job.output.formats and frames != shot.frames:
+    if video and "mp4" in job.output.formats and not whole:
         raise ValueError("a plan that writes the video must cover the whole shot")
     pipeline = None
     if job.source.kind == "diffusers":  # the pipeline first: its folder holds the VAE
@@ -236,7 +238,7 @@ def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path],
     return skipped, video_path is not None and done(video_path)
 
 
-def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: range) -> int:
+def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: Sequence[int]) -> int:
     """A video VAE decodes a clip (C, T, h, w) of 1 + temporal_scale * (T - 1) frames;
     an image VAE decodes frames. Returns T."""
     shot, kind = job.shot, job.source.kind
@@ -251,8 +253,8 @@ def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: ran
         lower = shot.frame_end - (count - 1) % scale
         raise JobError("shot.frame_end", shot.frame_end,
                        f"a {vae.class_name} clip has 1 + {scale}k frames; nearest: {lower} or {lower + scale}")
-    if frames != shot.frames:
-        raise JobError("shot", f"frames {frames.start}-{frames.stop - 1}",
+    if tuple(frames) != tuple(shot.frames):
+        raise JobError("shot", f"frames {frames[0]}-{frames[-1]}",
                        "a clip decodes from its first latent frame: render the whole shot as one task")
     if job.tuning.tiling:  # diffusers' tiling works on whole clips; this decodes them chunk by chunk
         raise JobError("tuning.tiling", True, f"diffusers' tiling does not apply to a {vae.class_name}'s "
