@@ -158,6 +158,19 @@ def test_poison_task_is_dead_lettered_with_its_error(queue_url: str, farm_job: C
     assert requeued.returncode == 0 and "requeued 1 task(s)" in requeued.stdout
 
 
+def test_submit_with_an_idempotency_key_queues_once(queue_url: str, farm_job: Callable[..., Path]) -> None:
+    job = farm_job()
+    first = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "sq010/sh0420/v3")
+    again = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "sq010/sh0420/v3")
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and "nothing queued now" in again.stderr
+    listed = json.loads(render("status", "--queue", queue_url, "--json").stdout)["jobs"]
+    assert [job["job_id"] for job in listed] == [first.stdout.strip()]
+    empty = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "")
+    assert empty.returncode == 2
+    assert empty.stderr == "error: --idempotency-key = '': expected 1 to 200 printable characters\n"
+
+
 def test_cancel_and_unknown_job(queue_url: str, farm_job: Callable[..., Path]) -> None:
     job_id = submit(farm_job(), queue_url)
     assert "cancelled 6 task(s)" in render("cancel", job_id, "--queue", queue_url).stdout

@@ -443,3 +443,28 @@ def test_a_queue_file_from_before_the_monitor_gains_its_columns(tmp_path) -> Non
     task = queue.lease("w1", 30)
     assert task.first == 2 and queue.ack(task, "w1") and queue.heartbeat("w1", {}) is False
     queue.close()
+
+
+def test_an_idempotency_key_queues_one_job(queue: TaskQueue) -> None:
+    assert queue.submit(spec("first"), idempotency_key="shot-42/take-3") == "first"
+    assert queue.submit(spec("again"), idempotency_key="shot-42/take-3") == "first"   # nothing stored
+    assert queue.job("again") is None
+    assert queue.submit(spec("other"), idempotency_key="shot-43") == "other"
+    assert queue.submit(spec("plain")) == "plain"
+    assert [job.job_id for job in queue.status()] == ["first", "other", "plain"]
+    assert queue.status("first")[0].pending == 4
+
+
+def test_racing_submits_with_one_key_queue_one_job(queue: TaskQueue) -> None:
+    ids: list[str] = []   # each thread has its own connection (SQLite: per thread; Redis: from the pool)
+
+    def submit(job_id: str) -> None:
+        ids.append(queue.submit(spec(job_id), idempotency_key="the-key"))
+
+    threads = [threading.Thread(target=submit, args=(f"racer{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert [job.job_id for job in queue.status()] == ids[:1]

@@ -9,6 +9,9 @@ fail it. Publishing is first-writer-wins on disk, so a task rendered twice still
 yields each frame once.
 
 Semantics every backend implements (tests/test_queue_contract.py checks them):
+- `submit` stores a job and queues its tasks, and returns its id; given an
+  `idempotency_key` already seen, it stores nothing and returns the id of the job
+  first submitted with that key (one atomic step: two submits racing queue one job).
 - `lease` hands out pending tasks by job priority (high first), then submission
   order, then frame order; a task whose lease expired is handed out again, with its
   attempt count raised. A task leased `max_attempts` times without an ack is

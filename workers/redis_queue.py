@@ -142,14 +142,15 @@ class RedisQueue:
 
     # -- jobs
 
-    def submit(self, spec: JobSpec) -> None:
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str:
         with self._talk():
-            created = self._submit(args=[
+            job_id = self._submit(args=[
                 self._prefix, spec.job_id, json.dumps(spec.as_dict()), str(int(spec.priority)),
                 spec.max_attempts, int(spec.video), spec.frame_start, spec.frame_end,
-                json.dumps(spec.chunks())])
-        if not created:
+                json.dumps(spec.chunks()), "" if idempotency_key is None else idempotency_key])
+        if not job_id:
             raise JobError("job", spec.job_id, "a job with this id is already in the queue")
+        return str(job_id)
 
     def job(self, job_id: str) -> JobSpec | None:
         with self._talk():

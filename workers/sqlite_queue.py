@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS job_failures (   -- per-worker failure counts and blo
     blocked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, worker)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (  -- `render submit --idempotency-key`: a key queues one job
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS drains (         -- workers asked to drain (the monitor); read at their heartbeat
     name TEXT PRIMARY KEY
 );
@@ -183,13 +187,19 @@ class SqliteQueue:
 
     # -- jobs
 
-    def submit(self, spec: JobSpec) -> None:
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str:
         with self._write() as db:
+            if idempotency_key is not None:
+                seen = db.execute("SELECT job_id FROM idempotency_keys WHERE key = ?", (idempotency_key,)).fetchone()
+                if seen is not None:
+                    return str(seen[0])
+                db.execute("INSERT INTO idempotency_keys (key, job_id) VALUES (?, ?)", (idempotency_key, spec.job_id))
             db.execute("""INSERT INTO jobs (id, spec, priority, max_attempts, state, submitted)
                           VALUES (?, ?, ?, ?, 'active', ?)""",
                        (spec.job_id, json.dumps(spec.as_dict()), spec.priority, spec.max_attempts, self.clock()))
             db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'pending')",
                            [(spec.job_id, TASK_FRAMES, first, last) for first, last in spec.chunks()])
+            return spec.job_id
 
     def job(self, job_id: str) -> JobSpec | None:
         row = self._db().execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -23,6 +23,10 @@ class Submitted:
     queue: str                # where it went: the absolute sqlite:/// URL, or the redacted Redis URL
     frames: int
     tasks: int
+    existing: bool = False    # the idempotency key was seen: this is the job queued then, nothing was queued now
+
+
+IDEMPOTENCY_KEY_CHARS = 200
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
@@ -30,7 +34,12 @@ def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max
     return submit(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts).job_id
 
 
-def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> Submitted:
+def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int,
+           idempotency_key: str | None = None) -> Submitted:
+    if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= IDEMPOTENCY_KEY_CHARS and idempotency_key.isprintable()):
+        raise JobError("--idempotency-key", idempotency_key[:IDEMPOTENCY_KEY_CHARS],
+                       f"expected 1 to {IDEMPOTENCY_KEY_CHARS} printable characters")
     job = load_job(job_file)
     # the model, latents and output checks of `render run`; memory is each worker's to check
     plan = make_plan(job, torch.device("cpu"), check_memory=False)
@@ -47,9 +56,9 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
     try:
         queue = open_queue(queue_url)
         try:
-            queue.submit(spec)
+            job_id = queue.submit(spec, idempotency_key)
         finally:
             queue.close()
     except QueueUnavailable as err:
         raise FramefarmError(f"the queue cannot be reached, nothing was queued: {err}") from None
-    return Submitted(spec.job_id, queue.where, len(job.shot.frames), len(spec.chunks()))
+    return Submitted(job_id, queue.where, len(job.shot.frames), len(spec.chunks()), existing=job_id != spec.job_id)

@@ -36,6 +36,7 @@
 --   ff:workers:seen           zset worker name -> last heartbeat (ms, server clock): heartbeat.lua
 --                             drops the workers silent for longer than the drop time it is given
 --   ff:drain                  set of the workers asked to drain (the monitor); heartbeat.lua tells them
+--   ff:idempotency            hash idempotency key -> job id (`render submit --idempotency-key`; submit.lua)
 --
 -- One stream per *job* rather than per priority level: lease.lua walks the levels high
 -- to low and, within a level, the jobs in submission order, and reads each job's stream
