@@ -62,8 +62,9 @@ def build_app(queue: TaskQueue, access: Access, bind: Bind | None = None) -> Sta
         return error(503, f"the queue cannot be reached: {exc}")
 
     middleware = []
-    if bind is not None and bind.loopback:
+    if bind is not None and bind.loopback and ":" not in bind.host:
         # A page on loopback reads without a token: refuse other Host names (DNS rebinding).
+        # (Starlette's check cannot read an IPv6 Host header, so [::1] goes without it.)
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]",
                                                                            bind.host]))
     return Starlette(
