@@ -252,17 +252,20 @@ QUEUE_OPTION = click.option(
               help="Higher runs first.")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
               help="Leases of a task (failures and lost workers) before it is dead-lettered.")
+@click.option("--frames", "frames_text", metavar="FRAMES", default=None,
+              help="Queue only these frames of the shot, as `render run --frames` reads them (1001-1100, "
+                   "1001-1100x4, 1001,1010,1020-1030); frame files only, no video.")
 @click.option("--idempotency-key", metavar="KEY", default=None,
               help="Queue the job once per KEY: submitting again with a KEY the queue has seen queues nothing "
                    "and prints the id of the job queued then (a retried submit does not queue the shot twice).")
-def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int,
+def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int, frames_text: str | None,
            idempotency_key: str | None) -> None:
     """Check JOB.toml like `render run` does, store it and queue its frames; print the job id
     (on stdout, alone) and the queue it went to (on stderr)."""
     from workers.submit import submit as submit_to_queue
 
     done = submit_to_queue(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts,
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, frames_text=frames_text)
     if done.existing:
         click.echo(f"job {done.job_id} was queued earlier with this idempotency key on {done.queue}; "
                    "nothing queued now", err=True)

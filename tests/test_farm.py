@@ -171,6 +171,23 @@ def test_submit_with_an_idempotency_key_queues_once(queue_url: str, farm_job: Ca
     assert empty.stderr == "error: --idempotency-key = '': expected 1 to 200 printable characters\n"
 
 
+def test_submit_some_frames_as_studios_write_them(queue_url: str, farm_job: Callable[..., Path],
+                                                  job_dir: Path) -> None:
+    job_id = submit(farm_job(), queue_url, "--frames", "2-6x2", "--chunk", "2")
+    queued = status(queue_url, job_id)
+    assert (queued["pending"], queued["done"]) == (3, 0)
+    worker = start_worker(queue_url, job_dir, "--exit-when-idle")
+    _out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["state"]) == (3, "done")
+    root = job_dir / "out"
+    assert sorted(r["frame"] for r in records(root)) == [2, 4, 6]   # frames only: no video record, no MP4
+    assert not (root / "test.mp4").exists()
+    backwards = render("submit", str(farm_job()), "--queue", queue_url, "--frames", "5-2")
+    assert backwards.returncode == 2 and backwards.stderr.startswith("error: --frames = '5-2': expected FIRST-LAST")
+
+
 def test_cancel_and_unknown_job(queue_url: str, farm_job: Callable[..., Path]) -> None:
     job_id = submit(farm_job(), queue_url)
     assert "cancelled 6 task(s)" in render("cancel", job_id, "--queue", queue_url).stdout

@@ -468,3 +468,12 @@ def test_racing_submits_with_one_key_queue_one_job(queue: TaskQueue) -> None:
         thread.join()
     assert len(set(ids)) == 1 and len(ids) == 8
     assert [job.job_id for job in queue.status()] == ids[:1]
+
+
+def test_a_job_of_some_frames_is_chunked_within_its_runs(queue: TaskQueue) -> None:
+    queue.submit(dataclasses.replace(spec("stepped", end=6, chunk=2), frames="1-5x2"))
+    queue.submit(dataclasses.replace(spec("listed", end=9, chunk=3), frames="1-4,7,9-8"))
+    assert [(t.first, t.last) for t in queue.tasks("stepped")] == [(1, 1), (3, 3), (5, 5)]
+    assert [(t.first, t.last) for t in queue.tasks("listed")] == [(1, 3), (4, 4), (7, 9)]
+    assert queue.job("listed").frames == "1-4,7,9-8"
+    assert queue.status("listed")[0].pending == 7

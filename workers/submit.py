@@ -6,10 +6,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import fileseq
 import torch
 
 from pipeline.config.formats import frame_format
 from pipeline.config.job import load_job
+from pipeline.config.task import frame_range
 from pipeline.errors import FramefarmError, JobError
 from pipeline.plan import make_plan
 
@@ -35,14 +37,16 @@ def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max
 
 
 def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int,
-           idempotency_key: str | None = None) -> Submitted:
+           idempotency_key: str | None = None, frames_text: str | None = None) -> Submitted:
     if idempotency_key is not None and not (
             0 < len(idempotency_key) <= IDEMPOTENCY_KEY_CHARS and idempotency_key.isprintable()):
         raise JobError("--idempotency-key", idempotency_key[:IDEMPOTENCY_KEY_CHARS],
                        f"expected 1 to {IDEMPOTENCY_KEY_CHARS} printable characters")
     job = load_job(job_file)
+    # `--frames` as `render run` reads it: frames only, never the video (it needs the whole shot)
+    frames = None if frames_text is None else frame_range(job, frames_text)
     # the model, latents and output checks of `render run`; memory is each worker's to check
-    plan = make_plan(job, torch.device("cpu"), check_memory=False)
+    plan = make_plan(job, torch.device("cpu"), check_memory=False, frames=frames, video=frames is None)
     if plan.clip_frames:
         chunk = len(job.shot.frames)  # a clip decodes from its first latent frame: one task
     if frame_format(job.output.formats) is None:
@@ -52,7 +56,8 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
     spec = JobSpec(job_id=uuid.uuid4().hex[:12], name=job.shot.name, toml=job_file.read_text(encoding="utf-8"),
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
-                   chunk=chunk, video="mp4" in job.output.formats, max_attempts=max_attempts)
+                   chunk=chunk, video="mp4" in job.output.formats and frames is None, max_attempts=max_attempts,
+                   frames=None if frames is None else str(fileseq.FrameSet(frames)))
     try:
         queue = open_queue(queue_url)
         try:
@@ -61,4 +66,5 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
             queue.close()
     except QueueUnavailable as err:
         raise FramefarmError(f"the queue cannot be reached, nothing was queued: {err}") from None
-    return Submitted(job_id, queue.where, len(job.shot.frames), len(spec.chunks()), existing=job_id != spec.job_id)
+    return Submitted(job_id, queue.where, len(frames or job.shot.frames), len(spec.chunks()),
+                     existing=job_id != spec.job_id)

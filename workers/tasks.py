@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import fileseq
+
 
 class QueueUnavailable(Exception):
     """The queue cannot be reached right now (Redis restarting, network down): the
@@ -48,17 +50,29 @@ class JobSpec:
     chunk: int                # frames per task
     video: bool               # encode the MP4 once every frame is published
     max_attempts: int
+    frames: str | None = None  # `render submit --frames` (e.g. "1001-1097x4"): only these; None: the whole shot
 
     def chunks(self) -> list[tuple[int, int]]:
-        return [(first, min(first + self.chunk - 1, self.frame_end))
-                for first in range(self.frame_start, self.frame_end + 1, self.chunk)]
+        """The tasks' frame ranges: `chunk` frames each, never across a gap in `frames`."""
+        if self.frames is None:
+            runs = [(self.frame_start, self.frame_end)]
+        else:
+            runs = []
+            for frame in sorted({int(f) for f in fileseq.FrameSet(self.frames)}):
+                if runs and runs[-1][1] == frame - 1:
+                    runs[-1] = (runs[-1][0], frame)
+                else:
+                    runs.append((frame, frame))
+        return [(first, min(first + self.chunk - 1, last))
+                for start, last in runs for first in range(start, last + 1, self.chunk)]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        # a job stored before a field was added takes that field's default
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 @dataclass(frozen=True)
