@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,13 @@ def test_sigterm_drains_and_releases(queue_url: str, farm_job: Callable[..., Pat
     worker = start_worker(queue_url, job_dir, "--slots", "1")
     root = job_dir / "out"
     wait_for_records(root, 3, worker)
+    # the heartbeat (every 5 s) names the host and the task in hand, for `render monitor`
+    deadline = time.monotonic() + 15
+    while not (listed := json.loads(render("status", "--queue", queue_url, "--json").stdout)["workers"])[0]["tasks"]:
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.2)
+    [shown] = listed
+    assert (shown["tasks"], shown["host"], shown["gpu"]) == ([f"{job_id}:1-400"], socket.gethostname(), None)
     worker.send_signal(signal.SIGTERM)
     _out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
@@ -318,6 +326,20 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path, farm_job: Callable[...
     assert "framefarm_frames_done_total 6.0" in metrics
     assert "framefarm_task_seconds_count 2.0" in metrics
     assert "framefarm_queue_pending_frames" in metrics
+
+
+@pytest.mark.gpu
+def test_the_heartbeat_carries_an_nvml_reading_of_the_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from workers.metrics import WorkerMetrics
+    from workers.queue import open_queue
+
+    metrics = WorkerMetrics(None, torch.device("cuda:0"), open_queue(f"sqlite:///{tmp_path / 'farm.db'}"))
+    metrics.sample()
+    assert metrics.gpu is not None
+    assert 0 <= metrics.gpu["utilisation"] <= 1 and 10 <= metrics.gpu["temperature_c"] <= 110
+    assert 0 <= metrics.gpu["memory_used"] <= metrics.gpu["memory_total"] > 2**30
 
 
 def test_gpus_all_children_get_the_other_options_unchanged() -> None:

@@ -118,6 +118,7 @@ class WorkerState:
     frames_done: int = 0
     tasks_done: int = 0
     tasks_failed: int = 0
+    current: dict[int, str] = field(default_factory=dict)   # the tasks in hand, as "job:first-last"
 
 
 def run_worker(config: WorkerConfig) -> WorkerState:
@@ -169,10 +170,12 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
                 await state.draining.wait()
             continue
         state.in_hand += 1
+        state.current[id(task)] = f"{task.job_id}:{task.first}-{task.last}"
         try:
             await _process(config, queue, state, device, models, metrics, turn, task)
         finally:
             state.in_hand -= 1
+            del state.current[id(task)]
 
 
 def _refused_everything(config: WorkerConfig, state: WorkerState) -> None:
@@ -404,8 +407,10 @@ async def _drain_on_signal(state: WorkerState) -> None:
             state.draining.set()
 
 
-def _heartbeat_info(config: WorkerConfig, state: WorkerState, device: torch.device) -> dict[str, Any]:
-    return {"device": str(device), "pid": os.getpid(), "frames_done": state.frames_done,
+def _heartbeat_info(config: WorkerConfig, state: WorkerState, device: torch.device,
+                    metrics: WorkerMetrics) -> dict[str, Any]:
+    return {"device": str(device), "host": socket.gethostname(), "pid": os.getpid(),
+            "tasks": sorted(state.current.values()), "gpu": metrics.gpu, "frames_done": state.frames_done,
             "tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed,
             "draining": state.draining.is_set(), "refused_jobs": sorted(state.refusals),
             "lease_s": config.lease_s, "heartbeat_s": config.heartbeat_s}
@@ -416,7 +421,7 @@ async def _heartbeats(config: WorkerConfig, queue: TaskQueue, state: WorkerState
     while True:
         try:
             drain = await trio.to_thread.run_sync(queue.heartbeat, config.name,
-                                                  _heartbeat_info(config, state, device))
+                                                  _heartbeat_info(config, state, device, metrics))
             if drain and not state.draining.is_set():  # `render monitor`'s drain button, through the queue
                 log.info("asked to drain by the queue (finishing frames in flight, releasing the rest)")
                 state.draining.set()

@@ -57,6 +57,8 @@ const FORMATS = {
   age: (v) => (v == null ? "–" : Math.round(v) + " s ago"),
   list: (v) => (v && v.length ? v.join(", ") : ""),
   kind: (v) => (v === "frames" ? "" : v),   // only the video task is marked
+  gpu: (v) => (v == null ? "–" : Math.round(100 * v.utilisation) + "% · " + (v.memory_used / 2 ** 30).toFixed(1) +
+               " / " + (v.memory_total / 2 ** 30).toFixed(0) + " GiB · " + v.temperature_c + " °C"),
 };
 
 // Each element with data-field shows that field of `item`; data-format says how.
