@@ -20,6 +20,7 @@ import pytest
 from helpers import redis_server_port, render, write_latents
 
 from pipeline.files.video import read_video_info
+from workers.queue import open_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,6 +163,14 @@ def test_poison_task_is_dead_lettered_with_its_error(queue_url: str, farm_job: C
     assert (error["first"], error["last"]) == (3, 3)
     assert "stage 'source' on frame 3 failed" in error["error"]
     assert_every_frame_once(job_dir / "out", [1, 2, 4, 5, 6])
+    queue = open_queue(queue_url)   # each task's log, both attempts of the poisoned one (what the monitor shows)
+    [poisoned] = [task for task in queue.tasks(job_id) if task.state == "failed"]
+    log = queue.task_log(job_id, poisoned.task_id)
+    assert log is not None and log.count("--- attempt ") == 2 and "--- attempt 2 on worker " in log
+    assert log.count("stage 'source' on frame 3 failed") == 2 and "framefarm.worker" in log
+    fine = queue.task_log(job_id, next(t.task_id for t in queue.tasks(job_id) if t.first == 1))
+    assert fine is not None and "frames 1-1 (attempt 1): 1 frame(s) in" in fine and "failed" not in fine
+    queue.close()
     requeued = render("requeue", job_id, "--queue", queue_url, "--failed")
     assert requeued.returncode == 0 and "requeued 1 task(s)" in requeued.stdout
 

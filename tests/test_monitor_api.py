@@ -47,7 +47,7 @@ def snapshot(queue: TaskQueue) -> list:
 
 
 def test_reads(farm: tuple[str, TaskQueue]) -> None:
-    url, _queue = farm
+    url, queue = farm
     with running_monitor(url) as base:
         status, jobs = http("GET", base + "/api/jobs")
         assert status == 200 and jobs["total"] == 3
@@ -67,6 +67,12 @@ def test_reads(farm: tuple[str, TaskQueue]) -> None:
         assert shown == [(1, "done", 1, "w1", None), (2, "failed", 1, "w1", "CUDA out of memory on frame 2"),
                          (3, "leased", 1, "w2", None), (4, "pending", 0, None, None)]
         assert tasks["tasks"][0]["duration_s"] >= 0 and tasks["tasks"][2]["duration_s"] is None
+
+        failed_task = tasks["tasks"][1]["task_id"]
+        queue.store_log("a", failed_task, "--- attempt 1 on worker w1\nCUDA out of memory on frame 2\n")
+        status, log = http("GET", f"{base}/api/jobs/a/tasks/{failed_task}/log")
+        assert (status, log["log"]) == (200, "--- attempt 1 on worker w1\nCUDA out of memory on frame 2\n")
+        assert http("GET", f"{base}/api/jobs/a/tasks/{tasks['tasks'][3]['task_id']}/log")[1]["log"] == ""
 
         status, workers = http("GET", base + "/api/workers")
         [worker] = workers["workers"]
@@ -99,6 +105,8 @@ def test_bad_requests_are_refused_clearly(farm: tuple[str, TaskQueue]) -> None:
         cases = [
             ("GET", "/api/jobs/nope", None, 404, "no job 'nope'"),
             ("GET", "/api/jobs/nope/tasks", None, 404, "no job 'nope'"),
+            ("GET", "/api/jobs/a/tasks/99999/log", None, 404, "job a has no task 99999"),
+            ("GET", "/api/jobs/a/tasks/1x/log", None, 400, "'1x' is not a task id"),
             ("GET", "/api/jobs?state=broken", None, 400, "state = 'broken': expected one of"),
             ("GET", "/api/jobs?limit=-1", None, 400, "limit = '-1'"),
             ("GET", "/api/jobs/" + urllib.parse.quote("../../etc/passwd", safe=""), None, 404, "no API path"),

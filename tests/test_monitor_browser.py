@@ -1,7 +1,7 @@
 """`render monitor`'s page in a real browser (issue 19): Debian's headless chromium,
 driven through its own chromedriver by Selenium (both from apt; nothing is downloaded
 at test time). A real worker renders a job with one poisoned frame; the page shows the
-progress move and the failed task, drains the worker, and requeues the failed task with
+progress move, the failed task and its log, drains the worker, and requeues the failed task with
 the token, after which its cell shows it pending again. Screenshots are saved in the
 test's tmp folder (and, with FRAMEFARM_MONITOR_SCREENSHOT=PATH, the mid-render one there
 too: that is how benchmarks/results/monitor.png, shown in the README, was made)."""
@@ -111,6 +111,13 @@ def test_the_page_follows_a_render_drains_the_worker_and_requeues_a_failed_task(
             wait_for(browser, lambda: done_count(browser) > first_seen + 2, "the page shows the progress move")
             assert browser.find_element(By.CSS_SELECTOR, "#job-head [data-field=fps]").text not in ("", "–")
             assert f"stage 'source' on frame {POISON} failed" in task_shown(browser, POISON)["error"]
+            browser.execute_script(   # the failed task's row: its log shows below the table
+                "for (const row of document.querySelectorAll('#tasks tbody tr'))"
+                "  if (row.querySelector('[data-field=first]').textContent === String(arguments[0])) row.click();",
+                POISON)
+            wait_for(browser, lambda: f"stage 'source' on frame {POISON} failed" in browser.find_element(
+                By.ID, "task-log").text, "the failed task's log is shown", 10)
+            assert "--- attempt 1 on worker render-node-01/gpu0" in browser.find_element(By.ID, "task-log").text
             browser.save_screenshot(str(tmp_path / "monitor-job.png"))
             if os.environ.get("FRAMEFARM_MONITOR_SCREENSHOT"):
                 shutil.copyfile(tmp_path / "monitor-job.png", os.environ["FRAMEFARM_MONITOR_SCREENSHOT"])

@@ -477,3 +477,18 @@ def test_a_job_of_some_frames_is_chunked_within_its_runs(queue: TaskQueue) -> No
     assert [(t.first, t.last) for t in queue.tasks("listed")] == [(1, 3), (4, 4), (7, 9)]
     assert queue.job("listed").frames == "1-4,7,9-8"
     assert queue.status("listed")[0].pending == 7
+
+
+def test_task_logs_keep_each_attempt_and_their_last_64_kib(queue: TaskQueue) -> None:
+    from workers.tasks import LOG_CHARS
+
+    queue.submit(spec("j1", end=2, chunk=1))
+    first, second = (t.task_id for t in queue.tasks("j1"))
+    assert queue.task_log("j1", first) == ""
+    queue.store_log("j1", first, "--- attempt 1\nframe 1: out of memory\n")
+    queue.store_log("j1", first, "--- attempt 2 ✓\n")
+    assert queue.task_log("j1", first) == "--- attempt 1\nframe 1: out of memory\n--- attempt 2 ✓\n"
+    queue.store_log("j1", second, "é" * LOG_CHARS + "the end\n")   # characters, not bytes, are kept
+    assert queue.task_log("j1", second) == ("é" * LOG_CHARS + "the end\n")[-LOG_CHARS:]
+    queue.store_log("j1", "999", "nobody's")                        # no such task: nothing stored
+    assert queue.task_log("j1", "999") is None and queue.task_log("nope", first) is None

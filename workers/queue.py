@@ -41,6 +41,9 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
 - `tasks` lists a job's tasks in frame order with their attempts, last worker, the start
   of their latest lease and when it ended (ack or fail), and their error: what the
   monitor shows (`TaskInfo`).
+- `store_log` appends a task's log text (one attempt's) after what it holds, keeping
+  the last LOG_CHARS characters; `task_log` reads it ("" before any, None for a task
+  the job does not have).
 - `set_priority` moves a job to another priority level (leases follow it at once);
   `pause` stops a job's tasks from being leased (leased ones finish; requeue keeps it
   paused) and `resume` undoes it.

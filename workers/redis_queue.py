@@ -35,6 +35,7 @@ from pipeline.errors import JobError
 
 from .tasks import (
     ERROR_CHARS,
+    LOG_CHARS,
     WORKER_DROP_S,
     JobSpec,
     JobStatus,
@@ -262,6 +263,27 @@ class RedisQueue:
                                    worker=t.get("worker"), started=_seconds(t.get("started")),
                                    finished=_seconds(t.get("finished")), error=t.get("error")))
         return sorted(result, key=lambda task: (task.kind == "video", task.first, int(task.task_id)))
+
+    def store_log(self, job_id: str, task_id: str, text: str) -> None:
+        key = self._key("job", job_id, "log", task_id)
+
+        def append(pipe: redis.client.Pipeline) -> None:   # WATCHed read, then write: cut by characters
+            if not pipe.hexists(self._key("job", job_id, "tasks"), task_id):
+                return
+            kept = cast(str | None, pipe.get(key)) or ""
+            pipe.multi()
+            pipe.set(key, (kept + text)[-LOG_CHARS:])
+
+        with self._talk():
+            self._client.transaction(append, key)
+
+    def task_log(self, job_id: str, task_id: str) -> str | None:
+        with self._talk():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hexists(self._key("job", job_id, "tasks"), task_id)
+            pipe.get(self._key("job", job_id, "log", task_id))
+            known, log = pipe.execute()
+        return (log or "") if known else None
 
     def set_priority(self, job_id: str, priority: int) -> bool:
         with self._talk():

@@ -27,6 +27,7 @@ from pipeline.errors import JobError
 
 from .tasks import (
     ERROR_CHARS,
+    LOG_CHARS,
     TASK_FRAMES,
     TASK_VIDEO,
     WORKER_DROP_S,
@@ -83,6 +84,10 @@ CREATE TABLE IF NOT EXISTS job_failures (   -- per-worker failure counts and blo
 CREATE TABLE IF NOT EXISTS idempotency_keys (  -- `render submit --idempotency-key`: a key queues one job
     key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_logs (      -- each task's log, its attempts one after another, bounded
+    task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+    log TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS drains (         -- workers asked to drain (the monitor); read at their heartbeat
     name TEXT PRIMARY KEY
@@ -328,6 +333,19 @@ class SqliteQueue:
             if count:  # a paused job stays paused: its requeued tasks wait for `resume`
                 db.execute("UPDATE jobs SET state = 'active' WHERE id = ? AND state != 'paused'", (job_id,))
             return count
+
+    def store_log(self, job_id: str, task_id: str, text: str) -> None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ? AND job_id = ?", (int(task_id), job_id)).fetchone():
+                db.execute("""INSERT INTO task_logs (task_id, log) VALUES (?, substr(?, -?))
+                              ON CONFLICT (task_id) DO UPDATE SET log = substr(log || excluded.log, -?)""",
+                           (int(task_id), text, LOG_CHARS, LOG_CHARS))
+
+    def task_log(self, job_id: str, task_id: str) -> str | None:
+        row = self._db().execute("""SELECT t.id, l.log FROM tasks t LEFT JOIN task_logs l ON l.task_id = t.id
+                                    WHERE t.id = ? AND t.job_id = ?""",
+                                 (int(task_id) if task_id.isdecimal() else -1, job_id)).fetchone()
+        return None if row is None else row[1] or ""
 
     def set_priority(self, job_id: str, priority: int) -> bool:
         with self._write() as db:

@@ -61,6 +61,7 @@ from pipeline.models.cache import ModelCache
 from pipeline.plan import Plan, make_plan
 from pipeline.run import render
 
+from . import task_log
 from .metrics import WorkerMetrics
 from .queue import open_queue
 from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue
@@ -132,6 +133,7 @@ async def serve(config: WorkerConfig) -> WorkerState:
     state = WorkerState()
     models = ModelCache()
     turn = GpuTurn() if config.gpu_turns else None   # one GPU per worker process
+    task_log.install()
     log.info("worker %s on %s, queue %s", config.name, device, queue.where)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_drain_on_signal, state)
@@ -171,11 +173,14 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
             continue
         state.in_hand += 1
         state.current[id(task)] = f"{task.job_id}:{task.first}-{task.last}"
-        try:
-            await _process(config, queue, state, device, models, metrics, turn, task)
-        finally:
-            state.in_hand -= 1
-            del state.current[id(task)]
+        with task_log.capturing(f"--- attempt {task.attempt} on worker {config.name}") as lines:
+            try:
+                await _process(config, queue, state, device, models, metrics, turn, task)
+            finally:
+                state.in_hand -= 1
+                del state.current[id(task)]
+                with contextlib.suppress(QueueUnavailable):   # a log is worth one try, not a stalled slot
+                    await trio.to_thread.run_sync(queue.store_log, task.job_id, task.task_id, lines.text())
 
 
 def _refused_everything(config: WorkerConfig, state: WorkerState) -> None:

@@ -1,4 +1,4 @@
-"""The monitor's JSON API under /api/: reads (jobs, a job, its tasks, workers) and
+"""The monitor's JSON API under /api/: reads (jobs, a job, its tasks and their logs, workers) and
 actions (requeue, cancel, priority, pause, resume, drain).
 
 Every answer is JSON; a refusal is {"error": "..."} with a 4xx status and changes
@@ -53,6 +53,7 @@ class Api:
             Route("/api/jobs", self._read(self.jobs)),
             Route("/api/jobs/{job_id}", self._read(self.job)),
             Route("/api/jobs/{job_id}/tasks", self._read(self.tasks)),
+            Route("/api/jobs/{job_id}/tasks/{task_id}/log", self._read(self.task_log)),
             Route("/api/workers", self._read(self.workers)),
             *(Route(f"/api/jobs/{{job_id}}/{name}", self._act(getattr(self, name)), methods=["POST"])
               for name in ("requeue", "cancel", "priority", "pause", "resume")),
@@ -124,6 +125,17 @@ class Api:
     def tasks(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         job_id = self._known_job(request)
         return {"job_id": job_id, "tasks": [task.as_dict() for task in self.queue.tasks(job_id)]}
+
+    def task_log(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
+        job_id = self._known_job(request)
+        task_id = request.path_params["task_id"]
+        if not (task_id.isdecimal() and len(task_id) <= 20):
+            raise BadRequest(400, f"task id {task_id!r} is not a task id (a whole number, as /api/jobs/ID/tasks "
+                                  "lists them)")
+        log = self.queue.task_log(job_id, task_id)
+        if log is None:
+            raise BadRequest(404, f"job {job_id} has no task {task_id}")
+        return {"job_id": job_id, "task_id": task_id, "log": log}
 
     def workers(self, _request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         return {"workers": [worker_dict(worker) for worker in self.queue.workers()]}

@@ -22,6 +22,8 @@
 --                             and for a task cancelled while leased: stop_by (its lease deadline,
 --                             ms: "stopping" until then, unless its worker reports first) and
 --                             published (the frames its worker had published when it stopped)}
+--   ff:job:<job>:log:<tid>    string: the task's log, its attempts one after another, the last 64 KiB
+--                             (written by RedisQueue.store_log in a WATCH transaction, not a script)
 --   ff:job:<job>:stream       stream, one entry {task: tid} per pending task, consumer group
 --                             "farm"; the consumer is the worker name
 --   ff:job:<job>:leases       zset tid -> lease deadline (ms, Redis server clock)

@@ -131,6 +131,19 @@ async function refreshJob() {
   const tasks = (await read("/api/jobs/" + id + "/tasks")).tasks;
   sync(document.getElementById("strip"), "task-cell", tasks, (task) => task.task_id);
   sync(document.querySelector("#tasks tbody"), "task-row", tasks, (task) => task.task_id);
+  if (shownLog) {
+    const log = await read("/api/jobs/" + id + "/tasks/" + encodeURIComponent(shownLog) + "/log");
+    document.getElementById("task-log").textContent = log.log || "(no log yet)";
+  }
+}
+
+let shownLog = null;   // the task whose log the job page shows
+
+function showLog(row) {
+  shownLog = row.dataset.key;
+  document.getElementById("log-of").textContent = "of frames " + row.querySelector("[data-field=first]").textContent +
+    "-" + row.querySelector("[data-field=last]").textContent;
+  tick();
 }
 
 // -- actions
@@ -182,6 +195,8 @@ async function tick() {
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button[data-action]");
   if (button) act(button);
+  const row = event.target.closest("#tasks tbody tr");
+  if (row) showLog(row);
 });
 const filter = document.getElementById("state-filter");
 if (filter) filter.addEventListener("change", tick);
