@@ -31,12 +31,12 @@ def build_app(queue: TaskQueue, access: Access, bind: Bind | None = None) -> Sta
     def page(name: str, **context: Any) -> HTMLResponse:
         return HTMLResponse(_PAGES.get_template(name).render(queue=queue.where, access=access, **context))
 
-    async def jobs_page(_request: Request) -> Response:
+    async def jobs_page(request: Request) -> Response:
         # With reads behind the token, the page comes empty and monitor.js fills it once given the token.
         if access.reads_need_token:
             return page("jobs.html", jobs=[], total=0, workers=[])
-        found = await run_in_threadpool(api.jobs, _request, {})
-        workers = await run_in_threadpool(api.workers, _request, {})
+        found = await run_in_threadpool(api.jobs, request, {})
+        workers = await run_in_threadpool(api.workers, request, {})
         return page("jobs.html", jobs=found["jobs"], total=found["total"], workers=workers["workers"])
 
     async def job_page(request: Request) -> Response:
