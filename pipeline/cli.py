@@ -41,10 +41,11 @@ def cli() -> None:
               help="Skip frames whose manifest record matches the file on disk; render the rest.")
 @click.option("--output-root", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Write under DIR instead of the job's output.root.")
-@click.option("--frames", "frames_text", metavar="FIRST-LAST", default=None,
-              help="Render only these frames of the shot (inclusive; or one frame) into the same outputs and "
-                   "manifest. Writes frame files only, never the video (chunks on several hosts would race to "
-                   "write it): build it afterwards with a run of the whole shot with --resume.")
+@click.option("--frames", "frames_text", metavar="FRAMES", default=None,
+              help="Render only these frames of the shot into the same outputs and manifest: 1001-1100 "
+                   "(inclusive), 1001-1100x4 (every 4th), 1001,1010,1020-1030, or one frame. Writes frame "
+                   "files only, never the video (chunks on several hosts would race to write it): build it "
+                   "afterwards with a run of the whole shot with --resume.")
 @click.option("--base-dir", metavar="DIR", type=click.Path(path_type=Path), default=None,
               help="Resolve the job's relative model, latents and preset paths against DIR instead of the "
                    "job file's folder.")
@@ -254,13 +255,26 @@ QUEUE_OPTION = click.option(
               help="Higher runs first.")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
               help="Leases of a task (failures and lost workers) before it is dead-lettered.")
-def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int) -> None:
+@click.option("--frames", "frames_text", metavar="FRAMES", default=None,
+              help="Queue only these frames of the shot, as `render run --frames` reads them (1001-1100, "
+                   "1001-1100x4, 1001,1010,1020-1030); frame files only, no video.")
+@click.option("--idempotency-key", metavar="KEY", default=None,
+              help="Queue the job once per KEY: submitting again with a KEY the queue has seen queues nothing "
+                   "and prints the id of the job queued then (a retried submit does not queue the shot twice).")
+def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int, frames_text: str | None,
+           idempotency_key: str | None) -> None:
     """Check JOB.toml like `render run` does, store it and queue its frames; print the job id
     (on stdout, alone) and the queue it went to (on stderr)."""
     from workers.submit import submit as submit_to_queue
 
-    done = submit_to_queue(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts)
-    click.echo(f"queued job {done.job_id}: {done.frames} frame(s) in {done.tasks} task(s) on {done.queue}", err=True)
+    done = submit_to_queue(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts,
+                           idempotency_key=idempotency_key, frames_text=frames_text)
+    if done.existing:
+        click.echo(f"job {done.job_id} was queued earlier with this idempotency key on {done.queue}; "
+                   "nothing queued now", err=True)
+    else:
+        click.echo(f"queued job {done.job_id}: {done.frames} frame(s) in {done.tasks} task(s) on {done.queue}",
+                   err=True)
     click.echo(done.job_id)
 
 
@@ -357,6 +371,21 @@ def cancel(job_id: str, queue_url: str) -> None:
     with guarded(queue):
         count = queue.cancel(job_id)
     click.echo(f"cancelled {count} task(s) of {job_id} in {queue.where}")
+
+
+@cli.command()
+@QUEUE_OPTION
+@click.option("--bind", "bind", metavar="HOST:PORT", default="127.0.0.1:8470", show_default=True,
+              help="Where to listen. A non-loopback address needs --token.")
+@click.option("--token", envvar="FRAMEFARM_MONITOR_TOKEN", default=None, metavar="TOKEN",
+              help="Needed for actions (requeue, cancel, priority, pause, resume, drain), and for reading "
+                   "when not bound to loopback (default: $FRAMEFARM_MONITOR_TOKEN).")
+def monitor(queue_url: str, bind: str, token: str | None) -> None:
+    """Serve a web page and a JSON API (under /api/) that show the farm's jobs, tasks and
+    workers and steer them; Ctrl-C stops it."""
+    from workers.monitor.serve import serve
+
+    serve(queue_url, bind, token)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,14 +145,15 @@ class Plan:
 
 
 def make_plan(job: Job, device: torch.device, *, resume: bool = False,
-              frames: range | None = None, video: bool = True, check_memory: bool = True) -> Plan:
+              frames: Sequence[int] | None = None, video: bool = True, check_memory: bool = True) -> Plan:
     """`frames` narrows the plan to part of the shot (a farm task) and `video=False`
     leaves the video out (the farm encodes it once every frame is published).
     `check_memory=False` skips the memory check (`render submit`: the workers' machines
     render, and each checks its own)."""
     shot = job.shot
+    whole = frames is None or tuple(frames) == tuple(shot.frames)
     frames = frames if frames is not None else shot.frames
-    if video and job.output.videos and frames != shot.frames:
+    if video and job.output.videos and not whole:
         raise ValueError("a plan that writes the videos must cover the whole shot")
     pipeline = None
     if job.source.kind == "diffusers":  # the pipeline first: its folder holds the VAE
@@ -206,13 +208,13 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
                    for spec in (job.output.videos if video else ()))
     skipped: set[int] = set()
     if resume:
-        skipped, videos = _finished(root, j_hash, frame_paths, videos, frames)
+        skipped, videos = _finished(root, j_hash, frame_paths, videos, shot.frames)   # videos: the whole shot
         if not frame_paths:   # videos only: a frame is needed again unless every video has it
             skipped = set(frames)
             for planned in videos:
                 if not planned.done:
                     skipped &= {f for i in planned.segments_done
-                                for f in segments(frames, planned.spec.segment_frames)[i]}
+                                for f in segments(shot.frames, planned.spec.segment_frames)[i]}
     pending_video = any(not v.done for v in videos)
     todo = tuple(f for f in frames if f not in skipped) if (frame_paths or pending_video) else ()
     if clip_frames and todo:  # a clip decodes from its first latent frame: all of it, or none
@@ -271,7 +273,7 @@ def _finished(root: Path, j_hash: str, frame_paths: dict[int, Path], videos: tup
     return skipped, tuple(dataclasses.replace(v, done=done(v.path), segments_done=segments_done(v)) for v in videos)
 
 
-def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: range) -> int:
+def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: Sequence[int]) -> int:
     """A video VAE decodes a clip (C, T, h, w) of 1 + temporal_scale * (T - 1) frames;
     an image VAE decodes frames. Returns T."""
     shot, kind = job.shot, job.source.kind
@@ -286,8 +288,8 @@ def _check_clip(job: Job, vae: VaeInfo, shape: tuple[int, int, int], frames: ran
         lower = shot.frame_end - (count - 1) % scale
         raise JobError("shot.frame_end", shot.frame_end,
                        f"a {vae.class_name} clip has 1 + {scale}k frames; nearest: {lower} or {lower + scale}")
-    if frames != shot.frames:
-        raise JobError("shot", f"frames {frames.start}-{frames.stop - 1}",
+    if tuple(frames) != tuple(shot.frames):
+        raise JobError("shot", f"frames {frames[0]}-{frames[-1]}",
                        "a clip decodes from its first latent frame: render the whole shot as one task")
     if job.tuning.tiling:  # diffusers' tiling works on whole clips; this decodes them chunk by chunk
         raise JobError("tuning.tiling", True, f"diffusers' tiling does not apply to a {vae.class_name}'s "

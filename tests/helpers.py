@@ -4,11 +4,17 @@ Fixtures built from them live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +297,50 @@ def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproc
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               [str(Path(__file__).resolve().parent.parent),
                                *filter(None, [os.environ.get("PYTHONPATH")])])})
+
+
+@contextlib.contextmanager
+def running_monitor(queue_url: str, *extra: str, token: str | None = None, host: str = "127.0.0.1"
+                    ) -> Iterator[str]:
+    """A real `render monitor` on a free port of `host` (loopback unless told); yields its
+    base URL on 127.0.0.1."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("FRAMEFARM_MONITOR_TOKEN", None)
+    if token is not None:
+        env["FRAMEFARM_MONITOR_TOKEN"] = token
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "monitor", "--queue", queue_url,
+                                "--bind", f"{host}:{port}", *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                urllib.request.urlopen(base + "/static/monitor.css", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the monitor did not start listening"
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def http(method: str, url: str, body: bytes | str | dict | None = None, token: str | None = None
+         ) -> tuple[int, Any]:
+    """(status, parsed JSON answer) of one real HTTP request; error statuses are returned, not raised."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 WAN_MEAN = [0.5, -0.25, 0.1, 0.0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from helpers import redis_server_port, render, write_latents
 
 from pipeline.files.video import read_video_info
+from workers.queue import open_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,6 +124,13 @@ def test_sigterm_drains_and_releases(queue_url: str, farm_job: Callable[..., Pat
     worker = start_worker(queue_url, job_dir, "--slots", "1")
     root = job_dir / "out"
     wait_for_records(root, 3, worker)
+    # the heartbeat (every 5 s) names the host and the task in hand, for `render monitor`
+    deadline = time.monotonic() + 15
+    while not (listed := json.loads(render("status", "--queue", queue_url, "--json").stdout)["workers"])[0]["tasks"]:
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.2)
+    [shown] = listed
+    assert (shown["tasks"], shown["host"], shown["gpu"]) == ([f"{job_id}:1-400"], socket.gethostname(), None)
     worker.send_signal(signal.SIGTERM)
     _out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
@@ -155,8 +164,46 @@ def test_poison_task_is_dead_lettered_with_its_error(queue_url: str, farm_job: C
     assert (error["first"], error["last"]) == (3, 3)
     assert "stage 'source' on frame 3 failed" in error["error"]
     assert_every_frame_once(job_dir / "out", [1, 2, 4, 5, 6])
+    queue = open_queue(queue_url)   # each task's log, both attempts of the poisoned one (what the monitor shows)
+    [poisoned] = [task for task in queue.tasks(job_id) if task.state == "failed"]
+    log = queue.task_log(job_id, poisoned.task_id)
+    assert log is not None and log.count("--- attempt ") == 2 and "--- attempt 2 on worker " in log
+    assert log.count("stage 'source' on frame 3 failed") == 2 and "framefarm.worker" in log
+    fine = queue.task_log(job_id, next(t.task_id for t in queue.tasks(job_id) if t.first == 1))
+    assert fine is not None and "frames 1-1 (attempt 1): 1 frame(s) in" in fine and "failed" not in fine
+    queue.close()
     requeued = render("requeue", job_id, "--queue", queue_url, "--failed")
     assert requeued.returncode == 0 and "requeued 1 task(s)" in requeued.stdout
+
+
+def test_submit_with_an_idempotency_key_queues_once(queue_url: str, farm_job: Callable[..., Path]) -> None:
+    job = farm_job()
+    first = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "sq010/sh0420/v3")
+    again = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "sq010/sh0420/v3")
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and "nothing queued now" in again.stderr
+    listed = json.loads(render("status", "--queue", queue_url, "--json").stdout)["jobs"]
+    assert [job["job_id"] for job in listed] == [first.stdout.strip()]
+    empty = render("submit", str(job), "--queue", queue_url, "--idempotency-key", "")
+    assert empty.returncode == 2
+    assert empty.stderr == "error: --idempotency-key = '': expected 1 to 200 printable characters\n"
+
+
+def test_submit_some_frames_as_studios_write_them(queue_url: str, farm_job: Callable[..., Path],
+                                                  job_dir: Path) -> None:
+    job_id = submit(farm_job(), queue_url, "--frames", "2-6x2", "--chunk", "2")
+    queued = status(queue_url, job_id)
+    assert (queued["pending"], queued["done"]) == (3, 0)
+    worker = start_worker(queue_url, job_dir, "--exit-when-idle")
+    _out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 0, err
+    final = status(queue_url, job_id)
+    assert (final["done"], final["state"]) == (3, "done")
+    root = job_dir / "out"
+    assert sorted(r["frame"] for r in records(root)) == [2, 4, 6]   # frames only: no video record, no MP4
+    assert not (root / "test.mp4").exists()
+    backwards = render("submit", str(farm_job()), "--queue", queue_url, "--frames", "5-2")
+    assert backwards.returncode == 2 and backwards.stderr.startswith("error: --frames = '5-2': expected FIRST-LAST")
 
 
 def test_cancel_and_unknown_job(queue_url: str, farm_job: Callable[..., Path]) -> None:
@@ -289,6 +336,20 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path, farm_job: Callable[...
     assert "framefarm_frames_done_total 6.0" in metrics
     assert "framefarm_task_seconds_count 2.0" in metrics
     assert "framefarm_queue_pending_frames" in metrics
+
+
+@pytest.mark.gpu
+def test_the_heartbeat_carries_an_nvml_reading_of_the_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from workers.metrics import WorkerMetrics
+    from workers.queue import open_queue
+
+    metrics = WorkerMetrics(None, torch.device("cuda:0"), open_queue(f"sqlite:///{tmp_path / 'farm.db'}"))
+    metrics.sample()
+    assert metrics.gpu is not None
+    assert 0 <= metrics.gpu["utilisation"] <= 1 and 10 <= metrics.gpu["temperature_c"] <= 110
+    assert 0 <= metrics.gpu["memory_used"] <= metrics.gpu["memory_total"] > 2**30
 
 
 def test_gpus_all_children_get_the_other_options_unchanged() -> None:

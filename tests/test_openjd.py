@@ -262,15 +262,29 @@ def test_frames_renders_only_those_frames_and_never_the_video(write_job: Callabl
     assert [r["frames"] for r in records(out) if r["kind"] == "video"] == [[1, 6]]
 
 
-@pytest.mark.parametrize("frames", ["0-3", "3-2", "5-9", "abc", "1,3", "-2", "99999999999"])
+def test_frames_as_studios_write_them(write_job: Callable[..., Path], cli: Callable[..., tuple[int, str, str]]
+                                      ) -> None:
+    job = write_job()
+    out = job.parent / "out"
+    code, _, stderr = cli("run", str(job), "--frames", "1-5x2", "--device", "cpu", "-q")
+    assert code == 0, stderr
+    assert frames_published(out) == Counter([1, 3, 5])
+    code, _, stderr = cli("run", str(job), "--frames", "2,4-5,3", "--resume", "--device", "cpu", "-q")
+    assert code == 0, stderr
+    assert frames_published(out) == Counter([1, 2, 3, 4, 5])   # 5 was skipped: finished, each frame once
+    assert not (out / "test.mp4").exists()
+
+
+@pytest.mark.parametrize("frames", ["0-3", "3-2", "5-9", "abc", "1,9", "-2", "99999999999", "1-2x0.5", "2-4,6-5",
+                                    "1-", "1-6x0", ","])
 def test_frames_outside_the_shot_exit_2_naming_the_option(write_job: Callable[..., Path],
                                                          cli: Callable[..., tuple[int, str, str]],
                                                          frames: str) -> None:
     job = write_job()
     code, stdout, stderr = cli("run", str(job), "--frames", frames, "--device", "cpu")
     assert code == 2 and stdout == ""
-    assert stderr == (f"error: --frames = {frames!r}: expected FIRST-LAST (inclusive) or one frame, within the "
-                      "shot's frames 1-6\n")
+    assert stderr == (f"error: --frames = {frames!r}: expected FIRST-LAST (inclusive), FIRST-LASTxSTEP or a comma "
+                      "list of those and single frames (e.g. 1-6, 1-6x2, 1,6), within the shot's frames 1-6\n")
     assert not (job.parent / "out").exists()
 
 

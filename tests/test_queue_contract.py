@@ -4,6 +4,7 @@ a real redis-server on a loopback port."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -321,3 +322,173 @@ def test_workers_go_quiet_then_gone_then_dropped_and_a_clean_exit_removes_at_onc
     queue.heartbeat("late", {})                         # any heartbeat drops the silent ones from the queue
     queue.worker_drop_s = 3600.0
     assert [w.name for w in queue.workers()] == ["late"]
+
+
+# -- what `render monitor` reads and steers (issue 19)
+
+def test_tasks_show_attempts_worker_times_and_error(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=2, chunk=2, max_attempts=3))
+    queue.submit(spec("j2", end=4, chunk=2))
+    assert queue.fail(queue.lease("w1", 30), "w1", "out of memory") is False   # pending again
+    queue.ack(queue.lease("w2", 30), "w2")
+    queue.fail(queue.lease("w3", 30, skip_jobs=frozenset({"j1"})), "w3", "disk full")
+    [done] = queue.tasks("j1")
+    assert (done.first, done.last, done.state, done.attempts, done.worker, done.error) == (
+        1, 2, "done", 2, "w2", None)
+    retried, untouched = queue.tasks("j2")
+    assert (retried.first, retried.state, retried.attempts, retried.worker, retried.error) == (
+        1, "pending", 1, "w3", "disk full")
+    assert (untouched.first, untouched.state, untouched.attempts, untouched.worker) == (3, "pending", 0, None)
+    assert done.started is not None and done.finished is not None and done.finished >= done.started
+    assert abs(done.finished - time.time()) < 5   # seconds since the epoch on both backends
+    assert retried.finished is not None and untouched.started is None
+    held = queue.lease("w4", 30, skip_jobs=frozenset({"j1"}))
+    [now_leased] = [t for t in queue.tasks("j2") if t.task_id == held.task_id]
+    assert now_leased.state == "leased" and now_leased.worker == "w4" and now_leased.finished is None
+    assert queue.tasks("nope") == []
+
+
+def test_status_has_submitted_time_rate_and_eta(queue: TaskQueue) -> None:
+    queue.submit(spec("j1", end=4, chunk=1))
+    [before] = queue.status("j1")
+    assert before.fps is None and before.eta_s is None
+    assert before.submitted is not None and abs(before.submitted - time.time()) < 5
+    task = queue.lease("w1", 30)
+    time.sleep(0.05)
+    queue.ack(task, "w1")
+    [after] = queue.status("j1")
+    assert after.fps is not None and 0 < after.fps < 1 / 0.05 + 1
+    assert after.eta_s == pytest.approx(3 / after.fps)
+
+
+def test_priority_change_reorders_leases(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=2, chunk=1))
+    queue.submit(spec("b", end=2, chunk=1))
+    assert queue.set_priority("b", 5)
+    assert queue.lease("w1", 30).job_id == "b"
+    assert queue.status("b")[0].priority == 5
+    assert queue.set_priority("a", 9) and queue.lease("w1", 30).job_id == "a"
+    assert not queue.set_priority("nope", 1)
+
+
+def test_a_paused_job_hands_out_nothing_but_its_leased_tasks_finish(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=4, chunk=1))
+    held = queue.lease("w1", 30)
+    assert queue.pause("a") and not queue.pause("a")
+    assert queue.status("a")[0].state == "paused"
+    assert queue.lease("w2", 30) is None
+    assert queue.renew(held, "w1", 30) and queue.ack(held, "w1")
+    assert queue.resume("a") and not queue.resume("a")
+    assert queue.status("a")[0].state == "active"
+    assert queue.lease("w2", 30).job_id == "a"
+    assert not queue.pause("nope") and not queue.resume("nope")
+
+
+def test_a_requeued_paused_job_stays_paused(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=2, chunk=1, max_attempts=1))
+    queue.fail(queue.lease("w1", 30), "w1", "boom")
+    assert queue.pause("a")
+    assert queue.requeue("a", failed_only=True) == 1
+    assert queue.status("a")[0].state == "paused" and queue.lease("w1", 30) is None
+    assert queue.resume("a") and queue.lease("w1", 30) is not None
+
+
+def test_drain_is_told_at_the_workers_heartbeat(queue: TaskQueue) -> None:
+    assert not queue.drain("w1")                       # unknown worker: nothing stored
+    assert queue.heartbeat("w1", {}) is False
+    assert queue.drain("w1")
+    assert queue.heartbeat("w1", {}) is True
+    assert queue.heartbeat("w2", {}) is False
+    queue.remove_worker("w1")
+    assert queue.heartbeat("w1", {}) is False          # a new worker of that name is not drained
+
+
+def test_job_states_and_status_of_some_jobs(queue: TaskQueue) -> None:
+    for job_id in ("a", "b", "c", "d"):
+        queue.submit(spec(job_id, end=2, chunk=1, max_attempts=1))
+    queue.cancel("b")
+    queue.pause("c")
+    queue.fail(queue.lease("w1", 30), "w1", "boom")      # a: one frame failed, one pending
+    assert queue.job_states() == [("a", "active"), ("b", "cancelled"), ("c", "paused"), ("d", "active")]
+    some = queue.status(job_ids=["d", "a", "nope"])
+    assert [job.job_id for job in some] == ["a", "d"]     # submission order; unknown ids left out
+    assert [(job.done, job.pending, job.failed) for job in some] == [(0, 1, 1), (0, 2, 0)]
+    assert some == [job for job in queue.status() if job.job_id in ("a", "d")]
+    assert queue.status(job_ids=[]) == []
+
+
+def test_a_queue_file_from_before_the_monitor_gains_its_columns(tmp_path) -> None:
+    import sqlite3
+
+    from workers.sqlite_queue import SqliteQueue
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:   # the tables as they were before issue 19
+        db.executescript("""
+            CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, spec TEXT NOT NULL,
+                               priority INTEGER NOT NULL, max_attempts INTEGER NOT NULL, state TEXT NOT NULL);
+            CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, kind TEXT NOT NULL,
+                                first INTEGER NOT NULL, last INTEGER NOT NULL, state TEXT NOT NULL,
+                                attempts INTEGER NOT NULL DEFAULT 0, token INTEGER NOT NULL DEFAULT 0,
+                                lease_until REAL, worker TEXT, error TEXT, published INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE workers (name TEXT PRIMARY KEY, heartbeat REAL NOT NULL, info TEXT NOT NULL);""")
+        db.execute("INSERT INTO jobs (id, spec, priority, max_attempts, state) VALUES (?, ?, 0, 3, 'active')",
+                   ("old", json.dumps(dataclasses.asdict(spec("old", end=2, chunk=1)))))
+        db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES ('old', 'frames', ?, ?, ?)",
+                       [(1, 1, "done"), (2, 2, "pending")])
+    queue = SqliteQueue(path, create=False)
+    [old] = queue.status()
+    assert (old.done, old.pending, old.submitted, old.fps) == (1, 1, None, None)
+    assert [(t.state, t.started) for t in queue.tasks("old")] == [("done", None), ("pending", None)]
+    task = queue.lease("w1", 30)
+    assert task.first == 2 and queue.ack(task, "w1") and queue.heartbeat("w1", {}) is False
+    queue.close()
+
+
+def test_an_idempotency_key_queues_one_job(queue: TaskQueue) -> None:
+    assert queue.submit(spec("first"), idempotency_key="shot-42/take-3") == "first"
+    assert queue.submit(spec("again"), idempotency_key="shot-42/take-3") == "first"   # nothing stored
+    assert queue.job("again") is None
+    assert queue.submit(spec("other"), idempotency_key="shot-43") == "other"
+    assert queue.submit(spec("plain")) == "plain"
+    assert [job.job_id for job in queue.status()] == ["first", "other", "plain"]
+    assert queue.status("first")[0].pending == 4
+
+
+def test_racing_submits_with_one_key_queue_one_job(queue: TaskQueue) -> None:
+    ids: list[str] = []   # each thread has its own connection (SQLite: per thread; Redis: from the pool)
+
+    def submit(job_id: str) -> None:
+        ids.append(queue.submit(spec(job_id), idempotency_key="the-key"))
+
+    threads = [threading.Thread(target=submit, args=(f"racer{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert [job.job_id for job in queue.status()] == ids[:1]
+
+
+def test_a_job_of_some_frames_is_chunked_within_its_runs(queue: TaskQueue) -> None:
+    queue.submit(dataclasses.replace(spec("stepped", end=6, chunk=2), frames="1-5x2"))
+    queue.submit(dataclasses.replace(spec("listed", end=9, chunk=3), frames="1-4,7,9-8"))
+    assert [(t.first, t.last) for t in queue.tasks("stepped")] == [(1, 1), (3, 3), (5, 5)]
+    assert [(t.first, t.last) for t in queue.tasks("listed")] == [(1, 3), (4, 4), (7, 9)]
+    assert queue.job("listed").frames == "1-4,7,9-8"
+    assert queue.status("listed")[0].pending == 7
+
+
+def test_task_logs_keep_each_attempt_and_their_last_64_kib(queue: TaskQueue) -> None:
+    from workers.tasks import LOG_CHARS
+
+    queue.submit(spec("j1", end=2, chunk=1))
+    first, second = (t.task_id for t in queue.tasks("j1"))
+    assert queue.task_log("j1", first) == ""
+    queue.store_log("j1", first, "--- attempt 1\nframe 1: out of memory\n")
+    queue.store_log("j1", first, "--- attempt 2 ✓\n")
+    assert queue.task_log("j1", first) == "--- attempt 1\nframe 1: out of memory\n--- attempt 2 ✓\n"
+    queue.store_log("j1", second, "é" * LOG_CHARS + "the end\n")   # characters, not bytes, are kept
+    assert queue.task_log("j1", second) == ("é" * LOG_CHARS + "the end\n")[-LOG_CHARS:]
+    queue.store_log("j1", "999", "nobody's")                        # no such task: nothing stored
+    assert queue.task_log("j1", "999") is None and queue.task_log("nope", first) is None

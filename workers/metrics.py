@@ -1,5 +1,6 @@
 """Prometheus metrics of one worker: frames done and failed, task latency, queue depth,
-and the GPU's utilisation and memory through NVML (pynvml, from nvidia-ml-py).
+and the GPU's utilisation and memory through NVML (pynvml, from nvidia-ml-py); the
+last GPU reading (with its temperature) also goes out with the worker's heartbeat.
 
 With no port the metrics are still counted (the worker reads them) but not served.
 """
@@ -30,6 +31,8 @@ class WorkerMetrics:
                                      registry=self.registry)
         self.gpu_memory = Gauge("framefarm_gpu_memory_bytes", "GPU memory in use (NVML)", registry=self.registry)
         self._nvml_handle = _nvml_handle(device)
+        # the last NVML reading, sent with the heartbeat for `render monitor`; None without NVML (CPU)
+        self.gpu: dict[str, float] | None = None
         if port is not None:
             start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
@@ -39,8 +42,13 @@ class WorkerMetrics:
         if self._nvml_handle is not None:
             import pynvml
 
-            self.gpu_utilisation.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml_handle).gpu / 100)
-            self.gpu_memory.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used)
+            utilisation = pynvml.nvmlDeviceGetUtilizationRates(self._nvml_handle).gpu / 100
+            memory = pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle)
+            temperature = pynvml.nvmlDeviceGetTemperature(self._nvml_handle, pynvml.NVML_TEMPERATURE_GPU)
+            self.gpu_utilisation.set(utilisation)
+            self.gpu_memory.set(memory.used)
+            self.gpu = {"utilisation": utilisation, "memory_used": memory.used, "memory_total": memory.total,
+                        "temperature_c": temperature}
 
 
 def _nvml_handle(device: torch.device) -> Any:

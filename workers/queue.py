@@ -9,6 +9,9 @@ fail it. Publishing is first-writer-wins on disk, so a task rendered twice still
 yields each frame once.
 
 Semantics every backend implements (tests/test_queue_contract.py checks them):
+- `submit` stores a job and queues its tasks, and returns its id; given an
+  `idempotency_key` already seen, it stores nothing and returns the id of the job
+  first submitted with that key (one atomic step: two submits racing queue one job).
 - `lease` hands out pending tasks by job priority (high first), then submission
   order, then frame order; a task whose lease expired is handed out again, with its
   attempt count raised. A task leased `max_attempts` times without an ack is
@@ -29,9 +32,23 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
   `record_stopped`s it, saying how many of its frames it had published (they count as
   done, the rest as cancelled), or until its lease deadline passes.
 - `requeue` makes failed (or all unfinished) tasks pending again with fresh attempts.
+- `job_states` lists every job id with its stored state (active, paused, done,
+  cancelled) in submission order, cheaply: the monitor picks the jobs it shows from it
+  and asks `status(job_ids=...)` for those only (in submission order too).
 - `status` counts a job's frames (not tasks) as done, leased, pending, failed,
   cancelled or stopping, with the error of each failed range and the blocklisted
   workers (`job_status`, workers/tasks.py, does the counting).
+- `tasks` lists a job's tasks in frame order with their attempts, last worker, the start
+  of their latest lease and when it ended (ack or fail), and their error: what the
+  monitor shows (`TaskInfo`).
+- `store_log` appends a task's log text (one attempt's) after what it holds, keeping
+  the last LOG_CHARS characters; `task_log` reads it ("" before any, None for a task
+  the job does not have).
+- `set_priority` moves a job to another priority level (leases follow it at once);
+  `pause` stops a job's tasks from being leased (leased ones finish; requeue keeps it
+  paused) and `resume` undoes it.
+- `drain` asks a known worker to drain: its next `heartbeat` returns True and the worker
+  stops leasing (as on SIGTERM); the request goes when the worker is removed or dropped.
 - `heartbeat` records a worker as alive (by the queue's clock: SQLite's host, the Redis
   server), `remove_worker` forgets it (a clean exit), and `workers` lists them with the
   age of their last heartbeat; entries older than WORKER_DROP_S are dropped.

@@ -3,7 +3,8 @@
 Each job has its own stream, read through one consumer group whose consumers are the
 workers, so `lease` can take jobs by priority, then submission order, and pass over a
 job a worker skips without delivering anything from it. Every check-and-act step
-(submit, lease, renew, holds, ack, fail, release, stopped, cancel, requeue, heartbeat)
+(submit, lease, renew, holds, ack, fail, release, stopped, cancel, requeue, priority,
+pause/resume, heartbeat, drain)
 is one Lua script in
 workers/redis_lua/, so it is atomic on the server: redis_lua/prelude.lua documents the
 key layout and the invariants the scripts keep, and each script's header its arguments
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -34,11 +35,13 @@ from pipeline.errors import JobError
 
 from .tasks import (
     ERROR_CHARS,
+    LOG_CHARS,
     WORKER_DROP_S,
     JobSpec,
     JobStatus,
     QueueUnavailable,
     Task,
+    TaskInfo,
     TaskRow,
     WorkerStatus,
     job_status,
@@ -63,6 +66,7 @@ _SUBMIT, _LEASE, _RENEW = _script("submit"), _script("lease"), _script("renew")
 _ACK, _FAIL, _RELEASE = _script("ack"), _script("fail"), _script("release")
 _CANCEL, _REQUEUE = _script("cancel"), _script("requeue")
 _HOLDS, _STOPPED, _HEARTBEAT = _script("holds"), _script("stopped"), _script("heartbeat")
+_PRIORITY, _PAUSE, _DRAIN = _script("priority"), _script("pause"), _script("drain")
 
 
 class RedisQueue:
@@ -99,6 +103,7 @@ class RedisQueue:
         self._ack, self._fail, self._release = register(_ACK), register(_FAIL), register(_RELEASE)
         self._cancel, self._requeue = register(_CANCEL), register(_REQUEUE)
         self._holds, self._stopped, self._heartbeat = register(_HOLDS), register(_STOPPED), register(_HEARTBEAT)
+        self._priority, self._pause, self._drain = register(_PRIORITY), register(_PAUSE), register(_DRAIN)
         database = urllib.parse.urlsplit(self._where).path.strip("/")
         if database and not database.isdecimal() and "db" not in self._client.connection_pool.connection_kwargs:
             self._client.close()  # redis-py would quietly use database 0
@@ -138,14 +143,15 @@ class RedisQueue:
 
     # -- jobs
 
-    def submit(self, spec: JobSpec) -> None:
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str:
         with self._talk():
-            created = self._submit(args=[
+            job_id = self._submit(args=[
                 self._prefix, spec.job_id, json.dumps(spec.as_dict()), str(int(spec.priority)),
                 spec.max_attempts, int(spec.video), spec.frame_start, spec.frame_end,
-                json.dumps(spec.chunks())])
-        if not created:
+                json.dumps(spec.chunks()), "" if idempotency_key is None else idempotency_key])
+        if not job_id:
             raise JobError("job", spec.job_id, "a job with this id is already in the queue")
+        return str(job_id)
 
     def job(self, job_id: str) -> JobSpec | None:
         with self._talk():
@@ -201,13 +207,29 @@ class RedisQueue:
         with self._talk():
             return int(self._requeue(args=[self._prefix, job_id, int(failed_only)]))
 
-    def status(self, job_id: str | None = None) -> list[JobStatus]:
+    def job_states(self) -> list[tuple[str, str]]:
         with self._talk():
-            job_ids = [job_id] if job_id is not None else cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            job_ids = cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            pipe = self._client.pipeline(transaction=False)
+            for jid in job_ids:
+                pipe.hget(self._key("job", jid), "state")
+            states = pipe.execute()
+        return [(jid, state) for jid, state in zip(job_ids, states, strict=True) if state is not None]
+
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
+        with self._talk():
+            if job_id is not None:
+                job_ids = [job_id]
+            elif job_ids is None:
+                job_ids = cast(list[str], self._client.zrange(self._key("jobs"), 0, -1))
+            else:   # in submission order, as for the whole queue
+                scores = self._client.zmscore(self._key("jobs"), list(job_ids)) if job_ids else []
+                job_ids = [jid for _, jid in sorted((score, jid) for jid, score in zip(job_ids, scores, strict=True)
+                                                   if score is not None)]
             pipe = self._client.pipeline(transaction=True)  # MULTI: one consistent snapshot
             pipe.time()
             for jid in job_ids:
-                pipe.hmget(self._key("job", jid), "spec", "state", "priority")
+                pipe.hmget(self._key("job", jid), "spec", "state", "priority", "submitted")
                 pipe.hvals(self._key("job", jid, "tasks"))
                 pipe.hgetall(self._key("job", jid, "failures"))
                 pipe.smembers(self._key("job", jid, "blocked"))
@@ -215,27 +237,83 @@ class RedisQueue:
         now_ms = _server_ms(now_reply)
         result = []
         for index, jid in enumerate(job_ids):
-            (spec, state, priority), tasks, failures, blocked = replies[4 * index:4 * index + 4]
+            (spec, state, priority, submitted), tasks, failures, blocked = replies[4 * index:4 * index + 4]
             if spec is None:
                 continue
             rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
-                            int(t.get("published") or 0))
+                            int(t.get("published") or 0), _seconds(t.get("started")), _seconds(t.get("finished")))
                     for t in map(json.loads, tasks)]
             result.append(job_status(jid, json.loads(spec)["name"], state, int(priority), rows,
-                                     [(name, int(failures.get(name, 0))) for name in blocked]))
+                                     [(name, int(failures.get(name, 0))) for name in blocked],
+                                     submitted=_seconds(submitted)))
         return result
+
+    def tasks(self, job_id: str) -> list[TaskInfo]:
+        with self._talk():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hgetall(self._key("job", job_id, "tasks"))
+            now_reply, rows = pipe.execute()
+        now_ms = _server_ms(now_reply)
+        result = []
+        for tid, raw in rows.items():
+            t = json.loads(raw)
+            result.append(TaskInfo(task_id=tid, kind=t["kind"], first=int(t["first"]), last=int(t["last"]),
+                                   state=_task_state(t, now_ms), attempts=int(t.get("attempts") or 0),
+                                   worker=t.get("worker"), started=_seconds(t.get("started")),
+                                   finished=_seconds(t.get("finished")), error=t.get("error")))
+        return sorted(result, key=lambda task: (task.kind == "video", task.first, int(task.task_id)))
+
+    def store_log(self, job_id: str, task_id: str, text: str) -> None:
+        key = self._key("job", job_id, "log", task_id)
+
+        def append(pipe: redis.client.Pipeline) -> None:   # WATCHed read, then write: cut by characters
+            if not pipe.hexists(self._key("job", job_id, "tasks"), task_id):
+                return
+            kept = cast(str | None, pipe.get(key)) or ""
+            pipe.multi()
+            pipe.set(key, (kept + text)[-LOG_CHARS:])
+
+        with self._talk():
+            self._client.transaction(append, key)
+
+    def task_log(self, job_id: str, task_id: str) -> str | None:
+        with self._talk():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hexists(self._key("job", job_id, "tasks"), task_id)
+            pipe.get(self._key("job", job_id, "log", task_id))
+            known, log = pipe.execute()
+        return (log or "") if known else None
+
+    def set_priority(self, job_id: str, priority: int) -> bool:
+        with self._talk():
+            return bool(self._priority(args=[self._prefix, job_id, str(int(priority))]))
+
+    def pause(self, job_id: str) -> bool:
+        with self._talk():
+            return bool(self._pause(args=[self._prefix, job_id, "pause"]))
+
+    def resume(self, job_id: str) -> bool:
+        with self._talk():
+            return bool(self._pause(args=[self._prefix, job_id, "resume"]))
 
     # -- workers
 
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+    def heartbeat(self, worker: str, info: dict[str, Any]) -> bool:
+        """Record the worker as alive; True if it has been asked to drain."""
         with self._talk():
-            self._heartbeat(args=[self._prefix, worker, json.dumps(info), _ms(self.worker_drop_s)])
+            return bool(self._heartbeat(args=[self._prefix, worker, json.dumps(info), _ms(self.worker_drop_s)]))
+
+    def drain(self, worker: str) -> bool:
+        with self._talk():
+            return bool(self._drain(args=[self._prefix, worker]))
 
     def remove_worker(self, worker: str) -> None:
         with self._talk():
             pipe = self._client.pipeline(transaction=True)
             pipe.hdel(self._key("workers"), worker)
             pipe.zrem(self._key("workers:seen"), worker)
+            pipe.srem(self._key("drain"), worker)
             pipe.execute()
 
     def workers(self) -> list[WorkerStatus]:
@@ -262,6 +340,11 @@ def _server_ms(reply: Any) -> int:
     """Redis TIME's (seconds, microseconds) in ms: the clock the scripts use."""
     seconds, micros = reply
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _seconds(ms: Any) -> float | None:
+    """A time the scripts stored in ms (server clock), in seconds; None where none was."""
+    return None if ms is None else float(ms) / 1000
 
 
 def _task_state(task: dict[str, Any], now_ms: int) -> str:

@@ -19,7 +19,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pipeline.errors import JobError
 
 from .tasks import (
     ERROR_CHARS,
+    LOG_CHARS,
     TASK_FRAMES,
     TASK_VIDEO,
     WORKER_DROP_S,
@@ -34,6 +35,7 @@ from .tasks import (
     JobStatus,
     QueueUnavailable,
     Task,
+    TaskInfo,
     TaskRow,
     WorkerStatus,
     job_status,
@@ -46,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,                 -- JobSpec as JSON: data, never code
     priority INTEGER NOT NULL,
     max_attempts INTEGER NOT NULL,
-    state TEXT NOT NULL                 -- active | done | cancelled
+    state TEXT NOT NULL,                -- active | paused | done | cancelled
+    submitted REAL                      -- seconds since the epoch
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,8 +63,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_until REAL,                   -- leased: the deadline; cancelled while leased: stopping until then
     worker TEXT,
     error TEXT,
-    published INTEGER NOT NULL DEFAULT 0   -- cancelled: frames its worker published before it stopped
+    published INTEGER NOT NULL DEFAULT 0,  -- cancelled: frames its worker published before it stopped
+    started REAL,                       -- its latest lease began
+    finished REAL                       -- acked or failed after that lease
 );
+CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id);
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, job_id);
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY,
@@ -75,10 +81,39 @@ CREATE TABLE IF NOT EXISTS job_failures (   -- per-worker failure counts and blo
     blocked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, worker)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (  -- `render submit --idempotency-key`: a key queues one job
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_logs (      -- each task's log, its attempts one after another, bounded
+    task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+    log TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drains (         -- workers asked to drain (the monitor); read at their heartbeat
+    name TEXT PRIMARY KEY
+);
+"""
+
+# What `status` hands `job_status` (which does all the counting): each failed task on its
+# own (it carries its error), and the other tasks of a job summed per kind and state into
+# one TaskRow whose first..last spans their frame count. job_status counts frames, not
+# tasks, so the counts are those of the tasks one by one, while SQLite, not Python, walks
+# the 100,000 rows of a large queue. Summed published frames are clipped per task, as
+# job_status clips them; tasks without both times are kept apart (they give no rate).
+_STATUS_ROWS = """
+SELECT job_id, kind, first, last, 'failed', error, published, started, finished
+  FROM tasks WHERE state = 'failed' {where}
+UNION ALL
+SELECT job_id, kind, 0, SUM(last - first + 1) - 1, shown, NULL, SUM(MIN(published, last - first + 1)),
+       MIN(started), MAX(finished)
+  FROM (SELECT *, CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END AS shown
+          FROM tasks WHERE state != 'failed' {where})
+ GROUP BY job_id, kind, shown, started IS NULL OR finished IS NULL
 """
 
 # Columns added to existing tables since the first schema: (table, column, definition).
-_ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0")]
+_ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0"), ("tasks", "started", "REAL"),
+                  ("tasks", "finished", "REAL"), ("jobs", "submitted", "REAL")]
 
 
 class SqliteQueue:
@@ -157,12 +192,19 @@ class SqliteQueue:
 
     # -- jobs
 
-    def submit(self, spec: JobSpec) -> None:
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str:
         with self._write() as db:
-            db.execute("INSERT INTO jobs (id, spec, priority, max_attempts, state) VALUES (?, ?, ?, ?, 'active')",
-                       (spec.job_id, json.dumps(spec.as_dict()), spec.priority, spec.max_attempts))
+            if idempotency_key is not None:
+                seen = db.execute("SELECT job_id FROM idempotency_keys WHERE key = ?", (idempotency_key,)).fetchone()
+                if seen is not None:
+                    return str(seen[0])
+                db.execute("INSERT INTO idempotency_keys (key, job_id) VALUES (?, ?)", (idempotency_key, spec.job_id))
+            db.execute("""INSERT INTO jobs (id, spec, priority, max_attempts, state, submitted)
+                          VALUES (?, ?, ?, ?, 'active', ?)""",
+                       (spec.job_id, json.dumps(spec.as_dict()), spec.priority, spec.max_attempts, self.clock()))
             db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'pending')",
                            [(spec.job_id, TASK_FRAMES, first, last) for first, last in spec.chunks()])
+            return spec.job_id
 
     def job(self, job_id: str) -> JobSpec | None:
         row = self._db().execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -188,7 +230,8 @@ class SqliteQueue:
             if row is None:
                 return None
             db.execute("""UPDATE tasks SET state = 'leased', attempts = attempts + 1, token = token + 1,
-                          lease_until = ?, worker = ? WHERE id = ?""", (now + lease_s, worker, row["id"]))
+                          lease_until = ?, worker = ?, started = ?, finished = NULL WHERE id = ?""",
+                       (now + lease_s, worker, now, row["id"]))
             return Task(job_id=row["job_id"], task_id=str(row["id"]), kind=row["kind"], first=row["first"],
                         last=row["last"], token=row["token"] + 1, attempt=row["attempts"] + 1)
 
@@ -203,7 +246,7 @@ class SqliteQueue:
     def _owned(self, db: sqlite3.Connection, task: Task, worker: str) -> bool:
         row = db.execute("""SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id
                             WHERE t.id = ? AND t.token = ? AND t.worker = ? AND t.state = 'leased'
-                              AND j.state = 'active'""",
+                              AND j.state IN ('active', 'paused')""",
                          (int(task.task_id), task.token, worker)).fetchone()
         return row is not None
 
@@ -221,8 +264,8 @@ class SqliteQueue:
         with self._write() as db:
             if not self._owned(db, task, worker):
                 return False
-            db.execute("UPDATE tasks SET state = 'done', lease_until = NULL, error = NULL WHERE id = ?",
-                       (int(task.task_id),))
+            db.execute("UPDATE tasks SET state = 'done', lease_until = NULL, error = NULL, finished = ? WHERE id = ?",
+                       (self.clock(), int(task.task_id)))
             self._after_done(db, task.job_id)
             return True
 
@@ -246,8 +289,8 @@ class SqliteQueue:
                 return False
             limit = db.execute("SELECT max_attempts FROM jobs WHERE id = ?", (task.job_id,)).fetchone()[0]
             dead = task.attempt >= limit
-            db.execute("UPDATE tasks SET state = ?, lease_until = NULL, error = ? WHERE id = ?",
-                       ("failed" if dead else "pending", error[:ERROR_CHARS], int(task.task_id)))
+            db.execute("UPDATE tasks SET state = ?, lease_until = NULL, error = ?, finished = ? WHERE id = ?",
+                       ("failed" if dead else "pending", error[:ERROR_CHARS], self.clock(), int(task.task_id)))
             db.execute("""INSERT INTO job_failures (job_id, worker, failures) VALUES (?, ?, 1)
                           ON CONFLICT (job_id, worker) DO UPDATE SET failures = failures + 1""",
                        (task.job_id, worker))
@@ -287,45 +330,98 @@ class SqliteQueue:
                     WHERE job_id = ? AND state IN ({','.join('?' * len(states))})""",
                 (job_id, *states)).rowcount
             db.execute("DELETE FROM job_failures WHERE job_id = ?", (job_id,))  # every worker may take it again
-            if count:
-                db.execute("UPDATE jobs SET state = 'active' WHERE id = ?", (job_id,))
+            if count:  # a paused job stays paused: its requeued tasks wait for `resume`
+                db.execute("UPDATE jobs SET state = 'active' WHERE id = ? AND state != 'paused'", (job_id,))
             return count
 
-    def status(self, job_id: str | None = None) -> list[JobStatus]:
+    def store_log(self, job_id: str, task_id: str, text: str) -> None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ? AND job_id = ?", (int(task_id), job_id)).fetchone():
+                db.execute("""INSERT INTO task_logs (task_id, log) VALUES (?, substr(?, -?))
+                              ON CONFLICT (task_id) DO UPDATE SET log = substr(log || excluded.log, -?)""",
+                           (int(task_id), text, LOG_CHARS, LOG_CHARS))
+
+    def task_log(self, job_id: str, task_id: str) -> str | None:
+        row = self._db().execute("""SELECT t.id, l.log FROM tasks t LEFT JOIN task_logs l ON l.task_id = t.id
+                                    WHERE t.id = ? AND t.job_id = ?""",
+                                 (int(task_id) if task_id.isdecimal() else -1, job_id)).fetchone()
+        return None if row is None else row[1] or ""
+
+    def set_priority(self, job_id: str, priority: int) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE jobs SET priority = ? WHERE id = ?", (int(priority), job_id)).rowcount > 0
+
+    def pause(self, job_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE jobs SET state = 'paused' WHERE id = ? AND state = 'active'",
+                              (job_id,)).rowcount > 0
+
+    def resume(self, job_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE jobs SET state = 'active' WHERE id = ? AND state = 'paused'",
+                              (job_id,)).rowcount > 0
+
+    def tasks(self, job_id: str) -> list[TaskInfo]:
+        now = self.clock()
+        rows = self._db().execute(
+            """SELECT id, kind, first, last,
+                      CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END AS state,
+                      attempts, worker, started, finished, error
+               FROM tasks WHERE job_id = ? ORDER BY kind = 'video', first, id""", (now, job_id)).fetchall()
+        return [TaskInfo(task_id=str(r["id"]), kind=r["kind"], first=r["first"], last=r["last"], state=r["state"],
+                         attempts=r["attempts"], worker=r["worker"], started=r["started"], finished=r["finished"],
+                         error=r["error"]) for r in rows]
+
+    def job_states(self) -> list[tuple[str, str]]:
+        return [(row[0], row[1]) for row in self._db().execute("SELECT id, state FROM jobs ORDER BY seq")]
+
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
         db = self._db()
         now = self.clock()
-        where, args = ("WHERE id = ?", (job_id,)) if job_id else ("", ())
-        result = []
+        if job_id is not None:
+            job_ids = [job_id]
+        args: tuple[str, ...] = () if job_ids is None else (json.dumps(list(job_ids)),)
+        where = "" if job_ids is None else "WHERE job_id IN (SELECT value FROM json_each(?))"
+        rows: dict[str, list[TaskRow]] = {}
+        blocked: dict[str, list[tuple[str, int]]] = {}
         db.execute("BEGIN")  # one snapshot for all the reads below
         try:
-            jobs = db.execute(f"SELECT id, spec, priority, state FROM jobs {where} ORDER BY seq", args).fetchall()
-            for job in jobs:
-                tasks = db.execute(
-                    """SELECT kind, first, last,
-                              CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END,
-                              error, published
-                       FROM tasks WHERE job_id = ?""", (now, job["id"]))
-                rows = [TaskRow(*row) for row in tasks]
-                blocked = db.execute("SELECT worker, failures FROM job_failures WHERE job_id = ? AND blocked",
-                                     (job["id"],)).fetchall()
-                result.append(job_status(job["id"], json.loads(job["spec"])["name"], job["state"], job["priority"],
-                                         rows, [(row[0], row[1]) for row in blocked]))
+            jobs = db.execute("SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted FROM jobs "
+                              f"{where.replace('job_id', 'id')} ORDER BY seq", args).fetchall()
+            for row in db.execute(_STATUS_ROWS.format(where=where and f"AND {where.removeprefix('WHERE ')}"),
+                                  (*args, now, *args)):
+                rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
+            for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures {where} "
+                                  f"{'AND' if where else 'WHERE'} blocked", args):
+                blocked.setdefault(row[0], []).append((row[1], row[2]))
         finally:
             db.execute("COMMIT")
-        return result
+        return [job_status(job["id"], job["name"], job["state"], job["priority"],
+                           rows.get(job["id"], []), blocked.get(job["id"], []), submitted=job["submitted"])
+                for job in jobs]
 
     # -- workers
 
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None:
+    def heartbeat(self, worker: str, info: dict[str, Any]) -> bool:
         now = self.clock()
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO workers (name, heartbeat, info) VALUES (?, ?, ?)",
                        (worker, now, json.dumps(info)))
             db.execute("DELETE FROM workers WHERE heartbeat < ?", (now - self.worker_drop_s,))
+            db.execute("DELETE FROM drains WHERE name NOT IN (SELECT name FROM workers)")
+            return db.execute("SELECT 1 FROM drains WHERE name = ?", (worker,)).fetchone() is not None
+
+    def drain(self, worker: str) -> bool:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM workers WHERE name = ?", (worker,)).fetchone() is None:
+                return False
+            db.execute("INSERT OR IGNORE INTO drains (name) VALUES (?)", (worker,))
+            return True
 
     def remove_worker(self, worker: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM workers WHERE name = ?", (worker,))
+            db.execute("DELETE FROM drains WHERE name = ?", (worker,))
 
     def workers(self) -> list[WorkerStatus]:
         now = self.clock()

@@ -40,7 +40,7 @@ def show_status(queue_url: str, job_id: str | None, *, as_json: bool) -> str:
         raise JobError("JOB", job_id, f"no such job in the queue {queue.where}")
     if as_json:
         return json.dumps({"queue": queue.where, "jobs": [job.as_dict() for job in jobs],
-                           "workers": [_worker_dict(w) for w in workers]}, indent=2)
+                           "workers": [worker_dict(w) for w in workers]}, indent=2)
     lines = [f"queue {queue.where}" + ("" if jobs else ": no jobs")]
     if jobs:
         lines.append(f"{'job':<14}{'shot':<16}{'state':<11}{'done':>7}{'leased':>8}{'pending':>9}{'failed':>8}"
@@ -69,7 +69,7 @@ def _job_notes(job: JobStatus) -> list[str]:
     return notes
 
 
-def _worker_dict(worker: WorkerStatus) -> dict[str, Any]:
+def worker_dict(worker: WorkerStatus) -> dict[str, Any]:
     return {"name": worker.name, "heartbeat": worker.heartbeat, **worker.info,
             "age_s": round(worker.age, 1), "state": worker.state}
 

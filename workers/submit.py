@@ -6,10 +6,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import fileseq
 import torch
 
 from pipeline.config.formats import frame_format
 from pipeline.config.job import load_job
+from pipeline.config.task import frame_range
 from pipeline.errors import FramefarmError, JobError
 from pipeline.plan import make_plan
 
@@ -23,6 +25,10 @@ class Submitted:
     queue: str                # where it went: the absolute sqlite:/// URL, or the redacted Redis URL
     frames: int
     tasks: int
+    existing: bool = False    # the idempotency key was seen: this is the job queued then, nothing was queued now
+
+
+IDEMPOTENCY_KEY_CHARS = 200
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
@@ -30,10 +36,17 @@ def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max
     return submit(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts).job_id
 
 
-def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> Submitted:
+def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int,
+           idempotency_key: str | None = None, frames_text: str | None = None) -> Submitted:
+    if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= IDEMPOTENCY_KEY_CHARS and idempotency_key.isprintable()):
+        raise JobError("--idempotency-key", idempotency_key[:IDEMPOTENCY_KEY_CHARS],
+                       f"expected 1 to {IDEMPOTENCY_KEY_CHARS} printable characters")
     job = load_job(job_file)
+    # `--frames` as `render run` reads it: frames only, never the video (it needs the whole shot)
+    frames = None if frames_text is None else frame_range(job, frames_text)
     # the model, latents and output checks of `render run`; memory is each worker's to check
-    plan = make_plan(job, torch.device("cpu"), check_memory=False)
+    plan = make_plan(job, torch.device("cpu"), check_memory=False, frames=frames, video=frames is None)
     if plan.clip_frames:
         chunk = len(job.shot.frames)  # a clip decodes from its first latent frame: one task
     if frame_format(job.output.formats) is None:
@@ -43,13 +56,15 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
     spec = JobSpec(job_id=uuid.uuid4().hex[:12], name=job.shot.name, toml=job_file.read_text(encoding="utf-8"),
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
-                   chunk=chunk, video=bool(job.output.videos), max_attempts=max_attempts)
+                   chunk=chunk, video=bool(job.output.videos) and frames is None, max_attempts=max_attempts,
+                   frames=None if frames is None else str(fileseq.FrameSet(frames)))
     try:
         queue = open_queue(queue_url)
         try:
-            queue.submit(spec)
+            job_id = queue.submit(spec, idempotency_key)
         finally:
             queue.close()
     except QueueUnavailable as err:
         raise FramefarmError(f"the queue cannot be reached, nothing was queued: {err}") from None
-    return Submitted(spec.job_id, queue.where, len(job.shot.frames), len(spec.chunks()))
+    return Submitted(job_id, queue.where, len(frames or job.shot.frames), len(spec.chunks()),
+                     existing=job_id != spec.job_id)

@@ -9,9 +9,11 @@ opener that picks a backend; tests/test_queue_contract.py checks them on every b
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
+
+import fileseq
 
 
 class QueueUnavailable(Exception):
@@ -21,6 +23,9 @@ class QueueUnavailable(Exception):
 
 TASK_FRAMES = "frames"
 TASK_VIDEO = "video"
+
+# A task's log (workers/task_log.py) is kept in the queue to its last this many characters.
+LOG_CHARS = 64 * 1024
 
 # A failed task's error is stored cut to this many characters, so that one runaway
 # message (a long traceback) cannot bloat the queue or the output of `render status`.
@@ -48,17 +53,29 @@ class JobSpec:
     chunk: int                # frames per task
     video: bool               # encode the MP4 once every frame is published
     max_attempts: int
+    frames: str | None = None  # `render submit --frames` (e.g. "1001-1097x4"): only these; None: the whole shot
 
     def chunks(self) -> list[tuple[int, int]]:
-        return [(first, min(first + self.chunk - 1, self.frame_end))
-                for first in range(self.frame_start, self.frame_end + 1, self.chunk)]
+        """The tasks' frame ranges: `chunk` frames each, never across a gap in `frames`."""
+        if self.frames is None:
+            runs = [(self.frame_start, self.frame_end)]
+        else:
+            runs = []
+            for frame in sorted({int(f) for f in fileseq.FrameSet(self.frames)}):
+                if runs and runs[-1][1] == frame - 1:
+                    runs[-1] = (runs[-1][0], frame)
+                else:
+                    runs.append((frame, frame))
+        return [(first, min(first + self.chunk - 1, last))
+                for start, last in runs for first in range(start, last + 1, self.chunk)]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        # a job stored before a field was added takes that field's default
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,8 @@ class Task:
 class JobStatus:
     job_id: str
     name: str
-    state: str                # "active", "done", "cancelled" or "failed" (dead-lettered tasks, none left to run)
+    state: str                # "active", "paused", "done", "cancelled" or "failed" (dead-lettered tasks,
+                              #   none left to run)
     priority: int
     done: int = 0             # frames, not tasks: published (acked tasks, and what cancelled tasks published)
     leased: int = 0
@@ -90,9 +108,31 @@ class JobStatus:
     stopping: int = 0         # frames of tasks cancelled while leased whose worker has not stopped yet
     errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"} (+ "kind": "video")
     blocked: list[dict[str, Any]] = field(default_factory=list)  # {"worker","failures"}: workers that stopped taking it
+    submitted: float | None = None   # seconds since the epoch, by the queue's clock (None: queued before it was kept)
+    fps: float | None = None  # frames done per second, from the first lease to the last ack of its done tasks
+    eta_s: float | None = None  # frames still to do (pending, leased) at `fps`; None until a task is done
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class TaskInfo:
+    """One task as the monitor shows it: its state, attempts and latest lease."""
+    task_id: str
+    kind: str                 # TASK_FRAMES or TASK_VIDEO
+    first: int
+    last: int
+    state: str                # as TaskRow.state
+    attempts: int
+    worker: str | None        # who leased it last
+    started: float | None     # when its latest lease began (seconds since the epoch, queue's clock)
+    finished: float | None    # when it was acked or failed after that lease
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        duration = self.finished - self.started if self.started is not None and self.finished is not None else None
+        return {**self.__dict__, "duration_s": duration}
 
 
 @dataclass
@@ -121,7 +161,9 @@ def worker_gone_after(info: dict[str, Any]) -> float:
 
 
 class TaskRow(NamedTuple):
-    """One task as a backend stores it, reduced to what `job_status` counts."""
+    """One task as a backend stores it, reduced to what `job_status` counts; or several
+    tasks of one kind and state that are not failed, their frames summed into
+    first..last (SQLite sums them in SQL: job_status counts frames, so the counts agree)."""
     kind: str                 # TASK_FRAMES or TASK_VIDEO
     first: int
     last: int
@@ -129,10 +171,12 @@ class TaskRow(NamedTuple):
                               #   leased; its worker has neither reported nor let the lease run out)
     error: str | None
     published: int = 0        # cancelled: frames its worker had published when it stopped
+    started: float | None = None   # its latest lease began (s, queue's clock)
+    finished: float | None = None  # acked or failed after that lease
 
 
 def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow],
-               blocked: Iterable[tuple[str, int]] = ()) -> JobStatus:
+               blocked: Iterable[tuple[str, int]] = (), submitted: float | None = None) -> JobStatus:
     """A job's frames counted by the state of their tasks, with the error of each
     failed range in frame order. Only frames tasks count: the video task covers frames
     already counted as done. A cancelled task's frames count as done as far as its
@@ -143,14 +187,26 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
     tasks, frames or video, include dead-lettered ones and none that may still run
     (pending, leased, stopping) is "failed": nothing more will happen to it until
     `requeue`, which makes it active again. A dead-lettered video task's error is listed
-    too (with "kind": "video"), so a failed job always shows why."""
+    too (with "kind": "video"), so a failed job always shows why.
+
+    `fps` is the done frames of acked frames tasks over the time from the first of their
+    leases to the last of their acks, and `eta_s` the pending and leased frames at that
+    rate: a paused or stalled job keeps its last rate rather than decaying to zero."""
     counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
     rows = sorted(tasks, key=lambda task: (task.kind == TASK_VIDEO, task.first, task.last))
     if state == "active" and any(t.state == "failed" for t in rows) and not any(
             t.state in ("pending", "leased", "stopping") for t in rows):
         state = "failed"
+    acked = 0
+    span_start: float | None = None
+    span_end: float | None = None
     for task in rows:
+        if task.kind == TASK_FRAMES and task.state == "done" and task.started is not None \
+                and task.finished is not None:
+            acked += task.last - task.first + 1
+            span_start = task.started if span_start is None else min(span_start, task.started)
+            span_end = task.finished if span_end is None else max(span_end, task.finished)
         if task.kind == TASK_VIDEO and task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": TASK_VIDEO})
         if task.kind != TASK_FRAMES or task.state not in counts:
@@ -164,16 +220,22 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
         counts[task.state] += frames
         if task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error})
+    fps: float | None = None
+    eta_s: float | None = None
+    if acked and span_start is not None and span_end is not None and span_end > span_start:
+        fps = acked / (span_end - span_start)
+        eta_s = (counts["pending"] + counts["leased"]) / fps
     return JobStatus(job_id=job_id, name=name, state=state, priority=priority, done=counts["done"],
                      leased=counts["leased"], pending=counts["pending"], failed=counts["failed"],
                      cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
-                     blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)])
+                     blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)],
+                     submitted=submitted, fps=fps, eta_s=eta_s)
 
 
 class TaskQueue(Protocol):
     where: str                # the queue for messages: an absolute sqlite:/// URL, or a redacted Redis URL
 
-    def submit(self, spec: JobSpec) -> None: ...
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str: ...
     def lease(self, worker: str, lease_s: float, skip_jobs: frozenset[str] = frozenset()
               ) -> Task | None: ...
     def renew(self, task: Task, worker: str, lease_s: float) -> bool: ...
@@ -183,12 +245,20 @@ class TaskQueue(Protocol):
     def release(self, task: Task, worker: str) -> None: ...
     def record_stopped(self, task: Task, worker: str, published: int) -> bool: ...
     def job(self, job_id: str) -> JobSpec | None: ...
-    def status(self, job_id: str | None = None) -> list[JobStatus]: ...
+    def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]: ...
+    def job_states(self) -> list[tuple[str, str]]: ...
     def requeue(self, job_id: str, failed_only: bool) -> int: ...
     def cancel(self, job_id: str) -> int: ...
-    def heartbeat(self, worker: str, info: dict[str, Any]) -> None: ...
+    def tasks(self, job_id: str) -> list[TaskInfo]: ...
+    def store_log(self, job_id: str, task_id: str, text: str) -> None: ...
+    def task_log(self, job_id: str, task_id: str) -> str | None: ...
+    def set_priority(self, job_id: str, priority: int) -> bool: ...
+    def pause(self, job_id: str) -> bool: ...
+    def resume(self, job_id: str) -> bool: ...
+    def heartbeat(self, worker: str, info: dict[str, Any]) -> bool: ...
     def remove_worker(self, worker: str) -> None: ...
     def workers(self) -> list[WorkerStatus]: ...
+    def drain(self, worker: str) -> bool: ...
     def close(self) -> None: ...
 
 

@@ -11,9 +11,10 @@ Several task slots run at once so the GPU has the next task's frames while one t
 last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
 task's decodes run while another's frames are prepared or written, rather than both
 sharing the GPU and waiting on their host work at the same moments. Models stay loaded
-between tasks (`ModelCache`). SIGTERM or Ctrl-C drains: no new task is leased, tasks in
-progress finish the frames in flight, and the rest is released at once for other
-workers. A queue that cannot be reached (Redis restarting) is retried with backoff.
+between tasks (`ModelCache`). SIGTERM, Ctrl-C or a drain request read at the heartbeat
+(`render monitor`'s drain) drains: no new task is leased, tasks in progress finish the
+frames in flight, and the rest is released at once for other workers. A queue that
+cannot be reached (Redis restarting) is retried with backoff.
 
 A task cancelled, requeued or taken over while it renders publishes nothing more: the
 render's writers ask the queue (`holds`, read-only) just before each publish, the
@@ -60,6 +61,7 @@ from pipeline.models.cache import ModelCache
 from pipeline.plan import Plan, make_plan
 from pipeline.run import render
 
+from . import task_log
 from .metrics import WorkerMetrics
 from .queue import open_queue
 from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue
@@ -117,6 +119,7 @@ class WorkerState:
     frames_done: int = 0
     tasks_done: int = 0
     tasks_failed: int = 0
+    current: dict[int, str] = field(default_factory=dict)   # the tasks in hand, as "job:first-last"
 
 
 def run_worker(config: WorkerConfig) -> WorkerState:
@@ -130,6 +133,7 @@ async def serve(config: WorkerConfig) -> WorkerState:
     state = WorkerState()
     models = ModelCache()
     turn = GpuTurn() if config.gpu_turns else None   # one GPU per worker process
+    task_log.install()
     log.info("worker %s on %s, queue %s", config.name, device, queue.where)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_drain_on_signal, state)
@@ -168,10 +172,15 @@ async def _slot(config: WorkerConfig, queue: TaskQueue, state: WorkerState, devi
                 await state.draining.wait()
             continue
         state.in_hand += 1
-        try:
-            await _process(config, queue, state, device, models, metrics, turn, task)
-        finally:
-            state.in_hand -= 1
+        state.current[id(task)] = f"{task.job_id}:{task.first}-{task.last}"
+        with task_log.capturing(f"--- attempt {task.attempt} on worker {config.name}") as lines:
+            try:
+                await _process(config, queue, state, device, models, metrics, turn, task)
+            finally:
+                state.in_hand -= 1
+                del state.current[id(task)]
+                with contextlib.suppress(QueueUnavailable):   # a log is worth one try, not a stalled slot
+                    await trio.to_thread.run_sync(queue.store_log, task.job_id, task.task_id, lines.text())
 
 
 def _refused_everything(config: WorkerConfig, state: WorkerState) -> None:
@@ -403,8 +412,10 @@ async def _drain_on_signal(state: WorkerState) -> None:
             state.draining.set()
 
 
-def _heartbeat_info(config: WorkerConfig, state: WorkerState, device: torch.device) -> dict[str, Any]:
-    return {"device": str(device), "pid": os.getpid(), "frames_done": state.frames_done,
+def _heartbeat_info(config: WorkerConfig, state: WorkerState, device: torch.device,
+                    metrics: WorkerMetrics) -> dict[str, Any]:
+    return {"device": str(device), "host": socket.gethostname(), "pid": os.getpid(),
+            "tasks": sorted(state.current.values()), "gpu": metrics.gpu, "frames_done": state.frames_done,
             "tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed,
             "draining": state.draining.is_set(), "refused_jobs": sorted(state.refusals),
             "lease_s": config.lease_s, "heartbeat_s": config.heartbeat_s}
@@ -414,7 +425,11 @@ async def _heartbeats(config: WorkerConfig, queue: TaskQueue, state: WorkerState
                       metrics: WorkerMetrics) -> None:
     while True:
         try:
-            await trio.to_thread.run_sync(queue.heartbeat, config.name, _heartbeat_info(config, state, device))
+            drain = await trio.to_thread.run_sync(queue.heartbeat, config.name,
+                                                  _heartbeat_info(config, state, device, metrics))
+            if drain and not state.draining.is_set():  # `render monitor`'s drain button, through the queue
+                log.info("asked to drain by the queue (finishing frames in flight, releasing the rest)")
+                state.draining.set()
             await trio.to_thread.run_sync(metrics.sample)
         except QueueUnavailable:
             pass

@@ -6,6 +6,7 @@ or misshapen file fails the job before anything is written, not at frame 37.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def latent_path(source: Source, frame: int) -> Path:
     return Path(patterns.fill(source.path, shot="", frame=frame))
 
 
-def check_latent_files(source: Source, frames: range, expected: tuple[int, int, int],
+def check_latent_files(source: Source, frames: Iterable[int], expected: tuple[int, int, int],
                        explain: str) -> None:
     """Every frame's file exists and holds one float tensor of `expected` shape (C, h, w)."""
     for frame in frames:

@@ -19,6 +19,7 @@ drop_entry(job, t)
 redis.call('ZREM', lkey(job), tid)
 t.state = 'done'
 t.error = nil
+t.finished = now_ms()
 put_task(job, tid, t)
 if redis.call('HINCRBY', jkey(job), 'remaining', -1) > 0 then return 1 end
 local meta = redis.call('HMGET', jkey(job), 'video', 'video_queued', 'frame_start', 'frame_end')

@@ -21,6 +21,7 @@
 local job, tid, err = ARGV[2], ARGV[3], ARGV[6]
 local t = owned(job, tid, ARGV[4], ARGV[5])
 if not t then return 0 end
+t.finished = now_ms()
 local failures = redis.call('HINCRBY', fkey(job), ARGV[5], 1)
 local block_after = tonumber(ARGV[7])
 if block_after and failures >= block_after then redis.call('SADD', bkey(job), ARGV[5]) end

@@ -6,8 +6,8 @@
 -- ARGV[2] worker name
 -- ARGV[3] the worker's info, as JSON (stored as given, inside {heartbeat, info})
 -- ARGV[4] drop time, ms
--- Writes ff:workers and ff:workers:seen.
--- Returns the number of workers dropped.
+-- Writes ff:workers, ff:workers:seen and ff:drain (dropped workers leave it).
+-- Returns 1 if this worker has been asked to drain (ff:drain), else 0.
 
 local now = now_ms()
 redis.call('HSET', P .. 'workers', ARGV[2],
@@ -17,6 +17,7 @@ local cutoff = now - tonumber(ARGV[4])
 local silent = redis.call('ZRANGEBYSCORE', P .. 'workers:seen', '-inf', '(' .. cutoff)
 for _, name in ipairs(silent) do
   redis.call('HDEL', P .. 'workers', name)
+  redis.call('SREM', P .. 'drain', name)
 end
 redis.call('ZREMRANGEBYSCORE', P .. 'workers:seen', '-inf', '(' .. cutoff)
-return #silent
+return redis.call('SISMEMBER', P .. 'drain', ARGV[2])

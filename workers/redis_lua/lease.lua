@@ -31,6 +31,8 @@ local function grant(job, tid, t)
   t.attempts = t.attempts + 1
   t.token = t.token + 1
   t.worker = worker
+  t.started = now
+  t.finished = nil
   put_task(job, tid, t)
   redis.call('ZADD', lkey(job), now + lease_ms, tid)
   return {job, tid, t.kind, t.first, t.last, t.token, t.attempts}

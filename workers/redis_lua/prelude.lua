@@ -13,14 +13,17 @@
 --   ff:seq                    counter: submission order of jobs
 --   ff:jobs                   zset job id -> submission seq (what `status()` lists)
 --   ff:job:<job>              hash: spec (JobSpec as JSON: data, never code), state
---                             (active | done | cancelled), priority, max_attempts, video,
+--                             (active | paused | done | cancelled), submitted (ms), priority, max_attempts, video,
 --                             frame_start, frame_end, seq, remaining (tasks not done yet),
 --                             next_task (task id counter), video_queued
 --   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
 --                             done | failed | cancelled), attempts, token, worker, error, entry,
+--                             started (ms: its latest lease began), finished (ms: acked or failed),
 --                             and for a task cancelled while leased: stop_by (its lease deadline,
 --                             ms: "stopping" until then, unless its worker reports first) and
 --                             published (the frames its worker had published when it stopped)}
+--   ff:job:<job>:log:<tid>    string: the task's log, its attempts one after another, the last 64 KiB
+--                             (written by RedisQueue.store_log in a WATCH transaction, not a script)
 --   ff:job:<job>:stream       stream, one entry {task: tid} per pending task, consumer group
 --                             "farm"; the consumer is the worker name
 --   ff:job:<job>:leases       zset tid -> lease deadline (ms, Redis server clock)
@@ -34,6 +37,8 @@
 --   ff:workers                hash worker name -> JSON {heartbeat (s, server clock), info} (heartbeat.lua)
 --   ff:workers:seen           zset worker name -> last heartbeat (ms, server clock): heartbeat.lua
 --                             drops the workers silent for longer than the drop time it is given
+--   ff:drain                  set of the workers asked to drain (the monitor); heartbeat.lua tells them
+--   ff:idempotency            hash idempotency key -> job id (`render submit --idempotency-key`; submit.lua)
 --
 -- One stream per *job* rather than per priority level: lease.lua walks the levels high
 -- to low and, within a level, the jobs in submission order, and reads each job's stream
@@ -126,11 +131,12 @@ local function dead_letter(job, tid, t, err)
 end
 
 -- The task if `worker` holds its lease with `token`, else nil. renew, ack, fail and release
--- change nothing without it: the job must be active, the task leased to this worker with
+-- change nothing without it: the job must be active (or paused), the task leased to this worker with
 -- this token, and its entry still in this consumer's PEL, so a worker whose lease was
 -- taken over, requeued or cancelled is fenced off.
 local function owned(job, tid, token, worker)
-  if redis.call('HGET', jkey(job), 'state') ~= 'active' then return nil end
+  local state = redis.call('HGET', jkey(job), 'state')
+  if state ~= 'active' and state ~= 'paused' then return nil end  -- a paused job's leased tasks finish
   local t = get_task(job, tid)
   if not t or t.state ~= 'leased' or t.token ~= tonumber(token) or t.worker ~= worker or not t.entry then
     return nil

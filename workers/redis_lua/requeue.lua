@@ -1,5 +1,5 @@
 -- requeue: make the job's failed tasks (or, with failed_only 0, every unfinished task)
--- pending again with fresh attempts, and the job active.
+-- pending again with fresh attempts, and the job active (a paused one stays paused).
 --
 -- KEYS: none (key names come from the prefix; see prelude.lua).
 -- ARGV[1] key prefix
@@ -45,7 +45,8 @@ for _, t in ipairs(chosen) do
   enqueue(job, tid, t)
 end
 local count = #chosen
-if count > 0 then
+if count > 0 and redis.call('HGET', jkey(job), 'state') ~= 'paused' then
+  -- a paused job stays paused: its requeued tasks wait for resume
   redis.call('HSET', jkey(job), 'state', 'active')
   activate(job)
 end

@@ -10,19 +10,28 @@
 -- ARGV[7] frame_start
 -- ARGV[8] frame_end
 -- ARGV[9] the chunks as JSON, [[first, last], ...]; task ids are 1..#chunks
--- Writes ff:seq, ff:jobs, ff:job:<job>, its tasks and stream, and the priority index.
--- Returns 1, or 0 (and changes nothing) if the job id is taken.
+-- ARGV[10] idempotency key, or '' for none
+-- Writes ff:seq, ff:jobs, ff:job:<job>, its tasks and stream, the priority index, and
+-- ff:idempotency (hash key -> job id).
+-- Returns the job id; the earlier job's id (and changes nothing) if the key was seen;
+-- 0 (and changes nothing) if the job id is taken.
 
 local job = ARGV[2]
+local key = ARGV[10]
+if key ~= '' then
+  local seen = redis.call('HGET', P .. 'idempotency', key)
+  if seen then return seen end
+end
 if redis.call('EXISTS', jkey(job)) == 1 then return 0 end
+if key ~= '' then redis.call('HSET', P .. 'idempotency', key, job) end
 local seq = redis.call('INCR', P .. 'seq')
 local chunks = cjson.decode(ARGV[9])
 redis.call('HSET', jkey(job), 'spec', ARGV[3], 'state', 'active', 'priority', ARGV[4],
            'max_attempts', ARGV[5], 'video', ARGV[6], 'frame_start', ARGV[7], 'frame_end', ARGV[8],
-           'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0)
+           'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0, 'submitted', now_ms())
 redis.call('ZADD', P .. 'jobs', seq, job)
 for i, chunk in ipairs(chunks) do
   enqueue(job, tostring(i), {kind = 'frames', first = chunk[1], last = chunk[2], attempts = 0, token = 0})
 end
 activate(job)
-return 1
+return job
