@@ -25,7 +25,7 @@ The search over TILE^2 offsets and CANDIDATES periods is paid for by a union bou
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ class Detection:
     score: float          # the sync z-score at the best offset
     period: float         # the tile's size in the input's pixels (256 = not resized)
     frames: int = 1
+    code_bits: np.ndarray | None = field(default=None, repr=False, compare=False)  # +-1, before correction
 
 
 def luma(rgb8: np.ndarray) -> np.ndarray:
@@ -151,8 +152,12 @@ def fold(y: np.ndarray, period: float) -> np.ndarray:
 
 def read_tile(folded: np.ndarray, key: str, *, period: float, trials: int, frames: int = 1) -> Detection:
     """Offset, presence and payload from a folded tile (summed over frames for video)."""
+    return read_spectrum(np.fft.fft2(folded), key, period=period, trials=trials, frames=frames)
+
+
+def read_spectrum(spectrum: np.ndarray, key: str, *, period: float, trials: int, frames: int = 1) -> Detection:
+    """read_tile from the folded tile's FFT (key-independent: computed once for many keys)."""
     lay = layout(key)
-    spectrum = np.fft.fft2(folded)
     sync = spectrum[lay.sync_ky, lay.sync_kx] * np.conj(lay.sync_phase)
     cross = np.zeros((TILE, TILE), complex)
     cross[lay.sync_ky, lay.sync_kx] = sync
@@ -164,46 +169,51 @@ def read_tile(folded: np.ndarray, key: str, *, period: float, trials: int, frame
     p_value = float(min(1.0, trials * TILE * TILE * np.exp(-score * score / 2)))
     shift = np.exp(2j * np.pi * (lay.code_ky * dy + lay.code_kx * dx) / TILE)
     code = spectrum[lay.code_ky, lay.code_kx] * np.conj(lay.code_phase) * shift
-    soft = np.bincount(lay.code_bit, weights=code.real, minlength=BITS)
-    soft /= max(float(np.sqrt(np.mean(soft**2))), 1e-12)
+    soft = np.bincount(lay.code_bit, weights=code.real, minlength=BITS).astype(np.float64)
+    soft = soft / max(float(np.sqrt(np.mean(soft**2))), 1e-12)
     message = decode(soft) if p_value <= P_THRESHOLD else None
+    bits = np.where(soft > 0, 1, -1).astype(np.int8)
     if message is None:
-        return Detection(False, None, p_value, score, period, frames)
+        return Detection(False, None, p_value, score, period, frames, bits)
     payload = message.rstrip(b"\0").decode(errors="replace")
-    return Detection(True, payload, p_value, score, period, frames)
+    return Detection(True, payload, p_value, score, period, frames, bits)
 
 
 def detect_frames(frames: Iterable[np.ndarray], key: str) -> Detection:
     """One verdict for RGB uint8 frames of one picture sequence (a still is one frame),
-    read as they come: the first PROFILE_FRAMES are held until the period is known."""
+    read as they come: the first PROFILE_FRAMES set the candidate periods; the candidate
+    whose sync peak stands highest over them is the one the later frames are folded at
+    (the p-value still pays for every candidate)."""
     head: list[np.ndarray] = []
-    folded: dict[float, np.ndarray] = {}
+    tiles: dict[float, np.ndarray] = {}
     count = 0
     for frame in frames:
         count += 1
-        y = luma(frame)
-        if not folded:
-            head.append(y)
-            if len(head) < PROFILE_FRAMES:
-                continue
-            folded = _start(head)
+        if tiles:
+            for period in tiles:
+                tiles[period] += fold(luma(frame), period)
+            continue
+        head.append(luma(frame))
+        if len(head) == PROFILE_FRAMES:
+            tiles = candidate_tiles(head)
+            best = max(tiles, key=lambda period: read_tile(tiles[period], key, period=period, trials=1).score)
+            tiles = {best: tiles[best]}
             head = []
-        else:
-            for period in folded:
-                folded[period] += fold(y, period)
     if head:
-        folded = _start(head)
-    if not folded:
+        tiles = candidate_tiles(head)
+    if not tiles:
         raise ValueError("no frames to look at")
     verdicts = [read_tile(tile, key, period=period, trials=CANDIDATES, frames=count)
-                for period, tile in folded.items()]
+                for period, tile in tiles.items()]
     return min(verdicts, key=lambda found: (not found.found, found.p_value))
 
 
-def _start(head: list[np.ndarray]) -> dict[float, np.ndarray]:
-    estimates = period_candidates(np.sum([period_profile(y) for y in head], axis=0))
-    periods = dict.fromkeys([float(TILE), *estimates])   # the unresized tile always: the common case
-    return {period: np.sum([fold(y, period) for y in head], axis=0) for period in periods}
+def candidate_tiles(lumas: list[np.ndarray]) -> dict[float, np.ndarray]:
+    """Folded tiles at every candidate period (key-independent): the unresized tile, the
+    common case, and the likeliest periods the frames' spectra show."""
+    estimates = period_candidates(np.sum([period_profile(y) for y in lumas], axis=0))
+    periods = dict.fromkeys([float(TILE), *estimates])
+    return {period: np.sum([fold(y, period) for y in lumas], axis=0) for period in periods}
 
 
 def detect(pixels: np.ndarray, key: str) -> Detection:
