@@ -148,6 +148,13 @@ def test_mark_is_small_masked_and_luminance_only() -> None:
     assert sky < 0.7 * texture, "flat areas must get less of the mark than busy ones"
 
 
+@pytest.mark.parametrize("size", [(1, 1), (7, 300), (300, 7), (270, 480), (541, 961), (1080, 270)])
+def test_any_size_is_looked_at_without_error(size: tuple[int, int]) -> None:
+    """Odd shapes, tiny pictures, profiles that end right at a peak: a verdict, no crash."""
+    found = detect(picture(2, *size) if min(size) > 8 else np.full((*size, 3), 128, np.uint8), KEY)
+    assert not found.found and 0 <= found.p_value <= 1
+
+
 def test_code_corrects_eight_bit_errors_and_refuses_noise() -> None:
     bits = encode(PAYLOAD).astype(float)
     assert len(bits) == BITS == 128

@@ -124,7 +124,7 @@ def _refine(profile: np.ndarray, best: int) -> float:
         multiple += 1
     for step in range(1, multiple + 1):
         centre = round(step * period)
-        if centre + 3 > len(profile):
+        if centre + 4 > len(profile):
             break
         peak = centre - 2 + int(np.argmax(profile[centre - 2:centre + 3]))
         a, b, c = profile[peak - 1], profile[peak], profile[peak + 1]
