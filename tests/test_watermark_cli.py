@@ -135,10 +135,10 @@ def render_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
-def test_video_frames_are_combined(tmp_path: Path) -> None:
-    """A clip too damaged for any one frame to carry the payload still yields it once
-    its frames are combined (720p panning clip at CRF 30: its I-frame
-    and some P-frames alone)."""
+def test_a_clip_is_read_as_one(tmp_path: Path) -> None:
+    """A 720p panning clip at CRF 30, read as a clip: found, over all 12 frames, although
+    its later P-frames alone lose the payload. (Frames are weighted equally: the I-frame
+    alone can score higher than the whole clip; this checks the clip verdict, not a gain.)"""
     from pipeline.files.pictures import read_pictures
     from pipeline.watermark.detect import detect, detect_frames
 
@@ -148,7 +148,7 @@ def test_video_frames_are_combined(tmp_path: Path) -> None:
     decoded = list(read_pictures(path, 100))
     together = detect_frames(decoded, KEY)
     assert together.found and together.payload == PAYLOAD and together.frames == 12
-    assert not all(detect(one, KEY).found for one in decoded[1:5]), "P-frames alone should not all carry it"
+    assert not any(detect(one, KEY).found for one in decoded[7:10]), "these P-frames alone lose the payload"
 
 
 def test_subprocess_prints_no_traceback_and_json(files: dict[str, Path]) -> None:
