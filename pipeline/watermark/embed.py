@@ -30,12 +30,13 @@ def embed(pixels: torch.Tensor, offsets: torch.Tensor) -> None:
     """Add `offsets` (HxW float, grey levels of 255, on pixels' device), masked, to HxWx3
     `pixels` in place: uint8, uint16 (steps scaled by 257) or float in [0, 1]."""
     unit = {torch.uint8: 1.0, torch.uint16: 257.0}.get(pixels.dtype, 1 / 255)
-    rgb = pixels.float()
+    # uint16 through int32: CUDA's uint16 kernels cover copies between integer types only
+    rgb = (pixels.to(torch.int32) if pixels.dtype == torch.uint16 else pixels).float()
     luma = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) / unit
     mark = (offsets.float() * masking(luma) * unit)[..., None]
     if pixels.dtype == torch.uint8:
         pixels.copy_((rgb + mark).round_().clamp_(0, 255))
     elif pixels.dtype == torch.uint16:
-        pixels.copy_((rgb + mark).round_().clamp_(0, 65535))
+        pixels.copy_((rgb + mark).round_().clamp_(0, 65535).to(torch.int32))
     else:
         pixels.copy_((rgb + mark).clamp_(0, 1))
