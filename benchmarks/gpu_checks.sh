@@ -16,6 +16,10 @@ python3 -m pipeline.cli verify "$scratch/demo" >> "$out/demo.log" 2>&1
 echo "demo verify: rc=$?" | tee -a "$out/summary.txt"
 python3 -m pipeline.cli watermark verify "$scratch/demo/demo/demo.0001.png" >> "$out/demo.log" 2>&1
 echo "demo watermark: rc=$?" | tee -a "$out/summary.txt"
+python3 -m pipeline.cli watermark verify "$scratch/demo/demo.mp4" >> "$out/demo.log" 2>&1
+echo "demo watermark in the MP4: rc=$?" | tee -a "$out/summary.txt"
+python3 benchmarks/watermark_gpu.py --out "$out/watermark_gpu.json" > "$out/watermark_gpu.log" 2>&1
+echo "watermark embed at 4K: rc=$?" | tee -a "$out/summary.txt"
 queue="sqlite:///$scratch/farm.db"
 python3 -m pipeline.cli submit samples/demo.toml --queue "$queue" --chunk 8 > "$out/farm.log" 2>&1
 timeout 300 python3 -m pipeline.cli worker --queue "$queue" --gpus all --output-root "$PWD" \

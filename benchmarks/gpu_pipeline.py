@@ -74,7 +74,7 @@ from pipeline.stages.decode import Decoder
 from pipeline.stages.source import noise_latents
 from pipeline.stages.watermark import offsets_for
 from pipeline.stages.write import FrameOutputs
-from pipeline.watermark.spread_spectrum import embed
+from pipeline.watermark.embed import embed
 
 SEED = 7
 GIB = 2**30

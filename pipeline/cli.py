@@ -212,31 +212,78 @@ def watermark() -> None:
 
 @watermark.command("verify")
 @click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--key", default="framefarm", show_default=True, help="The watermark key the job used.")
-def watermark_verify(files: tuple[Path, ...], key: str) -> None:
-    """Look for the watermark in PNG (8- or 16-bit) or EXR frames, or in the first frame of
-    a video (MP4); exit 1 if any file lacks it. A lossy video keeps the mark less well
-    than a frame file."""
-    from pipeline.errors import JobError
-    from pipeline.files.formats import read_frame, to_rgb8
-    from pipeline.watermark.spread_spectrum import detect
+@click.option("--key", default=None, help="The watermark key the job used (default: the job default, "
+              "'framefarm'). Prefer --key-env or --key-file: a command line is visible to other users.")
+@click.option("--key-env", metavar="NAME", default=None, help="Read the key from this environment variable.")
+@click.option("--key-file", metavar="PATH", type=click.Path(path_type=Path), default=None,
+              help="Read the key from this file.")
+@click.option("--expect", metavar="PAYLOAD", default=None,
+              help="Count a file as marked only if it carries exactly this payload.")
+@click.option("--max-frames", type=click.IntRange(1, 100_000), default=48, show_default=True,
+              help="Video: frames read and combined.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout, as a list.")
+def watermark_verify(files: tuple[Path, ...], key: str | None, key_env: str | None, key_file: Path | None,
+                     expect: str | None, max_frames: int, as_json: bool) -> None:
+    """Look for the watermark in frames (PNG 8- or 16-bit, EXR, JPEG) or videos (MP4, MOV,
+    MKV: up to --max-frames frames, their evidence combined). Prints found or not, the
+    payload and a p-value: the chance that an unmarked input scores as high. Exit 1 if a
+    file carries no mark (or not the --expect payload); 2 for unreadable input."""
+    import json
 
-    missing = 0
+    from pipeline.errors import JobError
+    from pipeline.files.pictures import read_pictures
+    from pipeline.watermark.code import BadPayload, payload_bytes
+    from pipeline.watermark.detect import P_THRESHOLD, detect_frames
+
+    secret = _verify_key(key, key_env, key_file)
+    if expect is not None:
+        try:
+            payload_bytes(expect)
+        except BadPayload as err:
+            raise JobError("--expect", expect, str(err)) from None
+        except UnicodeEncodeError:
+            raise JobError("--expect", "(not UTF-8)", "expected UTF-8 text of at most 8 bytes") from None
+    results, missing = [], 0
     for path in files:
         if not path.is_file():
             raise JobError("FILE", str(path), "no such file")
         try:
-            pixels = to_rgb8(read_frame(path))
+            found = detect_frames(read_pictures(path, max_frames), secret)
         except Exception as err:
-            raise JobError("FILE", str(path), f"cannot be read as an image ({err})") from None
-        found = detect(pixels, key)
-        if found.found:
-            click.echo(f"{path}: watermark found, payload {found.payload!r} (score {found.score:.1f})")
-        else:
-            missing += 1
-            click.echo(f"{path}: no watermark (score {found.score:.1f})")
+            raise JobError("FILE", str(path), f"cannot be read as an image or video ({type(err).__name__})") from None
+        ok = found.found and (expect is None or found.payload == expect)
+        missing += not ok
+        results.append({"file": str(path), "found": ok, "payload": found.payload, "p_value": found.p_value,
+                        "threshold": P_THRESHOLD, "frames": found.frames, "period": round(found.period, 3)})
+        if not as_json:
+            where = f"{found.frames} frame(s), p = {found.p_value:.2g}"
+            if ok:
+                click.echo(f"{path}: watermark found, payload {found.payload!r} ({where})")
+            elif found.found:
+                click.echo(f"{path}: watermark found with payload {found.payload!r}, not {expect!r} ({where})")
+            else:
+                click.echo(f"{path}: no watermark ({where}; found means p <= {P_THRESHOLD:g})")
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
     if missing:
         raise FramefarmError(f"{missing} of {len(files)} file(s) carry no watermark for this key")
+
+
+def _verify_key(key: str | None, key_env: str | None, key_file: Path | None) -> str:
+    """The key from exactly one of the options (or the default); its text is never shown."""
+    from pipeline.config.job import DEFAULT_KEY
+    from pipeline.config.secret import key_from_env, key_from_file
+    from pipeline.errors import JobError
+
+    given = [name for name, value in (("--key", key), ("--key-env", key_env), ("--key-file", key_file))
+             if value is not None]
+    if len(given) > 1:
+        raise JobError(given[1], "(not shown)", "give only one of --key, --key-env and --key-file")
+    if key_env is not None:
+        return key_from_env(key_env, "--key-env")
+    if key_file is not None:
+        return key_from_file(key_file, "--key-file")
+    return key if key else DEFAULT_KEY
 
 
 QUEUE_OPTION = click.option(

@@ -266,6 +266,50 @@ def test_watermark_payload_too_long(reject: Callable[..., None], write_job: Call
            "watermark.payload", "8 bytes")
 
 
+KEY_TEXT = "never-shown-key-91ab"
+
+
+def test_watermark_key_sources_are_checked_and_never_shown(write_job: Callable[..., Path], job_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """key, key_env, key_file: at most one; a variable that is unset, a file that is
+    missing or empty are named, never the key itself; nothing is written."""
+    monkeypatch.setenv("WM_KEY_SET", KEY_TEXT)
+    monkeypatch.delenv("WM_KEY_UNSET", raising=False)
+    (job_dir / "empty.key").write_text("\n")
+    cases = [({"key": KEY_TEXT, "key_env": "WM_KEY_SET"}, ("watermark.key_env", "only one of key, key_env")),
+             ({"key_env": "WM_KEY_UNSET"}, ("watermark.key_env", "WM_KEY_UNSET", "no such environment variable")),
+             ({"key_file": "missing.key"}, ("watermark.key_file", "missing.key", "cannot be read")),
+             ({"key_file": "empty.key"}, ("watermark.key_file", "empty")),
+             ({"key": KEY_TEXT * 300}, ("watermark.key", "over 4096")),
+             ({"key": 7}, ("watermark.key", "non-empty string"))]
+    for fields, needles in cases:
+        job = write_job(watermark={"enabled": True, **fields})
+        code, out, err = run_main(monkeypatch, capsys, "run", str(job), "--device", "cpu")
+        assert_rejected(code, err, *needles)
+        assert KEY_TEXT not in out + err
+        assert not (job_dir / "out").exists()
+
+
+def test_watermark_key_from_a_file_or_variable(write_job: Callable[..., Path], job_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config.job import load_job
+
+    (job_dir / "studio.key").write_text(KEY_TEXT + "\n")
+    job = load_job(write_job(watermark={"enabled": True, "key_file": "studio.key"}))
+    assert job.watermark.key == KEY_TEXT and KEY_TEXT not in repr(job)
+    monkeypatch.setenv("WM_KEY_SET", KEY_TEXT + "-env")
+    assert load_job(write_job(watermark={"enabled": True, "key_env": "WM_KEY_SET"})).watermark.key == KEY_TEXT + "-env"
+    monkeypatch.delenv("WM_KEY_UNSET", raising=False)
+    assert not load_job(write_job(watermark={"enabled": False, "key_env": "WM_KEY_UNSET"})).watermark.enabled
+
+
+def test_watermark_payload_not_utf8(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    job = write_job()
+    job.write_bytes(job.read_bytes().replace(b'[watermark]', b'[watermark]\npayload = "\xff\xfe"'))
+    reject(job, "job file", "cannot be read")
+
+
 def test_cuda_requested_without_gpu(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
     import torch
 

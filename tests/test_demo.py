@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from helpers import render
 
+from pipeline.files.pictures import read_pictures
 from pipeline.files.png import read_png
 from pipeline.files.video import read_video_info
-from pipeline.watermark.spread_spectrum import detect
+from pipeline.watermark.detect import detect, detect_frames
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -57,4 +58,6 @@ def test_demo_renders_recognisable_frames_and_a_video(tmp_path: Path) -> None:
     assert read_video_info(tmp_path / "demo.mp4") == (48, 512, 288)
     mark = detect(read_png(frames[0]), "framefarm")
     assert mark.found and mark.payload == "demo"
+    video = detect_frames(read_pictures(tmp_path / "demo.mp4", 48), "framefarm")  # the product's own MP4
+    assert video.found and video.payload == "demo" and video.frames == 48, video
     assert render("verify", str(tmp_path)).returncode == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pipeline.config import patterns
 from pipeline.config.cost import Cost, parse_cost
 from pipeline.config.formats import EXR_COMPRESSIONS, EXR_TRANSFERS, FRAME_FORMATS, VIDEO_FORMATS, frame_format
 from pipeline.config.schema import Table, read_toml
+from pipeline.config.secret import MAX_KEY, key_from_env, key_from_file
 from pipeline.config.tuning import Tuning, load_tuning
 from pipeline.config.video import (
     CONTAINERS,
@@ -127,7 +129,7 @@ class Output:
 class Watermark:
     enabled: bool
     payload: str
-    key: str
+    key: str = dataclass_field(repr=False)   # a secret: never shown (repr, logs, errors)
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     source = _source(top.table("source"), job_dir, shot)
     model = _model(top.table("model"), job_dir, source)
     output = _output(top.table("output"), shot, output_root)
-    watermark = _watermark(top.table("watermark", required=False))
+    watermark = _watermark(top.table("watermark", required=False), job_dir)
     colour = _colour(top.table("colour"), job_dir, data) if "colour" in data else None
     cost = parse_cost(top.table("cost")) if "cost" in data else None
     overrides = top.table("tuning", required=False).data
@@ -393,11 +395,38 @@ def _colour(t: Table, job_dir: Path, data: dict[str, Any]) -> Colour:
     return colour
 
 
-def _watermark(t: Table) -> Watermark:
+def _watermark(t: Table, job_dir: Path) -> Watermark:
     enabled = t.boolean("enabled", False)
     payload = t.string("payload", "ffarm")
     if len(payload.encode()) > 8:
         raise JobError("watermark.payload", payload, "expected at most 8 bytes of UTF-8 text")
-    mark = Watermark(enabled=enabled, payload=payload, key=t.string("key", "framefarm"))
+    key = _watermark_key(t, job_dir, resolve=enabled)
+    mark = Watermark(enabled=enabled, payload=payload, key=key)
     t.done()
     return mark
+
+
+KEY_SOURCES = ("key", "key_env", "key_file")
+DEFAULT_KEY = "framefarm"
+
+
+def _watermark_key(t: Table, job_dir: Path, *, resolve: bool) -> str:
+    """The key from the job text, an environment variable or a file: never echoed back.
+    A disabled mark leaves the variable and the file unread."""
+    given = [name for name in KEY_SOURCES if name in t.data]
+    for name in given:
+        t.used.add(name)
+        if not isinstance(t.data[name], str) or not t.data[name]:
+            raise JobError(t.name(name), "(not shown)", "expected a non-empty string")
+    if len(given) > 1:
+        raise JobError(t.name(given[1]), "(not shown)", "give only one of key, key_env and key_file")
+    source = given[0] if given else "key"
+    if source == "key_env" and resolve:
+        return key_from_env(t.data["key_env"], "watermark.key_env")
+    if source == "key_file" and resolve:
+        path = Path(t.data["key_file"])
+        return key_from_file(path if path.is_absolute() else job_dir / path, "watermark.key_file")
+    key = t.data["key"] if source == "key" and given else DEFAULT_KEY
+    if len(key) > MAX_KEY:
+        raise JobError("watermark.key", "(not shown)", f"the key is over {MAX_KEY} characters")
+    return key
