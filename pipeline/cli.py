@@ -205,6 +205,29 @@ def verify(outdir: Path) -> None:
     click.echo(f"ok: {checked} output(s) match the manifest")
 
 
+@cli.command()
+@click.argument("outdir", metavar="OUTDIR", type=click.Path(path_type=Path))
+@click.option("--output", "-o", "dest", metavar="FILE.html", type=click.Path(path_type=Path), default=None,
+              help="Where the page goes (default: OUTDIR-report.html beside OUTDIR, not inside it: "
+                   "every file inside an output root has a manifest record).")
+@click.option("--trace", "trace_path", metavar="FILE.json", type=click.Path(path_type=Path), default=None,
+              help="A timeline `render run --trace` wrote: each track's busy time goes in the page.")
+@click.option("--job", "job_file", metavar="JOB.toml", type=click.Path(path_type=Path), default=None,
+              help="The job file: its settings go in the page.")
+def report(outdir: Path, dest: Path | None, trace_path: Path | None, job_file: Path | None) -> None:
+    """Write one self-contained HTML page of what the runs under OUTDIR did: frames over
+    time, stage utilisation, energy, GPU-seconds and cost per frame, the outputs' check."""
+    from pipeline.errors import JobError
+    from pipeline.files.manifest import MANIFEST_NAME
+    from pipeline.report import write_report
+
+    if not (outdir / MANIFEST_NAME).is_file():
+        raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
+    dest = dest or outdir.resolve().with_name(outdir.resolve().name + "-report.html")
+    write_report(outdir, dest, trace_path, job_file)
+    click.echo(f"wrote {dest}")
+
+
 @cli.group()
 def watermark() -> None:
     """Inspect the invisible watermark."""

@@ -196,6 +196,8 @@ def run_record(plan: Plan, report: RunReport) -> dict[str, Any]:
         "device": report.device, "frames": report.frames, "skipped": report.skipped,
         "load_s": round(report.load_s, 3), "render_s": round(report.render_s, 3), "wall_s": round(report.wall_s, 3),
         "energy_j": report.energy_j, "gpu_s": report.gpu_s,
+        "stages": {name: {k: figures[k] for k in ("busy_s", "waiting_s", "blocked_s")}
+                   for name, figures in report.stages.items()},
         "j_per_frame": per_frame(report.energy_j, report.frames),
         "gpu_s_per_frame": per_frame(report.gpu_s, report.frames),
         **({"cost": money, "cost_per_frame": per_frame(money, report.frames), "currency": cost.currency}

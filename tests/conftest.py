@@ -5,6 +5,7 @@ render goes through the same from_pretrained and file reads a user's job does.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -111,3 +112,27 @@ def redis_url_factory(request: pytest.FixtureRequest) -> Callable[[], str]:
         return f"redis://127.0.0.1:{port}/3"
     return make
 
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    """Debian's headless chromium through its own chromedriver (nothing downloaded); a
+    skip with the reason where it is not installed, a failure in CI (which installs it)."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium / chromedriver are not installed; .ci/run installs them with apt-get")
+        pytest.skip("Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()

@@ -30,8 +30,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "stages": {"errors", "config", "kernels", "watermark", "gpu", "files", "models", "decode", "flow"},
     "run": {"errors", "config", "colour", "watermark", "gpu", "files", "models", "decode", "flow", "plan", "stages"},
     "summary": {"plan", "run"},
+    "report": {"errors", "files"},
     "workers": {"errors", "config", "gpu", "files", "models", "plan", "run", "summary"},
-    "cli": {"errors", "config", "gpu", "files", "watermark", "plan", "run", "summary", "workers"},
+    "cli": {"errors", "config", "gpu", "files", "watermark", "plan", "run", "summary", "report", "workers"},
 }
 
 

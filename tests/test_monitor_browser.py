@@ -12,39 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from helpers import render, running_monitor, write_latents
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-test-token"
 FRAMES = 1500   # ~30 frames/s on one CPU core here: the worker is still busy when drained
 POISON = 3
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium / chromedriver are not installed; .ci/run installs them with apt-get")
-        pytest.skip("Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-
 
 def wait_for(driver, condition: Callable[[], object], what: str, timeout: float = 60) -> object:
     from selenium.webdriver.support.ui import WebDriverWait

@@ -1,0 +1,163 @@
+"""`render report OUTDIR`: one self-contained HTML file of what the runs under OUTDIR did.
+
+From the manifest: frames written over time and the rate, each run's stage
+utilisation, energy, GPU-seconds and cost per frame ("not measured" where a run had no
+figure), and the outputs' check (`render verify`); from a trace (`--trace`), each
+track's busy time; from the job file (`--job`), its settings. Plots are PNGs made with
+matplotlib and embedded in the page: nothing is fetched when it is viewed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import FramefarmError
+from pipeline.files.manifest import read_records, read_runs, verify
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+pre{background:#f6f6f6;padding:1em;overflow:auto}.bad{color:#b00}.ok{color:#070}"""
+
+
+def _plot(draw: Any) -> str:
+    """A matplotlib figure drawn by `draw(axes)`, as an <img> with the PNG inline."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(9, 3.2), dpi=100)
+    try:
+        draw(axes)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        pyplot.close(figure)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _figure(value: Any, digits: int = 2) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    rows = ["<tr><th>run</th><th>device</th><th>frames</th><th>render s</th><th>frames/s</th>"
+            "<th>energy J</th><th>J / frame</th><th>GPU-s / frame</th><th>cost / frame</th></tr>"]
+    for number, run in enumerate(runs, start=1):
+        fps = run["frames"] / run["render_s"] if run.get("render_s") else None
+        cost = run.get("cost_per_frame") if "cost" in run else None
+        cost_text = "no prices" if "cost" not in run else (
+            "not measured" if cost is None else f"{cost:.5f} {html.escape(str(run.get('currency', '')))}")
+        rows.append(f"<tr><td>{number} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(run['time']))})</td>"
+                    f"<td>{html.escape(str(run.get('device', '')))}</td><td>{run['frames']}</td>"
+                    f"<td>{run['render_s']:.2f}</td><td>{_figure(fps)}</td><td>{_figure(run.get('energy_j'), 1)}</td>"
+                    f"<td>{_figure(run.get('j_per_frame'), 2)}</td><td>{_figure(run.get('gpu_s_per_frame'), 3)}</td>"
+                    f"<td>{cost_text}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _frames_over_time(frames: list[dict[str, Any]]) -> str:
+    times = sorted(r["time"] for r in frames if isinstance(r.get("time"), int | float))
+    if len(times) < 2:
+        return "<p>Too few frames to plot.</p>"
+    start = times[0]
+
+    def draw(axes: Any) -> None:
+        seconds = [t - start for t in times]
+        axes.step(seconds, range(1, len(times) + 1), where="post", label="frames written")
+        axes.set_xlabel("seconds since the first frame")
+        axes.set_ylabel("frames")
+        window = max(1.0, (seconds[-1] - seconds[0]) / 30)
+        rate = axes.twinx()
+        bins = [seconds[0] + window * i for i in range(int(seconds[-1] / window) + 2)]
+        counts = [sum(1 for s in seconds if a <= s < b) / window for a, b in itertools.pairwise(bins)]
+        rate.plot(bins[:-1], counts, color="tab:orange", marker=".", label="frames/s")
+        rate.set_ylabel("frames/s")
+        axes.set_title("Frames written over time (all runs)")
+
+    return _plot(draw)
+
+
+def _stages(run: dict[str, Any]) -> str:
+    stages = run.get("stages") or {}
+    if not stages:
+        return "<p>The last run recorded no stage times.</p>"
+    names = list(stages)
+
+    def draw(axes: Any) -> None:
+        left = [0.0] * len(names)
+        for part, colour in (("busy_s", "tab:green"), ("waiting_s", "tab:gray"), ("blocked_s", "tab:red")):
+            values = [stages[n].get(part, 0.0) for n in names]
+            axes.barh(names, values, left=left, color=colour, label=part[:-2])
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        axes.invert_yaxis()
+        axes.set_xlabel("seconds (write: summed over its writer threads)")
+        axes.legend(loc="lower right")
+        axes.set_title("Stage utilisation, last run: busy, waiting for input, blocked on output")
+
+    return _plot(draw)
+
+
+def _trace_summary(trace_path: Path) -> str:
+    try:
+        events = json.loads(trace_path.read_text())["traceEvents"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise FramefarmError(f"--trace {trace_path}: not a trace this run wrote ({err})") from err
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    busy: dict[str, float] = defaultdict(float)
+    waits: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("ph") == "X":
+            track = names.get((event["pid"], event["tid"]), "?")
+            (waits if event["name"] in ("waiting", "blocked") else busy)[track] += event["dur"] / 1e6
+    rows = ["<tr><th>track</th><th>work s</th><th>waits s</th></tr>"]
+    rows += [f"<tr><td>{html.escape(track)}</td><td>{busy[track]:.3f}</td><td>{waits[track]:.3f}</td></tr>"
+             for track in sorted(set(busy) | set(waits))]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def build_report(root: Path, trace: Path | None = None, job: Path | None = None) -> str:
+    runs = read_runs(root)
+    records = read_records(root)
+    if not runs and not records:
+        raise FramefarmError(f"{root}: no manifest records here; render into it first")
+    frames = [r for r in records if r.get("kind") == "frame"]
+    shots = sorted({str(r.get("shot")) for r in (*runs, *frames) if r.get("shot")})
+    checked, problems = verify(root)
+    parts = [f"<h1>framefarm report: {html.escape(', '.join(shots) or root.name)}</h1>",
+             f"<p>{html.escape(str(root))}: {len(frames)} frame file(s), {len(runs)} run(s). Outputs check: "
+             + (f'<span class="ok">{checked} record(s), all match their files</span>' if not problems else
+                f'<span class="bad">{len(problems)} problem(s)</span>: '
+                + html.escape("; ".join(problems[:5]))) + "</p>",
+             "<h2>Runs: energy, GPU time and cost</h2>", _runs_table(runs) if runs else "<p>No run records.</p>",
+             "<h2>Frames over time</h2>", _frames_over_time(frames)]
+    if runs:
+        parts += ["<h2>Stages</h2>", _stages(runs[-1])]
+    if trace is not None:
+        parts += [f"<h2>Timeline ({html.escape(trace.name)})</h2>", _trace_summary(trace)]
+    if job is not None:
+        try:
+            text = job.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise FramefarmError(f"--job {job}: cannot be read ({err})") from err
+        parts += [f"<h2>Job ({html.escape(job.name)})</h2>", f"<pre>{html.escape(text)}</pre>"]
+    title = html.escape("framefarm report: " + (", ".join(shots) or root.name))
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_report(root: Path, dest: Path, trace: Path | None = None, job: Path | None = None) -> None:
+    page = build_report(root, trace, job)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(dest)
