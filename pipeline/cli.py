@@ -371,10 +371,13 @@ def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attemp
               help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--exit-when-idle", is_flag=True, help="Stop once the queue has no task left for this worker.")
 @click.option("--name", default="", help="Worker name in status output (default: host/pid/device).")
+@click.option("--traces", is_flag=True,
+              help="Write each task's timeline (as `render run --trace`) to OUTPUT_ROOT-traces/ beside the "
+                   "job's output root.")
 def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Path, model_roots: tuple[Path, ...],
            input_roots: tuple[Path, ...], slots: int, lease_s: float, max_job_failures: int,
            metrics_port: int | None, exit_when_idle: bool,
-           name: str) -> None:
+           name: str, traces: bool) -> None:
     """Consume frame tasks until told to stop. SIGTERM drains: frames in flight finish,
     the rest of their tasks is released to other workers at once.
 
@@ -394,7 +397,7 @@ def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Pa
                                     input_roots=input_roots,
                                     device=device, name=name, lease_s=lease_s, slots=slots,
                                     max_job_failures=max_job_failures, metrics_port=metrics_port,
-                                    exit_when_idle=exit_when_idle))
+                                    exit_when_idle=exit_when_idle, traces=traces))
     if state.error is not None:
         raise state.error
 

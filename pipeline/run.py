@@ -94,18 +94,20 @@ def import_model_code(plan: Plan) -> None:
 async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None = None,
                  *, handle_signals: bool = True, stop: trio.Event | None = None,
                  pipelines: PipelineCache | None = None, gpu_turn: GpuTurn | None = None,
-                 may_publish: Callable[[], bool] | None = None, trace: Trace | None = None) -> RunReport:
+                 may_publish: Callable[[], bool] | None = None, trace: Trace | None = None,
+                 run_fields: dict[str, Any] | None = None) -> RunReport:
     """Render a plan inside a trio run: load the model, prepare the outputs, wire the
     stages and run them, report. `models` and `pipelines` keep VAEs and generation
     pipelines loaded across calls (farm workers); `handle_signals=False` leaves Ctrl-C
     and SIGTERM to the caller; setting `stop` lets the frames in flight finish and
     starts no more; renders given one `gpu_turn` take turns at the GPU; `may_publish`,
     asked in a writer thread before each output is published, stops the render with
-    PublishRefused when it says no; `trace` collects the run's timeline. Ctrl-C and
+    PublishRefused when it says no; `trace` collects the run's timeline; `run_fields`
+    go into the run's manifest record besides its figures (a farm task's job). Ctrl-C and
     SIGTERM are watched from the start: one landing while the model loads stops the run
     once the load returns."""
     kwargs: dict[str, Any] = dict(stop=stop, pipelines=pipelines, gpu_turn=gpu_turn, may_publish=may_publish,
-                                  trace=trace)
+                                  trace=trace, run_fields=run_fields)
     if not (handle_signals and threading.current_thread() is threading.main_thread()):
         return await _render(plan, on_frame, models, **kwargs)
     done = 0
@@ -127,7 +129,8 @@ async def render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache
 
 async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCache | None,
                   *, stop: trio.Event | None, pipelines: PipelineCache | None, gpu_turn: GpuTurn | None,
-                  may_publish: Callable[[], bool] | None, trace: Trace | None) -> RunReport:
+                  may_publish: Callable[[], bool] | None, trace: Trace | None,
+                  run_fields: dict[str, Any] | None) -> RunReport:
     started = time.perf_counter()
     ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
                         watermark_priority=plan.job.tuning.watermark_priority)
@@ -179,7 +182,7 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
     report.stages["transfer"].update(ctx.statistics())
     report.stages["transfer"].update({f"ring_{k}": v for k, v in outputs.ring.statistics().items()})
     if report.frames or plan.videos_to_write:
-        await trio.to_thread.run_sync(outputs.files.manifest.append, run_record(plan, report))
+        await trio.to_thread.run_sync(outputs.files.manifest.append, {**run_record(plan, report), **(run_fields or {})})
     return report
 
 

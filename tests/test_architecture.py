@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "run": {"errors", "config", "colour", "watermark", "gpu", "files", "models", "decode", "flow", "plan", "stages"},
     "summary": {"plan", "run"},
     "report": {"errors", "files"},
-    "workers": {"errors", "config", "gpu", "files", "models", "plan", "run", "summary"},
+    "workers": {"errors", "config", "gpu", "files", "flow", "models", "plan", "run", "summary"},
     "cli": {"errors", "config", "gpu", "files", "watermark", "plan", "run", "summary", "report", "workers"},
 }
 

@@ -336,6 +336,28 @@ def test_worker_serves_prometheus_metrics(tmp_path: Path, farm_job: Callable[...
     assert "framefarm_frames_done_total 6.0" in metrics
     assert "framefarm_task_seconds_count 2.0" in metrics
     assert "framefarm_queue_pending_frames" in metrics
+    assert 'framefarm_energy_joules_total{job=' not in metrics   # the CPU: not measured, never zero
+
+
+def test_a_worker_keeps_each_tasks_trace_and_status_sums_its_runs(
+        tmp_path: Path, farm_job: Callable[..., Path], job_dir: Path) -> None:
+    queue_url = f"sqlite:///{tmp_path / 'farm.db'}"
+    job_id = submit(farm_job(), queue_url, "--chunk", "3")
+    worker = start_worker(queue_url, job_dir, "--exit-when-idle", "--traces")
+    _out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 0, err
+    root = job_dir / "out"
+    from pipeline.files.manifest import read_runs
+    runs = [r for r in read_runs(root) if r.get("farm_job") == job_id]
+    assert sorted(r["task"] for r in runs) == [[1, 3], [1, 6], [4, 6]]   # two frame tasks and the video's
+    traces = sorted((job_dir / "out-traces").glob(f"{job_id}.*.json"))
+    assert [t.name for t in traces] == [f"{job_id}.1-3.1.json", f"{job_id}.1-6.1.json", f"{job_id}.4-6.1.json"]
+    spans = [e for e in json.loads(traces[0].read_text())["traceEvents"] if e["ph"] == "X" and e["name"] != "waiting"
+             and e["name"] != "blocked"]
+    assert {f for e in spans for f in e.get("args", {}).get("frames", [])} == {1, 2, 3}
+    shown = status(queue_url, job_id)
+    assert (shown["energy_j"], shown["gpu_s"], shown["j_per_frame"]) == (None, None, None)   # CPU: not measured
+    assert render("verify", str(root)).returncode == 0   # the traces are beside the root, not in it
 
 
 @pytest.mark.gpu

@@ -298,3 +298,26 @@ def test_colour_lut_on_cuda_matches_the_cpu_and_ocio() -> None:
     assert torch.allclose(on_cuda, on_cpu, atol=1e-3)   # one half-float step near 1
     want = reference(colour, (image * 0.5 + 0.5).permute(1, 2, 0).numpy())
     assert np.abs(on_cuda.numpy() - want).max() <= 1.5e-3
+
+
+def test_gpu_spans_of_a_trace_lie_within_their_host_spans(write_job: Callable[..., Path], job_dir: Path) -> None:
+    """Each frame's decode on the GPU starts after the decode stage took the frame and
+    ends before the transfer stage handed it on (the host clock, aligned once a run)."""
+    import json
+
+    trace_file = job_dir / "gpu.trace.json"
+    result = render("run", str(write_job(output={"formats": ["png"]})), "--device", "cuda:0", "-q",
+                    "--trace", str(trace_file))
+    assert result.returncode == 0, result.stderr
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    spans: dict[tuple[str, str], dict] = {(names[(e["pid"], e["tid"])], e["name"]): e for e in events if e["ph"] == "X"}
+    slack_us = 200   # the alignment: one event read at a synchronize
+    for frame in range(1, 7):
+        gpu = spans[("GPU compute stream (decode)", f"frame {frame}")]
+        decode = spans[("decode", f"frame {frame}")]
+        transfer = spans[("transfer", f"frame {frame}")]
+        assert gpu["ts"] + slack_us >= decode["ts"], (gpu, decode)
+        assert gpu["ts"] + gpu["dur"] <= transfer["ts"] + transfer["dur"] + slack_us, (gpu, transfer)
+        copy = spans[("GPU copy stream", f"frame {frame}")]
+        assert copy["ts"] + slack_us >= gpu["ts"] + gpu["dur"]   # the copy waits for the decode on the GPU

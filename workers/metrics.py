@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.gpu_utilisation = Gauge("framefarm_gpu_utilisation", "GPU busy fraction (NVML), 0-1",
                                      registry=self.registry)
         self.gpu_memory = Gauge("framefarm_gpu_memory_bytes", "GPU memory in use (NVML)", registry=self.registry)
+        # per job: what its tasks on this worker measured (NVML's energy counter, the GPU's wall time)
+        self.energy = Counter("framefarm_energy_joules", "GPU energy of this worker's tasks, by job", ["job"],
+                              registry=self.registry)
+        self.gpu_seconds = Counter("framefarm_gpu_seconds", "GPU-seconds of this worker's tasks, by job", ["job"],
+                                   registry=self.registry)
         self._nvml_handle = _nvml_handle(device)
         # the last NVML reading, sent with the heartbeat for `render monitor`; None without NVML (CPU)
         self.gpu: dict[str, float] | None = None
@@ -49,6 +54,14 @@ class WorkerMetrics:
             self.gpu_memory.set(memory.used)
             self.gpu = {"utilisation": utilisation, "memory_used": memory.used, "memory_total": memory.total,
                         "temperature_c": temperature}
+
+
+    def task_done(self, job_id: str, energy_j: float | None, gpu_s: float | None) -> None:
+        """A task's figures; nothing where they were not measured (the CPU): never zero."""
+        if energy_j is not None:
+            self.energy.labels(job=job_id).inc(max(energy_j, 0.0))
+        if gpu_s is not None:
+            self.gpu_seconds.labels(job=job_id).inc(gpu_s)
 
 
 def _nvml_handle(device: torch.device) -> Any:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import FramefarmError, JobError
+from pipeline.files.manifest import read_runs
 
 from .queue import open_queue
-from .tasks import JobStatus, QueueUnavailable, TaskQueue, WorkerStatus, worker_gone_after
+from .tasks import JobSpec, JobStatus, QueueUnavailable, TaskQueue, WorkerStatus, worker_gone_after
 
 
 def open_existing(queue_url: str) -> TaskQueue:
@@ -32,6 +34,7 @@ def show_status(queue_url: str, job_id: str | None, *, as_json: bool) -> str:
     try:
         jobs = queue.status(job_id)
         workers = queue.workers()
+        figures = {job.job_id: run_figures(queue.job(job.job_id), job.job_id) for job in jobs} if as_json else {}
     except QueueUnavailable as err:
         raise FramefarmError(f"the queue cannot be reached: {err}") from None
     finally:
@@ -39,7 +42,7 @@ def show_status(queue_url: str, job_id: str | None, *, as_json: bool) -> str:
     if job_id is not None and not jobs:
         raise JobError("JOB", job_id, f"no such job in the queue {queue.where}")
     if as_json:
-        return json.dumps({"queue": queue.where, "jobs": [job.as_dict() for job in jobs],
+        return json.dumps({"queue": queue.where, "jobs": [{**job.as_dict(), **figures[job.job_id]} for job in jobs],
                            "workers": [worker_dict(w) for w in workers]}, indent=2)
     lines = [f"queue {queue.where}" + ("" if jobs else ": no jobs")]
     if jobs:
@@ -67,6 +70,23 @@ def _job_notes(job: JobStatus) -> list[str]:
         notes.append(f"  blocklisted by worker(s) {who}: they no longer take this job; "
                      f"`render requeue {job.job_id}` lifts it")
     return notes
+
+
+def run_figures(spec: JobSpec | None, job_id: str) -> dict[str, Any]:
+    """What a job's tasks measured, from the run records its workers appended to its
+    manifest: energy and GPU-seconds, summed, and per frame. None where nothing was
+    measured (CPU workers) or where this host cannot read the job's output root."""
+    runs = [r for r in read_runs(Path(spec.output_root)) if r.get("farm_job") == job_id] if spec else []
+    frames = sum(r.get("frames", 0) for r in runs)
+
+    def total(key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return round(sum(values), 3) if values else None
+
+    energy, gpu_s = total("energy_j"), total("gpu_s")
+    return {"energy_j": energy, "gpu_s": gpu_s,
+            "j_per_frame": None if energy is None or not frames else round(energy / frames, 3),
+            "gpu_s_per_frame": None if gpu_s is None or not frames else round(gpu_s / frames, 4)}
 
 
 def worker_dict(worker: WorkerStatus) -> dict[str, Any]:

@@ -55,6 +55,7 @@ import trio
 
 from pipeline.config.job import Job, parse_job
 from pipeline.errors import JobError, describe
+from pipeline.flow.trace import Trace
 from pipeline.gpu.device import pick_device
 from pipeline.gpu.turns import GpuTurn
 from pipeline.models.cache import ModelCache
@@ -68,6 +69,18 @@ from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue
 
 log = logging.getLogger("framefarm.worker")
 T = TypeVar("T")
+
+
+def trace_path(root: Path, task: Task) -> Path:
+    """Beside the job's output root, not in it (every file in it has a manifest record)."""
+    return root.with_name(root.name + "-traces") / f"{task.job_id}.{task.first}-{task.last}.{task.attempt}.json"
+
+
+def write_task_trace(trace: Trace, plan: Plan, task: Task) -> None:
+    path = trace_path(plan.root, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trace.write(path, {"shot": plan.job.shot.name, "job_hash": plan.job_hash, "farm_job": task.job_id,
+                       "task": [task.first, task.last], "attempt": task.attempt})
 
 
 @dataclass
@@ -86,6 +99,7 @@ class WorkerConfig:
     heartbeat_s: float = 5.0
     metrics_port: int | None = None
     gpu_turns: bool = True              # slots take turns at the GPU (off: they share it, for comparison)
+    traces: bool = False                # write each task's timeline beside its job's outputs
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -280,8 +294,13 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(guard, render_scope)
                 nursery.start_soon(relay_drain)
+                trace = Trace() if config.traces else None
                 report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
-                                      pipelines=models.pipelines, gpu_turn=turn, may_publish=may_publish)
+                                      pipelines=models.pipelines, gpu_turn=turn, may_publish=may_publish,
+                                      trace=trace, run_fields={"farm_job": task.job_id, "worker": config.name,
+                                                               "task": [task.first, task.last]})
+                if trace is not None:
+                    await trio.to_thread.run_sync(write_task_trace, trace, plan, task)
                 nursery.cancel_scope.cancel()
     except Exception as err:  # ours, a bug or an environment fault: report it with the task, keep serving
         if fenced:  # the render was being stopped anyway: the task is no longer ours to fail
@@ -299,6 +318,7 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         state.tasks_done += 1
         state.frames_done += done
         metrics.task_seconds.observe(time.perf_counter() - started)
+        metrics.task_done(task.job_id, report.energy_j, report.gpu_s)
         log.info("%s: %d frame(s) in %.1f s", label, done, time.perf_counter() - started)
     else:
         log.warning("%s: finished but the lease was gone at ack (cancelled or taken over)", label)
