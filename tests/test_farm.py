@@ -470,3 +470,72 @@ def test_status_shows_silent_workers_as_gone(tmp_path: Path) -> None:
     listed = {w["name"]: w for w in json.loads(render("status", "--queue", url, "--json").stdout)["workers"]}
     assert (listed["crashed"]["state"], listed["busy"]["state"]) == ("gone", "draining")
     assert listed["crashed"]["age_s"] >= 0.4
+
+
+class HookReceiver:
+    """A webhook receiver on 127.0.0.1: every POST's event header, signature and body."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.events: list[tuple[str, str, bytes]] = []
+        received = self.events
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:   # the standard library's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.headers["X-Framefarm-Event"], self.headers["X-Framefarm-Signature"], body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_job_done_or_failed_posts_one_signed_webhook(queue_url: str, farm_job: Callable[..., Path],
+                                                       job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import hmac
+
+    receiver = HookReceiver()
+    secret = "s3cret-for-hooks"
+    monkeypatch.setenv("FF_TEST_HOOK_SECRET", secret)   # the workers' environment
+    notify = {"webhook": receiver.url, "secret_env": "FF_TEST_HOOK_SECRET"}
+    fine = submit(farm_job(notify=notify, output={"formats": ["png"]}), queue_url, "--chunk", "2")
+    write_latents(job_dir / "npy", range(1, 7), (4, 12, 16), suffix=".npy")
+    poison = job_dir / "npy" / "frame_0002.npy"   # readable header, truncated data: fails in the render
+    poison.write_bytes(poison.read_bytes()[:-64])
+    poisoned = submit(write_job_file(farm_job, "poison.toml", notify=notify, output={"formats": ["png"]},
+                                     source={"path": "npy/frame_{frame:04d}.npy"}), queue_url,
+                      "--chunk", "3", "--max-attempts", "1")
+    workers = [start_worker(queue_url, job_dir, "--exit-when-idle") for _ in range(2)]
+    for worker in workers:
+        _out, err = worker.communicate(timeout=180)
+        assert worker.returncode == 0, err
+    receiver.server.shutdown()
+    events = {json.loads(body)["job"]: (name, sign, json.loads(body)) for name, sign, body in receiver.events}
+    assert len(receiver.events) == 2 and set(events) == {fine, poisoned}, receiver.events   # one each
+    for _event, sign, body in receiver.events:
+        assert sign == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert events[fine][0] == "job.done" and events[fine][2]["frames_done"] == 6
+    assert events[poisoned][0] == "job.failed" and events[poisoned][2]["frames_failed"] == 3
+    assert "stage 'source' on frame 2 failed" in events[poisoned][2]["errors"][0]["error"]
+
+
+def write_job_file(farm_job: Callable[..., Path], name: str, **overrides: object) -> Path:
+    """A second job file beside farm.toml (farm_job writes farm.toml each time)."""
+    path = farm_job(**overrides)
+    return path.rename(path.with_name(name))
+
+
+def test_a_bad_webhook_is_refused_in_one_line(farm_job: Callable[..., Path], tmp_path: Path) -> None:
+    for notify, field in (({"webhook": "file:///etc/passwd", "secret_env": "X"}, "notify.webhook"),
+                          ({"webhook": "http://127.0.0.1/h", "secret_env": "not a name"}, "notify.secret_env"),
+                          ({"webhook": "http://127.0.0.1/h"}, "notify.secret_env")):
+        result = render("submit", str(farm_job(notify=notify)), "--queue", f"sqlite:///{tmp_path / 'q.db'}")
+        assert result.returncode == 2 and field in result.stderr and "\n" not in result.stderr.strip(), result.stderr

@@ -308,6 +308,10 @@ class RedisQueue:
         with self._talk():
             return bool(self._drain(args=[self._prefix, worker]))
 
+    def claim_notice(self, job_id: str, event: str) -> bool:
+        with self._talk():   # one HSETNX: atomic on its own
+            return bool(self._client.hsetnx(self._key("job", job_id), f"notice:{event}", "1"))
+
     def remove_worker(self, worker: str) -> None:
         with self._talk():
             pipe = self._client.pipeline(transaction=True)

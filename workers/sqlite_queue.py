@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS task_logs (      -- each task's log, its attempts one
 CREATE TABLE IF NOT EXISTS drains (         -- workers asked to drain (the monitor); read at their heartbeat
     name TEXT PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS notices (        -- a job's webhook events claimed for sending: each once
+    job_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (job_id, event)
+);
 """
 
 # What `status` hands `job_status` (which does all the counting): each failed task on its
@@ -417,6 +422,11 @@ class SqliteQueue:
                 return False
             db.execute("INSERT OR IGNORE INTO drains (name) VALUES (?)", (worker,))
             return True
+
+    def claim_notice(self, job_id: str, event: str) -> bool:
+        with self._write() as db:
+            return db.execute("INSERT OR IGNORE INTO notices (job_id, event) VALUES (?, ?)",
+                              (job_id, event)).rowcount == 1
 
     def remove_worker(self, worker: str) -> None:
         with self._write() as db:

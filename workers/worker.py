@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import torch
 import trio
 
-from pipeline.config.job import Job, parse_job
+from pipeline.config.job import Job, Notify, parse_job, read_notify
 from pipeline.errors import JobError, describe
 from pipeline.flow.trace import Trace
 from pipeline.gpu.device import pick_device
@@ -65,7 +65,8 @@ from pipeline.run import render
 from . import task_log
 from .metrics import WorkerMetrics
 from .queue import open_queue
-from .tasks import TASK_VIDEO, JobSpec, QueueUnavailable, Task, TaskQueue
+from .tasks import TASK_VIDEO, JobSpec, JobStatus, QueueUnavailable, Task, TaskQueue
+from .webhook import send_in_background
 
 log = logging.getLogger("framefarm.worker")
 T = TypeVar("T")
@@ -315,6 +316,7 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         await _retry(lambda: queue.release(task, config.name), None)
         log.info("%s: draining, released after %d frame(s)", label, done)
     elif await _retry(lambda: queue.ack(task, config.name), None):
+        await _notify_if_finished(queue, task.job_id)
         state.tasks_done += 1
         state.frames_done += done
         metrics.task_seconds.observe(time.perf_counter() - started)
@@ -363,12 +365,41 @@ async def _failed(config: WorkerConfig, queue: TaskQueue, state: WorkerState, me
     dead = await _retry(lambda: queue.fail(task, config.name, error, config.max_job_failures), None)
     log.error("task %s:%s %d-%d failed%s: %s", task.job_id, task.kind, task.first, task.last,
               " (dead-lettered)" if dead else "", error)
+    if dead:
+        await _notify_if_finished(queue, task.job_id)
     with contextlib.suppress(QueueUnavailable):
         jobs = await trio.to_thread.run_sync(queue.status, task.job_id)
         blocked = {b["worker"]: b["failures"] for job in jobs for b in job.blocked}
         if config.name in blocked:
             log.warning("job %s failed %d times on this worker: the queue blocklists it here (`render status` "
                         "shows it) until `render requeue %s`", task.job_id, blocked[config.name], task.job_id)
+
+
+async def _notify_if_finished(queue: TaskQueue, job_id: str) -> None:
+    """A job just done or failed, with a [notify] webhook: claim the event in the queue
+    (one worker sends it) and POST it from a thread of its own. Never raises: a hook that
+    cannot be sent is logged, the rendering goes on."""
+    def finished() -> tuple[JobStatus, JobSpec, Notify] | None:
+        jobs = queue.status(job_id)
+        spec = queue.job(job_id)
+        if not jobs or spec is None or jobs[0].state not in ("done", "failed"):
+            return None
+        notify = read_notify(tomllib.loads(spec.toml))
+        if notify is None or not queue.claim_notice(job_id, jobs[0].state):
+            return None
+        return jobs[0], spec, notify
+
+    try:
+        found = await trio.to_thread.run_sync(finished)
+    except (QueueUnavailable, JobError, tomllib.TOMLDecodeError) as err:
+        log.warning("job %s: its webhook was not sent: %s", job_id, describe(err))
+        return
+    if found is not None:
+        status, spec, notify = found
+        send_in_background(notify.webhook, notify.secret_env, {
+            "event": f"job.{status.state}", "job": job_id, "shot": spec.name, "output_root": spec.output_root,
+            "frames_done": status.done, "frames_failed": status.failed, "errors": status.errors,
+            "time": time.time()})
 
 
 def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str], worker: str) -> bool:

@@ -142,6 +142,14 @@ class Colour:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Where the farm POSTs the job's completion (done or failed), and the environment
+    variable holding the HMAC secret it is signed with, on the workers."""
+    webhook: str
+    secret_env: str
+
+
+@dataclass(frozen=True)
 class Job:
     file: Path
     seed: int
@@ -154,6 +162,7 @@ class Job:
     tuning: Tuning
     colour: Colour | None = None
     cost: Cost | None = None       # prices: the run's money per frame
+    notify: Notify | None = None   # the farm's completion webhook
 
 
 def load_job(path: Path, *, output_root: Path | None = None) -> Job:
@@ -173,6 +182,7 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
     watermark = _watermark(top.table("watermark", required=False), job_dir)
     colour = _colour(top.table("colour"), job_dir, data) if "colour" in data else None
     cost = parse_cost(top.table("cost")) if "cost" in data else None
+    notify = _notify(top.table("notify")) if "notify" in data else None
     overrides = top.table("tuning", required=False).data
     top.done()
     if check_input is not None:
@@ -186,7 +196,8 @@ def parse_job(data: dict[str, Any], *, job_dir: Path, file: Path,
         output = replace(output, videos=(review, *output.videos))
     output = replace(output, videos=tuple(with_segments(v, tuning.video_segment_frames) for v in output.videos))
     return Job(file=file, seed=seed, preset=preset, shot=shot, source=source, model=model,
-               output=output, watermark=watermark, tuning=tuning, colour=colour, cost=cost)
+               output=output, watermark=watermark, tuning=tuning, colour=colour, cost=cost,
+               notify=notify)
 
 
 def input_paths(shot: Shot, source: Source, model: Model,
@@ -376,6 +387,26 @@ def _distinct_paths(videos: tuple[VideoOutput, ...], shot: str) -> None:
             raise JobError("output.videos", video.path, "two videos would be written to the same file; "
                            "give each its own path (output.video is the review MP4's)")
         seen.add(path)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def read_notify(data: dict[str, Any]) -> Notify | None:
+    """A job's [notify] table alone (a farm worker reads it for a job it may not render)."""
+    return _notify(Table(data["notify"], "notify")) if "notify" in data else None
+
+
+def _notify(t: Table) -> Notify:
+    url, secret_env = t.string("webhook", max_len=2048), t.string("secret_env", max_len=128)
+    t.done()
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.split("/")[0]:
+        raise JobError("notify.webhook", url, "expected an http:// or https:// URL with a host")
+    if not _ENV_NAME.fullmatch(secret_env):
+        raise JobError("notify.secret_env", secret_env, "expected an environment variable's name (letters, "
+                       "digits, _): the workers read the HMAC secret from it")
+    return Notify(webhook=url, secret_env=secret_env)
 
 
 OCIO_BUILTIN = "ocio://"

@@ -16,6 +16,7 @@
 --                             (active | paused | done | cancelled), submitted (ms), priority, max_attempts, video,
 --                             frame_start, frame_end, seq, remaining (tasks not done yet),
 --                             next_task (task id counter), video_queued
+--                             (and notice:<event> = 1 once a worker claimed that webhook event: HSETNX)
 --   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
 --                             done | failed | cancelled), attempts, token, worker, error, entry,
 --                             started (ms: its latest lease began), finished (ms: acked or failed),
