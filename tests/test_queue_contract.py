@@ -492,3 +492,15 @@ def test_task_logs_keep_each_attempt_and_their_last_64_kib(queue: TaskQueue) -> 
     assert queue.task_log("j1", second) == ("é" * LOG_CHARS + "the end\n")[-LOG_CHARS:]
     queue.store_log("j1", "999", "nobody's")                        # no such task: nothing stored
     assert queue.task_log("j1", "999") is None and queue.task_log("nope", first) is None
+
+
+def test_a_webhook_event_is_claimed_once_across_threads(queue: TaskQueue) -> None:
+    """`claim_notice`: of many workers finishing the same job, exactly one sends its event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue.submit(spec("a", end=2, chunk=1))
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda _: queue.claim_notice("a", "done"), range(8)))
+    assert claims.count(True) == 1
+    assert queue.claim_notice("a", "failed")          # another event of the job: its own claim
+    assert not queue.claim_notice("a", "failed")
