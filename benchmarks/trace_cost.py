@@ -31,6 +31,7 @@ from pipeline.files.manifest import read_runs
 from pipeline.flow.trace import Trace
 from pipeline.models.cache import ModelCache
 from pipeline.plan import make_plan
+from pipeline.report import write_report
 from pipeline.run import render
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=3840)
     parser.add_argument("--height", type=int, default=2160)
-    parser.add_argument("--keep", type=Path, default=None, help="folder for a 4-frame run's trace and manifest")
+    parser.add_argument("--keep", type=Path, default=None, help="folder for a small traced run's files")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trace_cost.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -84,7 +85,7 @@ def main() -> None:
         if any(r["j_per_frame"] is not None for r in plain) else None,
         "gpu_s_per_frame": statistics.median(r["gpu_s_per_frame"] for r in plain),
     }
-    if args.keep is not None:   # a small traced run to look at: its trace and its manifest record
+    if args.keep is not None:   # a small traced run to look at: its trace, manifest record and report
         args.keep.mkdir(parents=True, exist_ok=True)
         small = noise_job(work / "small.toml", seed=7, name="trace", model=model, root=work / "small",
                           frames=4, width=args.width, height=args.height, formats=["png"], writers=writers)
@@ -93,6 +94,8 @@ def main() -> None:
         trace.write(args.keep / "trace_sd_4k_4_frames.json", {"shot": "trace", "device": results["device"]})
         (args.keep / "trace_sd_4k_4_frames_run_record.json").write_text(
             json.dumps(read_runs(work / "small")[0], indent=2) + "\n")
+        write_report(work / "small", args.keep / "report_sd_4k_4_frames.html",
+                     trace=args.keep / "trace_sd_4k_4_frames.json", job=small)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if not k.startswith("render_s")}, indent=2))

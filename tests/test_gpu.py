@@ -306,8 +306,8 @@ def test_gpu_spans_of_a_trace_lie_within_their_host_spans(write_job: Callable[..
     import json
 
     trace_file = job_dir / "gpu.trace.json"
-    result = render("run", str(write_job(output={"formats": ["png"]})), "--device", "cuda:0", "-q",
-                    "--trace", str(trace_file))
+    result = render("run", str(write_job(output={"formats": ["png"]}, watermark={"enabled": True})),
+                    "--device", "cuda:0", "-q", "--trace", str(trace_file))
     assert result.returncode == 0, result.stderr
     events = json.loads(trace_file.read_text())["traceEvents"]
     names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
@@ -319,5 +319,7 @@ def test_gpu_spans_of_a_trace_lie_within_their_host_spans(write_job: Callable[..
         transfer = spans[("transfer", f"frame {frame}")]
         assert gpu["ts"] + slack_us >= decode["ts"], (gpu, decode)
         assert gpu["ts"] + gpu["dur"] <= transfer["ts"] + transfer["dur"] + slack_us, (gpu, transfer)
+        mark = spans[("GPU watermark stream", f"frame {frame}")]
+        assert mark["ts"] + slack_us >= gpu["ts"] + gpu["dur"]   # the mark waits for the decode on the GPU
         copy = spans[("GPU copy stream", f"frame {frame}")]
-        assert copy["ts"] + slack_us >= gpu["ts"] + gpu["dur"]   # the copy waits for the decode on the GPU
+        assert copy["ts"] + slack_us >= mark["ts"] + mark["dur"]   # and the copy for the mark

@@ -2,7 +2,7 @@
 
 Host tracks: one per stage, one per writer; a span per frame of work ("frame N"), and
 the waits between ("waiting" for input, "blocked" on output). GPU tracks: a span per
-frame from the CUDA timing events around the decode (and the copy), placed on the host
+frame from the CUDA timing events around the decode, the watermark and the copy, placed on the host
 clock by one reference event recorded on an idle stream at the start of the run.
 Counters: ring slots in use and each stage's output channel depth.
 
@@ -15,6 +15,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,16 @@ class Trace:
             with self._lock:
                 self._gpu.append((track, name, begin, end))
 
+    @contextmanager
+    def gpu_work(self, track: str, name: str, stream: torch.cuda.Stream) -> Iterator[None]:
+        """A GPU span around the work queued on `stream` inside the block."""
+        begin = torch.cuda.Event(enable_timing=True)
+        begin.record(stream)
+        yield
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(stream)
+        self.gpu(track, name, begin, end)
+
     def events(self) -> list[dict[str, Any]]:
         """Every event, GPU spans resolved (waits for their events), and the tracks' names."""
         with self._lock:
@@ -100,3 +112,10 @@ class Trace:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, path)
+
+
+def gpu_work(trace: Trace | None, track: str, name: str,
+             stream: torch.cuda.Stream | None) -> AbstractContextManager[None]:
+    """`trace.gpu_work(...)`, or nothing when the run is not traced or not on a GPU
+    (timing events cost a little)."""
+    return trace.gpu_work(track, name, stream) if trace is not None and stream is not None else nullcontext()

@@ -19,6 +19,7 @@ from pipeline.errors import BadFrame
 from pipeline.flow.frames import DeviceFrame, HostFrame
 from pipeline.flow.loop import map_stage
 from pipeline.flow.stats import StageStats
+from pipeline.flow.trace import gpu_work
 from pipeline.gpu.device import DeviceContext, Event
 from pipeline.gpu.ring import HostRing
 
@@ -30,14 +31,8 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
     def copy(item: DeviceFrame, slot: int) -> tuple[Event, torch.Tensor | None]:
         with ctx.on(ctx.copy):
             ctx.after(ctx.copy, item.ready)
-            if trace is not None:   # timing events only when tracing: they cost a little
-                begin = torch.cuda.Event(enable_timing=True)
-                begin.record(ctx.copy)
-            ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
-            if trace is not None:
-                end = torch.cuda.Event(enable_timing=True)
-                end.record(ctx.copy)
-                trace.gpu("GPU copy stream", f"frame {item.frame}", begin, end)
+            with gpu_work(trace, "GPU copy stream", f"frame {item.frame}", ctx.copy):
+                ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
             verdict = None
             if item.verdict is not None:
                 verdict = torch.empty((), dtype=item.verdict.dtype, pin_memory=ctx.is_cuda)

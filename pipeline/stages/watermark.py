@@ -14,6 +14,7 @@ from pipeline.config.job import Watermark
 from pipeline.flow.frames import DeviceFrame
 from pipeline.flow.loop import map_stage
 from pipeline.flow.stats import StageStats
+from pipeline.flow.trace import gpu_work
 from pipeline.gpu.device import DeviceContext
 from pipeline.watermark.embed import embed
 from pipeline.watermark.pattern import pattern
@@ -27,10 +28,13 @@ def offsets_for(mark: Watermark, height: int, width: int, ctx: DeviceContext) ->
 
 async def watermark_stage(offsets: torch.Tensor, ctx: DeviceContext, stats: StageStats,
                           rx: trio.MemoryReceiveChannel, tx: trio.MemorySendChannel) -> None:
+    trace = stats.trace if ctx.is_cuda else None
+
     def mark(item: DeviceFrame) -> DeviceFrame:
         with torch.no_grad(), ctx.on(ctx.watermark):
             ctx.after(ctx.watermark, item.ready)
-            embed(item.pixels, offsets)
+            with gpu_work(trace, "GPU watermark stream", f"frame {item.frame}", ctx.watermark):
+                embed(item.pixels, offsets)
             item.ready = ctx.record(ctx.watermark)
         return item
 
