@@ -24,6 +24,7 @@ import torch
 import trio
 
 from pipeline.colour.ocio import CHROMATICITIES, bake
+from pipeline.colour.ycbcr import PLANAR, planes_dtype, planes_size
 from pipeline.config.cost import price
 from pipeline.config.job import Job
 from pipeline.config.video import segment_path
@@ -253,6 +254,17 @@ def _exr_colour(job: Job) -> dict[str, Any]:
                            f"{colour.config}: {colour.source} -> {colour.target}".encode()),)}
 
 
+def _device_planes(plan: Plan, ctx: DeviceContext) -> dict[str, tuple[int, torch.dtype]]:
+    """The videos' Y'CbCr formats converted on the device (tuning.video_rgb_to_yuv), with
+    each one's samples and dtype: the ring keeps a buffer of each beside every slot."""
+    where = plan.job.tuning.video_rgb_to_yuv
+    if where == "host" or (where == "auto" and not ctx.is_cuda):
+        return {}
+    shot = plan.job.shot
+    formats = sorted({v.spec.pixel_format for v in plan.videos_to_write if v.spec.pixel_format in PLANAR})
+    return {fmt: (planes_size(fmt, shot.height, shot.width), planes_dtype(fmt)) for fmt in formats}
+
+
 @dataclass
 class _Outputs:
     files: FrameOutputs
@@ -276,7 +288,8 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
                          **_exr_colour(job),
                          record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                       "job_hash": plan.job_hash, "device": str(plan.device)})
-    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype)
+    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype,
+                    planes=_device_planes(plan, ctx))
     mark = None
     if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
         mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)

@@ -41,6 +41,7 @@ class Tuning:
     watermark_priority: str  # of the watermark stream
     cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
     video_segment_frames: int = 0   # videos in closed-GOP segments of this many frames (0: one piece)
+    video_rgb_to_yuv: str = "auto"  # where the videos' Y'CbCr is made: "device", "host" (swscale), "auto"
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
@@ -121,6 +122,7 @@ def _parse(t: Table) -> Tuning:
             choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
         ),
         video_segment_frames=t.integer("video_segment_frames", 0, lo=0, hi=1_000_000),
+        video_rgb_to_yuv=t.string("video_rgb_to_yuv", "auto", choices=("auto", "device", "host")),
         compute_priority=t.string("compute_priority", choices=PRIORITIES),
         watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
         cuda_graphs=t.boolean("cuda_graphs"),

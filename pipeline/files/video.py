@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any, cast
 import av
 import numpy as np
 
+from pipeline.colour.ycbcr import frame_from_planes
 from pipeline.config.video import VideoOutput, segment_path, segments
 from pipeline.files.formats import to_rgb8
 from pipeline.files.publish import Published, commit, failed_write, file_sha256, temp_path
@@ -71,8 +72,21 @@ class VideoFile:
         for tag, value in self._tags.items():
             setattr(self._stream.codec_context, tag, value)
 
-    def add(self, pixels: np.ndarray) -> None:
-        """RGB (H, W, 3): uint8, uint16 or float in [0, 1]."""
+    def add(self, pixels: np.ndarray, planes: Mapping[str, np.ndarray] | None = None) -> None:
+        """RGB (H, W, 3): uint8, uint16 or float in [0, 1]; or, where `planes` has this
+        video's pixel format, the Y'CbCr the device converted (colour/ycbcr.py)."""
+        if planes and self.spec.pixel_format in planes:
+            height, width = pixels.shape[:2]
+            frame = frame_from_planes(planes[self.spec.pixel_format], self.spec.pixel_format, height, width)
+        else:
+            frame = self._convert(pixels)
+        frame.colorspace, frame.color_range = self._tags["colorspace"], self._tags["color_range"]
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def _convert(self, pixels: np.ndarray) -> av.VideoFrame:
+        """swscale on this thread: to the video's pixel format, BT.709 limited range."""
         if self.spec.deep and pixels.dtype != np.uint8:
             if pixels.dtype != np.uint16:
                 pixels = np.rint(np.clip(pixels.astype(np.float32), 0, 1) * 65535).astype(np.uint16)
@@ -80,13 +94,8 @@ class VideoFile:
         else:
             frame = av.VideoFrame.from_ndarray(to_rgb8(pixels), format="rgb24")
         if self.spec.rgb:
-            frame = frame.reformat(format=self.spec.pixel_format)
-        else:
-            frame = frame.reformat(format=self.spec.pixel_format, dst_colorspace="ITU709", dst_color_range="MPEG")
-        frame.colorspace, frame.color_range = self._tags["colorspace"], self._tags["color_range"]
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
+            return frame.reformat(format=self.spec.pixel_format)
+        return frame.reformat(format=self.spec.pixel_format, dst_colorspace="ITU709", dst_color_range="MPEG")
 
     def finish(self, *, then: Callable[[Published], None] | None = None,
                lock: AbstractContextManager[Any] | None = None) -> Published:
@@ -150,12 +159,12 @@ class SegmentedVideo:
         self.frames = 0
         self.tmp = temp_path(dest)
 
-    def add(self, pixels: np.ndarray) -> None:
+    def add(self, pixels: np.ndarray, planes: Mapping[str, np.ndarray] | None = None) -> None:
         if self._current is None:
             index = self._todo[0]
             path = segment_path(self.dest, index)
             self._current = VideoFile(path, self.spec, width=self.size[0], height=self.size[1], fps=self.fps)
-        self._current.add(pixels)
+        self._current.add(pixels, planes)
         self.frames += 1
         index = self._todo[0]
         if self._current.frames == len(self.segments[index]):

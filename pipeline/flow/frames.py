@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,3 +50,4 @@ class HostFrame:
     seed: int
     slot: int
     pixels: np.ndarray             # (H, W, 3) view of the ring slot, the frame format's dtype
+    planes: dict[str, np.ndarray] = field(default_factory=dict)   # pixel format -> Y'CbCr planes (ycbcr.py)

@@ -3,6 +3,9 @@
 A slot is taken by the transfer stage before its copy and given back by the writers
 once every output has been encoded from it (the host-IO-done point). The ring's size
 bounds the frames held in host memory, whatever the shot length.
+
+A slot may also hold a frame's Y'CbCr planes for the video writers (`planes`: pixel
+format -> samples and dtype), converted on the device and copied beside the frame.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from pipeline.gpu.device import DeviceContext
 
 class HostRing:
     def __init__(self, ctx: DeviceContext, count: int, frame_shape: tuple[int, int, int],
-                 dtype: torch.dtype = torch.uint8) -> None:
+                 dtype: torch.dtype = torch.uint8, planes: dict[str, tuple[int, torch.dtype]] | None = None) -> None:
         self.buffers = [ctx.host_buffer(frame_shape, dtype) for _ in range(count)]
+        self.plane_buffers = {fmt: [ctx.host_buffer((size,), planes_dtype) for _ in range(count)]
+                              for fmt, (size, planes_dtype) in (planes or {}).items()}
         self._free_send, self._free_recv = trio.open_memory_channel[int](count)
         for slot in range(count):
             self._free_send.send_nowait(slot)
@@ -37,6 +42,9 @@ class HostRing:
 
     def array(self, slot: int) -> np.ndarray:
         return self.buffers[slot].numpy()
+
+    def planes(self, slot: int) -> dict[str, torch.Tensor]:
+        return {fmt: buffers[slot] for fmt, buffers in self.plane_buffers.items()}
 
     def in_use(self) -> int:
         return len(self.buffers) - self._free_recv.statistics().current_buffer_used

@@ -5,6 +5,10 @@ GPU that the copy stream waits for; copy done, an event trio awaits before handi
 slot on and dropping the device tensor (so the allocator never reuses memory a copy
 still reads: no reliance on record_stream); host IO done, when the writers give the
 slot back to the ring.
+
+Where the videos take Y'CbCr converted on the device (tuning.video_rgb_to_yuv), the
+conversion runs here too, on the copy stream after the frame's copy, and its planes are
+copied into the slot's plane buffers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import torch
 import trio
 
+from pipeline.colour.ycbcr import to_planes
 from pipeline.decode.quantise import OK, VERDICTS
 from pipeline.errors import BadFrame
 from pipeline.flow.frames import DeviceFrame, HostFrame
@@ -33,6 +38,8 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
             ctx.after(ctx.copy, item.ready)
             with gpu_work(trace, "GPU copy stream", f"frame {item.frame}", ctx.copy):
                 ring.tensor(slot).copy_(item.pixels, non_blocking=ctx.is_cuda)
+                for fmt, host in ring.planes(slot).items():   # the video writers' Y'CbCr
+                    host.copy_(to_planes(item.pixels, fmt), non_blocking=ctx.is_cuda)
             verdict = None
             if item.verdict is not None:
                 verdict = torch.empty((), dtype=item.verdict.dtype, pin_memory=ctx.is_cuda)
@@ -55,6 +62,7 @@ async def transfer_stage(ring: HostRing, ctx: DeviceContext, stats: StageStats,
         except BaseException:
             ring.release(slot)
             raise
-        return HostFrame(item.frame, item.seed, slot, ring.array(slot))
+        return HostFrame(item.frame, item.seed, slot, ring.array(slot),
+                         {fmt: planes.numpy() for fmt, planes in ring.planes(slot).items()})
 
     await map_stage(stats, rx, tx, work)

@@ -91,13 +91,13 @@ class VideoSequencer:
         self._turn = trio.Condition()
         self._limiter = trio.CapacityLimiter(1)
 
-    async def put(self, frame: int, pixels: np.ndarray) -> None:
+    async def put(self, frame: int, pixels: np.ndarray, planes: dict[str, np.ndarray]) -> None:
         async with self._turn:
             await self._encode_skipped()
             while self.next != frame:
                 await self._turn.wait()
             if frame not in self.unfed:
-                await trio.to_thread.run_sync(self.video.add, pixels, limiter=self._limiter)
+                await trio.to_thread.run_sync(self.video.add, pixels, planes, limiter=self._limiter)
             self.next += 1
             await self._encode_skipped()
             self._turn.notify_all()
@@ -157,8 +157,8 @@ async def write_stage(outputs: FrameOutputs, videos: list[VideoSequencer], ring:
                                 outputs.publish_frame, item.frame, item.seed, item.pixels,
                                 limiter=limiter)
                             published = True
-                        for video in videos:   # each in its own thread: one writer may be at
-                            await video.put(item.frame, item.pixels)   # one video's turn, another at the next
+                        for video in videos:   # each in its own thread: one writer may be at one
+                            await video.put(item.frame, item.pixels, item.planes)   # video's turn, another at the next
                 except Exception as err:
                     raise StageFailed("write", item.frame, err) from err
                 except BaseException:   # stopped at the video's turn: the frame's file is out, it counts
