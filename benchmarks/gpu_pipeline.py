@@ -13,11 +13,13 @@ Modes per case:
                    one frame at a time
   diffusers_tiled  the same with vae.enable_tiling()
   pipeline         `render run` on the same latents (source "noise", same seeds) to PNG
-  pipeline_mp4     the same to MP4 only
+  pipeline_mp4     the same to MP4 only (Y'CbCr made on the GPU: video_rgb_to_yuv "auto")
+  pipeline_mp4_host  the same with swscale on the video writer's thread ("host")
   gpu_only_after   gpu_only again at the end; ratios use the faster of the two
   writer_limit     (tiny_4k) the pipeline's PNG writer alone (encode, atomic publish,
                    manifest) on host frames, same thread count; and PyAV against Pillow
   mp4_writer_limit (tiny_4k) the pipeline's video writer alone, frames in order
+  mp4_writer_limit_planes  the same given the GPU's Y'CbCr planes
 Figures:
   fps              frames / seconds (for the pipeline: first frame in to last frame out)
   steady_fps       (pipeline) the lower of `decode_fps`, frames over the GPU span of
@@ -91,9 +93,9 @@ def make_vae(kind: str, folder: Path) -> Path:
 
 
 def write_job(path: Path, *, model: Path, root: Path, frames: int, width: int, height: int,
-              formats: list[str], writers: int) -> Path:
+              formats: list[str], writers: int, tuning: str = "") -> Path:
     return noise_job(path, seed=SEED, name="bench", model=model, root=root, frames=frames, width=width,
-                     height=height, formats=formats, writers=writers)
+                     height=height, formats=formats, writers=writers, tuning=tuning)
 
 
 def latents_for(frames: int, shape: tuple[int, int, int]) -> list[tuple[int, torch.Tensor]]:
@@ -292,18 +294,22 @@ def writer_limit(pictures: list[np.ndarray], frames: int, threads: int, out: Pat
     return result
 
 
-def mp4_writer_limit(pictures: list[np.ndarray], frames: int, out: Path) -> dict[str, Any]:
-    """The pipeline's video writer alone: frames in order into PyAV's libx264."""
+def mp4_writer_limit(pictures: list[np.ndarray], frames: int, out: Path, planes: bool = False) -> dict[str, Any]:
+    """The pipeline's video writer alone: frames in order into PyAV's libx264; with
+    `planes`, given the Y'CbCr the GPU made (made before the clock starts)."""
+    from pipeline.colour.ycbcr import to_planes
     from pipeline.config.video import review_video
     from pipeline.files.video import VideoFile
 
     root = fresh_dir(out)
     height, width, _ = pictures[0].shape
-    video = VideoFile(root / "w.mp4", review_video("w.mp4", "libx264", 18, "veryfast"),
-                      width=width, height=height, fps=24)
+    spec = review_video("w.mp4", "libx264", 18, "veryfast")
+    made = [{spec.pixel_format: to_planes(torch.from_numpy(p).cuda(), spec.pixel_format).cpu().numpy()}
+            if planes else None for p in pictures]
+    video = VideoFile(root / "w.mp4", spec, width=width, height=height, fps=24)
     start = time.perf_counter()
     for i in range(frames):
-        video.add(pictures[i % len(pictures)])
+        video.add(pictures[i % len(pictures)], made[i % len(pictures)])
     video.finish()
     seconds = time.perf_counter() - start
     shutil.rmtree(root, ignore_errors=True)
@@ -344,6 +350,9 @@ def run_case(name: str, kind: str, args: argparse.Namespace, work: Path) -> dict
     write_job(work / f"{name}_mp4.toml", model=model, root=work / "out", frames=frames, width=args.width,
               height=args.height, formats=["mp4"], writers=args.writers)
     mode("pipeline_mp4", lambda: pipeline(work / f"{name}_mp4.toml", models))
+    write_job(work / f"{name}_mp4_host.toml", model=model, root=work / "out", frames=frames, width=args.width,
+              height=args.height, formats=["mp4"], writers=args.writers, tuning='video_rgb_to_yuv = "host"\n')
+    mode("pipeline_mp4_host", lambda: pipeline(work / f"{name}_mp4_host.toml", models))
     # the GPU alone once more, after everything else: the spread of the two is the noise
     mode("gpu_only_after", lambda: gpu_only(Decoder(vae, plan.vae, plan.dtype, ctx), latents, offsets))
 
@@ -351,6 +360,8 @@ def run_case(name: str, kind: str, args: argparse.Namespace, work: Path) -> dict
         pictures = host_frames(decoder, latents, 8)
         mode("writer_limit", lambda: writer_limit(pictures, args.tiny_frames, args.writers, work / "writers"))
         mode("mp4_writer_limit", lambda: mp4_writer_limit(pictures, args.tiny_frames, work / "writers"))
+        mode("mp4_writer_limit_planes", lambda: mp4_writer_limit(pictures, args.tiny_frames, work / "writers",
+                                                                 planes=True))
     case = {"model": plan.vae.class_name, "width": args.width, "height": args.height, "dtype": plan.dtype,
             "modes": modes}
     derive(case)
@@ -361,8 +372,8 @@ def derive(case: dict[str, Any]) -> None:
     """The steady-state rates of the pipeline modes and the ratios, from the measured
     figures alone (so `--rederive` can recompute them for a saved run)."""
     modes = case["modes"]
-    for label in ("pipeline", "pipeline_mp4"):
-        m = modes[label]
+    for label in ("pipeline", "pipeline_mp4", "pipeline_mp4_host"):
+        m = modes.get(label, {"error": "not run"})
         if "error" in m:
             continue
         m["written_fps"] = round(steady_rate(m["written_s"]), 4)
@@ -380,6 +391,8 @@ def derive(case: dict[str, Any]) -> None:
         "pipeline_over_gpu_only_whole_run": ratio(modes["pipeline"]["fps"], gpu),
         "pipeline_mp4_over_gpu_only": ratio(modes["pipeline_mp4"]["steady_fps"], gpu),
         "pipeline_mp4_over_gpu_only_whole_run": ratio(modes["pipeline_mp4"]["fps"], gpu),
+        "pipeline_mp4_host_over_gpu_only": ratio(modes.get("pipeline_mp4_host", {}).get("steady_fps", float("nan")),
+                                                 gpu),
         "pipeline_over_naive": ratio(modes["pipeline"]["steady_fps"], modes["naive"]["fps"], 3),
         "gpu_busy_fraction": modes["pipeline"].get("gpu_busy_fraction"),
         "nvml_util_mean": modes["pipeline"].get("nvml_util_mean"),
