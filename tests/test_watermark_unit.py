@@ -176,3 +176,21 @@ def test_deep_pixels_get_the_same_mark() -> None:
     embed(floats, offsets)
     assert (np.abs(sixteen.numpy() / 257 - eight.numpy()) <= 1).all()
     assert (np.abs(floats.numpy() * 255 - eight.numpy()) <= 1).all()
+
+
+def test_float_values_outside_display_range_keep_their_value() -> None:
+    """A [colour] transform's scene-linear highlights (> 1) and wide-gamut negatives are
+    marked, not clipped; display-referred values stay within 0..1."""
+    image = picture()[:128, :256].astype(np.float32) / 255
+    offsets = torch.from_numpy(pattern(KEY, PAYLOAD, 128, 256))
+    linear = image.copy()
+    linear[:32] *= 4.0     # highlights up to 4
+    linear[32:48] -= 1.0   # negatives
+    marked = torch.from_numpy(linear.copy())
+    embed(marked, offsets)
+    largest_step = 2 * np.abs(offsets.numpy()).max() / 255 + 1e-6   # the mark at full strength, in 0..1 units
+    assert np.abs(marked.numpy() - linear).max() <= largest_step
+    assert marked.numpy()[:32].max() > 1.5 and marked.numpy()[32:48].min() < -0.1
+    display = torch.from_numpy(image.copy())
+    embed(display, offsets)
+    assert display.min() >= 0 and display.max() <= 1

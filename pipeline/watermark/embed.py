@@ -38,5 +38,6 @@ def embed(pixels: torch.Tensor, offsets: torch.Tensor) -> None:
         pixels.copy_((rgb + mark).round_().clamp_(0, 255))
     elif pixels.dtype == torch.uint16:
         pixels.copy_((rgb + mark).round_().clamp_(0, 65535).to(torch.int32))
-    else:
-        pixels.copy_((rgb + mark).clamp_(0, 1))
+    else:   # display-referred values stay in 0..1; those a [colour] transform put outside
+        # it (scene-linear highlights, wide-gamut negatives) keep their value, marked
+        pixels.copy_((rgb + mark).clamp_(torch.clamp(rgb, max=0), torch.clamp(rgb, min=1)))
