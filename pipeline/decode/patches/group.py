@@ -33,7 +33,7 @@ from pipeline.decode.patches.rows import RowSplit
 from pipeline.models.dtypes import DTYPES
 from pipeline.models.vae import VaeInfo, import_model_classes, inspect_vae, load_vae
 
-STOP, FRAME, CLIP_STEP, CLIP_FINISH = 0, 1, 2, 3
+STOP, FRAME, CLIP_STEP, CLIP_FINISH, PEAKS = 0, 1, 2, 3, 4
 HEADER = 8                    # op, first, ndim, up to 5 dimensions
 START_TIMEOUT_S = 600.0       # helpers loading the model
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)   # a helper that stops mid-decode fails the run after this
@@ -89,6 +89,9 @@ def _serve_one(decoder: BandFrame | BandClip, device: torch.device, dtype: torch
         assert isinstance(decoder, BandClip)
         decoder.finish()
         return True
+    if op == PEAKS:
+        _gather_peak(device)
+        return True
     latents = torch.empty(dims[:ndim], dtype=dtype, device=device)
     dist.broadcast(latents, src=0)
     if op == FRAME:
@@ -98,6 +101,18 @@ def _serve_one(decoder: BandFrame | BandClip, device: torch.device, dtype: torch
         assert isinstance(decoder, BandClip)
         decoder.step(latents, bool(first))
     return True
+
+
+def _gather_peak(device: torch.device) -> list[int] | None:
+    """Each rank's peak device memory since the last call (0 on the CPU), on rank 0."""
+    peak = 0
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    mine = torch.tensor([peak], dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    dist.gather(mine, every, dst=0)
+    return None if every is None else [int(p.item()) for p in every]
 
 
 class DecodeGroup:
@@ -186,6 +201,13 @@ class DecodeGroup:
         if not (self.closed or self.failed):
             self._send(CLIP_FINISH)
         self.band.finish()
+
+    def peak_memory(self) -> list[int]:
+        """Every rank's peak device memory in bytes since the last call (benchmarks)."""
+        self._send(PEAKS)
+        peaks = _gather_peak(self.device)
+        assert peaks is not None
+        return peaks
 
     def statistics(self) -> dict[str, int]:
         return {"decode_ranks": self.world, "band_decodes": self.decodes}

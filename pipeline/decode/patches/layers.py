@@ -22,11 +22,13 @@ convolutions, nearest upsampling (a band's rows double with it), SiLU, and Wan's
 norm, which normalises each position over its channels (no statistics span positions,
 so nothing is reduced across ranks for it).
 
-The layers run diffusers' own forwards around these: the leaner forwards of
-`pipeline.kernels` (which call the convolutions' functions directly, past any patched
-forward) are removed from the model first, except the GroupNorm statistics and
-normalisation kernels, which the GroupNorm forward here uses. The model is then this
-decode's alone: `patch_decoder` is called on a model loaded for it.
+The layers keep the forwards `load_vae` installs (`pipeline.kernels`: channels-last,
+fused norms and bias passes), which call the convolutions' functions directly: each
+3x3 convolution is given a `row_halo` that those functions (kernels.kl_decoder.convolve
+and the lean upsampling, kernels.wan._convolve) call for the rows they would have
+padded with zeros; a Conv2d called as a module (conv_in, conv_out in diffusers' own
+Decoder.forward) gets a forward that does the same. The model is then this decode's
+alone: `patch_decoder` is called on a model loaded for it.
 """
 
 from __future__ import annotations
@@ -46,56 +48,41 @@ from pipeline.kernels.group_norm import group_statistics, merge_statistics, norm
 
 
 def conv2d_forward(self: torch.nn.Conv2d, split: RowSplit, x: torch.Tensor) -> torch.Tensor:
+    """A Conv2d called as a module (diffusers' own forwards call conv_in, conv_out so)."""
     x = with_halo(x, self.padding[0], split)   # the halo stands in for the top and bottom padding
     return F.conv2d(x, self.weight, self.bias, self.stride, (0, self.padding[1]), self.dilation, self.groups)
 
 
-def causal_conv3d_forward(self: Any, split: RowSplit, x: torch.Tensor, cache_x: torch.Tensor | None = None
-                          ) -> torch.Tensor:
-    """diffusers' WanCausalConv3d.forward with the rows' padding taken from the neighbours."""
-    padding = list(self._padding)   # (w, w, h, h, 2t, 0)
-    if cache_x is not None and padding[4] > 0:
-        x = torch.cat([cache_x.to(x.device), x], dim=2)
-        padding[4] -= cache_x.shape[2]
-    x = with_halo(x, padding[2], split)
-    padding[2] = padding[3] = 0
-    return torch.nn.Conv3d.forward(self, F.pad(x, padding))
-
-
-def group_norm_forward(self: torch.nn.GroupNorm, split: RowSplit, x: torch.Tensor) -> torch.Tensor:
+def group_norm_forward(self: torch.nn.GroupNorm, split: RowSplit, x: torch.Tensor, silu: bool = False
+                       ) -> torch.Tensor:
+    """GroupNorm (then SiLU, with `silu`: kernels.group_norm's forward) with the whole
+    frame's statistics: each rank's per-group count, mean and variance, merged."""
     mean, var = group_statistics(x, self.num_groups)                  # (B, G) of this band
     count = torch.full_like(mean, x[0].numel() / self.num_groups)
     mine = torch.stack([count, mean, var])
     every = [torch.empty_like(mine) for _ in range(split.world)]
     dist.all_gather(every, mine, group=split.group)
     parts = torch.stack(every)                                        # (N, 3, B, G)
-    counts = parts[:, 0, 0, 0]
-    mean, var = merge_statistics(counts, parts[:, 1], parts[:, 2])
-    return normalise(x, self, mean, var)
+    mean, var = merge_statistics(parts[:, 0, 0, 0], parts[:, 1], parts[:, 2])
+    return normalise(x, self, mean, var, silu=silu)
 
 
-def kl_attention_forward(self: Any, split: RowSplit, hidden_states: torch.Tensor, *args: Any, **kwargs: Any
-                         ) -> torch.Tensor:
-    """The band's rows attend to the whole frame: diffusers' processor given the band as
-    the queries' input and the whole normalised frame as the context (keys, values);
+def kl_attention_forward(self: Any, split: RowSplit, inner: Any, hidden_states: torch.Tensor, *args: Any,
+                         **kwargs: Any) -> torch.Tensor:
+    """The band's rows attend to the whole frame: the attention's processor given the band
+    as the queries' input and the whole normalised frame as the context (keys, values);
     its group norm (the patched one) normalises the band with the frame's statistics."""
-    band = hidden_states.contiguous()   # diffusers' processor views (B, C, H, W) as (B, C, H*W)
-    normed = band if self.group_norm is None else self.group_norm(band)
+    hidden_states = hidden_states.contiguous()   # diffusers' processor views (B, C, H, W) as (B, C, H*W)
+    normed = hidden_states if self.group_norm is None else self.group_norm(hidden_states)
     whole, _ = all_rows(normed, split)
-    context = whole.flatten(2).transpose(1, 2)                        # (B, H*W, C)
-    return type(self).forward(self, band, encoder_hidden_states=context, **kwargs)
+    context = whole.permute(0, 2, 3, 1).reshape(whole.shape[0], -1, whole.shape[1])   # (B, H*W, C)
+    return inner(hidden_states, encoder_hidden_states=context, **kwargs)
 
 
-def wan_attention_forward(self: Any, split: RowSplit, x: torch.Tensor) -> torch.Tensor:
+def wan_attention_forward(self: Any, split: RowSplit, inner: Any, x: torch.Tensor) -> torch.Tensor:
+    """Each latent frame gathered and attended whole (its own forward), the band's rows kept."""
     whole, start = all_rows(x, split)
-    out = type(self).forward(self, whole)
-    return out[..., start:start + x.shape[-2], :]
-
-
-def _strip_fast_paths(vae: Any) -> None:
-    """diffusers' class forwards back on every layer (`pipeline.kernels` sets instance ones)."""
-    for module in vae.modules():
-        vars(module).pop("forward", None)
+    return inner(whole)[..., start:start + x.shape[-2], :]
 
 
 def _check(conv: torch.nn.Module, row_padding: int) -> None:
@@ -110,36 +97,49 @@ def _check(conv: torch.nn.Module, row_padding: int) -> None:
 
 def patch_decoder(vae: Any, split: RowSplit) -> int:
     """Make `vae`'s decoder decode a band of rows of `split` (in place); returns how many
-    layers changed. Raises ValueError for a VAE or a layer this does not know."""
+    layers changed. The model must have been loaded by `load_vae` (its forwards are
+    the ones this knows). Raises ValueError for a VAE or a layer this does not know."""
     name = type(vae).__name__
     if name not in SUPPORTED:
         raise ValueError(f"a {name} cannot be decoded across processes (supported: {', '.join(SUPPORTED)})")
-    _strip_fast_paths(vae)
-    wan = None
+    from diffusers.models.attention_processor import Attention
+
+    wan_classes: tuple[type, ...] = ()
     if name == "AutoencoderKLWan":
         from diffusers.models.autoencoders import autoencoder_kl_wan as wan
-    from diffusers.models.attention_processor import Attention
+        wan_classes = (wan.WanCausalConv3d, wan.WanAttentionBlock)
+
+    def halo(x: torch.Tensor, rows: int) -> torch.Tensor:
+        return with_halo(x, rows, split)
 
     changed = 0
 
-    def install(module: torch.nn.Module, forward: Any) -> None:
+    def install(module: torch.nn.Module, forward: Any, *, wrap: bool = False) -> None:
         nonlocal changed
-        module.forward = types.MethodType(lambda self, *a, **k: forward(self, split, *a, **k), module)
+        inner = module.forward   # the forward installed before (kernels'), or the class's
+        if wrap:
+            module.forward = types.MethodType(lambda self, *a, **k: forward(self, split, inner, *a, **k), module)
+        else:
+            module.forward = types.MethodType(lambda self, *a, **k: forward(self, split, *a, **k), module)
         changed += 1
 
     for module in vae.decoder.modules():
-        if wan is not None and isinstance(module, wan.WanCausalConv3d):
+        if wan_classes and isinstance(module, wan_classes[0]):
             _check(module, module._padding[2])
-            install(module, causal_conv3d_forward)
+            if "forward" not in vars(module):   # its forward must be kernels.wan's, which calls the hook
+                raise ValueError("a Wan VAE's causal convolutions need the forwards load_vae installs")
+            module.row_halo = halo
+            changed += 1
         elif isinstance(module, torch.nn.Conv2d) and module.kernel_size[0] > 1:
             _check(module, int(module.padding[0]))
+            module.row_halo = halo   # for the kernels' forwards, which call the convolution's function
             install(module, conv2d_forward)
         elif isinstance(module, torch.nn.GroupNorm):
             install(module, group_norm_forward)
         elif isinstance(module, Attention):
-            install(module, kl_attention_forward)
-        elif wan is not None and isinstance(module, wan.WanAttentionBlock):
-            install(module, wan_attention_forward)
+            install(module, kl_attention_forward, wrap=True)
+        elif wan_classes and isinstance(module, wan_classes[1]):
+            install(module, wan_attention_forward, wrap=True)
         elif isinstance(module, torch.nn.Conv3d) and max(module.kernel_size[-2:]) > 1:
             raise ValueError(f"a {type(module).__name__} with kernel {module.kernel_size} cannot be split into "
                              "bands of rows")

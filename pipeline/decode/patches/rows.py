@@ -56,10 +56,24 @@ def with_halo(x: torch.Tensor, rows: int, split: RowSplit) -> torch.Tensor:
     else:
         gathered = [torch.empty_like(edges) for _ in range(split.world)]
         dist.all_gather(gathered, edges, group=split.group)
-    zeros = torch.zeros_like(edges[0])
-    above = gathered[split.rank - 1][1] if split.has_above else zeros
-    below = gathered[split.rank + 1][0] if split.has_below else zeros
-    return torch.cat([above, x, below], dim=-2)
+    height = x.shape[-2]
+    out = torch.empty((*x.shape[:-2], height + 2 * rows, x.shape[-1]), dtype=x.dtype, device=x.device,
+                      memory_format=_layout(x))   # the convolutions' layout (channels-last on GPUs)
+    out[..., rows:rows + height, :] = x
+    for part, neighbour, edge in ((out[..., :rows, :], split.rank - 1, 1), (out[..., rows + height:, :], split.rank + 1, 0)):
+        if 0 <= neighbour < split.world:
+            part.copy_(gathered[neighbour][edge])
+        else:   # the frame's edge: the convolution's zero padding
+            part.zero_()
+    return out
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _padded(x: torch.Tensor, height: int) -> torch.Tensor:
