@@ -38,7 +38,7 @@ def convolve(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     A convolution given a `row_halo` (a decode split into bands of rows across processes,
     pipeline.decode.patches) reads the rows above and below its band from it, in place of
     its zero padding at the top and bottom."""
-    padding = conv.padding
+    padding: Any = conv.padding
     halo = getattr(conv, "row_halo", None)
     if halo is not None and padding[0]:
         x = halo(x, padding[0])

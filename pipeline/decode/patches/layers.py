@@ -45,12 +45,11 @@ from pipeline.decode.patches.rows import RowSplit, all_rows, with_halo
 from pipeline.kernels.group_norm import group_statistics, merge_statistics, normalise
 
 
-
-
 def conv2d_forward(self: torch.nn.Conv2d, split: RowSplit, x: torch.Tensor) -> torch.Tensor:
     """A Conv2d called as a module (diffusers' own forwards call conv_in, conv_out so)."""
-    x = with_halo(x, self.padding[0], split)   # the halo stands in for the top and bottom padding
-    return F.conv2d(x, self.weight, self.bias, self.stride, (0, self.padding[1]), self.dilation, self.groups)
+    rows, columns = int(self.padding[0]), int(self.padding[1])
+    x = with_halo(x, rows, split)   # the halo stands in for the top and bottom padding
+    return F.conv2d(x, self.weight, self.bias, self.stride, (0, columns), self.dilation, self.groups)
 
 
 def group_norm_forward(self: torch.nn.GroupNorm, split: RowSplit, x: torch.Tensor, silu: bool = False
@@ -85,7 +84,7 @@ def wan_attention_forward(self: Any, split: RowSplit, inner: Any, x: torch.Tenso
     return inner(whole)[..., start:start + x.shape[-2], :]
 
 
-def _check(conv: torch.nn.Module, row_padding: int) -> None:
+def _check(conv: Any, row_padding: int) -> None:
     """Refuse a convolution whose rows a halo cannot supply: strided, dilated, not zero
     padded, or not padded by half its odd kernel height (the decoders' 3x3s are)."""
     kernel = conv.kernel_size[-2]
@@ -93,6 +92,15 @@ def _check(conv: torch.nn.Module, row_padding: int) -> None:
             or kernel % 2 == 0 or row_padding != kernel // 2):
         raise ValueError(f"a {type(conv).__name__} with kernel {conv.kernel_size}, stride {conv.stride} and row "
                          f"padding {row_padding} cannot be split into bands of rows")
+
+
+def _is(module: Any, kind: type) -> bool:
+    return isinstance(module, kind)
+
+
+def _give_halo(conv: Any, halo: Any) -> None:
+    """The hook the kernels' convolution functions call for the rows beyond the band."""
+    conv.row_halo = halo
 
 
 def patch_decoder(vae: Any, split: RowSplit) -> int:
@@ -114,7 +122,7 @@ def patch_decoder(vae: Any, split: RowSplit) -> int:
 
     changed = 0
 
-    def install(module: torch.nn.Module, forward: Any, *, wrap: bool = False) -> None:
+    def install(module: Any, forward: Any, *, wrap: bool = False) -> None:
         nonlocal changed
         inner = module.forward   # the forward installed before (kernels'), or the class's
         if wrap:
@@ -123,22 +131,23 @@ def patch_decoder(vae: Any, split: RowSplit) -> int:
             module.forward = types.MethodType(lambda self, *a, **k: forward(self, split, *a, **k), module)
         changed += 1
 
-    for module in vae.decoder.modules():
-        if wan_classes and isinstance(module, wan_classes[0]):
+    modules: list[Any] = list(vae.decoder.modules())
+    for module in modules:
+        if wan_classes and _is(module, wan_classes[0]):
             _check(module, module._padding[2])
             if "forward" not in vars(module):   # its forward must be kernels.wan's, which calls the hook
                 raise ValueError("a Wan VAE's causal convolutions need the forwards load_vae installs")
-            module.row_halo = halo
+            _give_halo(module, halo)
             changed += 1
-        elif isinstance(module, torch.nn.Conv2d) and module.kernel_size[0] > 1:
+        elif _is(module, torch.nn.Conv2d) and module.kernel_size[0] > 1:
             _check(module, int(module.padding[0]))
-            module.row_halo = halo   # for the kernels' forwards, which call the convolution's function
+            _give_halo(module, halo)   # for the kernels' forwards, which call the convolution's function
             install(module, conv2d_forward)
         elif isinstance(module, torch.nn.GroupNorm):
             install(module, group_norm_forward)
         elif isinstance(module, Attention):
             install(module, kl_attention_forward, wrap=True)
-        elif wan_classes and isinstance(module, wan_classes[1]):
+        elif wan_classes and _is(module, wan_classes[1]):
             install(module, wan_attention_forward, wrap=True)
         elif isinstance(module, torch.nn.Conv3d) and max(module.kernel_size[-2:]) > 1:
             raise ValueError(f"a {type(module).__name__} with kernel {module.kernel_size} cannot be split into "

@@ -60,7 +60,8 @@ def with_halo(x: torch.Tensor, rows: int, split: RowSplit) -> torch.Tensor:
     out = torch.empty((*x.shape[:-2], height + 2 * rows, x.shape[-1]), dtype=x.dtype, device=x.device,
                       memory_format=_layout(x))   # the convolutions' layout (channels-last on GPUs)
     out[..., rows:rows + height, :] = x
-    for part, neighbour, edge in ((out[..., :rows, :], split.rank - 1, 1), (out[..., rows + height:, :], split.rank + 1, 0)):
+    top, bottom = out[..., :rows, :], out[..., rows + height:, :]
+    for part, neighbour, edge in ((top, split.rank - 1, 1), (bottom, split.rank + 1, 0)):
         if 0 <= neighbour < split.world:
             part.copy_(gathered[neighbour][edge])
         else:   # the frame's edge: the convolution's zero padding
