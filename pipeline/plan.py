@@ -237,7 +237,8 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
 
 def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
     """What decides the pixels (not the frame range, paths or threads): resume and the
-    farm use it to tell a finished frame of this job from a stale one."""
+    farm use it to tell a finished frame of this job from a stale one. tuning.decode_gpus
+    is not in it: bands decoded across GPUs give the one-GPU decode up to rounding."""
     shot, source, mark = job.shot, job.source, job.watermark
     identity = {
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,
