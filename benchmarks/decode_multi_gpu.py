@@ -48,7 +48,7 @@ import torch
 from bench_models import sd_class_vae
 
 from pipeline.decode.layered import LayeredFrame
-from pipeline.decode.patches.group import DecodeGroup
+from pipeline.decode.patches.group import ClipGroup, FrameGroup, decode_group
 from pipeline.decode.video.chunks import ClipDecoder
 from pipeline.models.vae import inspect_vae, load_vae
 
@@ -98,7 +98,7 @@ def reset_peak(device: torch.device) -> None:
 
 def compare(devices: list[torch.device], model: Path, dtype: str, repeats: int,
             one_gpu: Callable[[Any], Callable[[], torch.Tensor]],
-            bands: Callable[[DecodeGroup], Callable[[], torch.Tensor]]) -> dict[str, Any]:
+            bands: Callable[[Any], Callable[[], torch.Tensor]]) -> dict[str, Any]:
     """The three timings of one case; outputs are (frames, 3, H, W) uint8 on the CPU."""
     info = inspect_vae(model)
     device = devices[0]
@@ -111,7 +111,7 @@ def compare(devices: list[torch.device], model: Path, dtype: str, repeats: int,
         del vae
         for label, ranks in (("bands_one_gpu", devices[:1]), ("bands_n_gpu", devices)):
             reset_peak(device)
-            group = DecodeGroup(info, dtype, ranks)
+            group = decode_group(info, dtype, ranks)
             try:
                 group.peak_memory()   # reset every rank's peak: the load is not the decode
                 result[f"{label}_s"], out = timed(device, bands(group), repeats)
@@ -146,7 +146,7 @@ def kl_case(args: argparse.Namespace, devices: list[torch.device], work: Path) -
         layered = LayeredFrame(vae)
         return lambda: to_8bit(layered(latents))[None].cpu()
 
-    def bands(group: DecodeGroup) -> Callable[[], torch.Tensor]:
+    def bands(group: FrameGroup) -> Callable[[], torch.Tensor]:
         return lambda: to_8bit(group(latents))[None].cpu()
 
     return {"width": width, "height": height,
@@ -171,7 +171,7 @@ def wan_case(args: argparse.Namespace, devices: list[torch.device], work: Path) 
         decoder = ClipDecoder(vae)
         return lambda: chunks(decoder.step, decoder.finish)
 
-    def bands(group: DecodeGroup) -> Callable[[], torch.Tensor]:
+    def bands(group: ClipGroup) -> Callable[[], torch.Tensor]:
         return lambda: chunks(group.step, group.finish)
 
     return {"width": width, "height": height, "frames": 1 + 4 * (t - 1), "latent_frames": t,

@@ -27,7 +27,7 @@ from pipeline.colour.ocio import CHROMATICITIES, bake
 from pipeline.config.cost import price
 from pipeline.config.job import Job
 from pipeline.config.video import segment_path
-from pipeline.decode.patches.group import DecodeGroup
+from pipeline.decode.patches.group import decode_group
 from pipeline.errors import RunInterrupted, StageFailed, leaves
 from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype
@@ -168,7 +168,8 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         raise _one_error(group, report.frames) from None
     finally:
         turn.give()  # a stage cancelled just after taking the turn, before the decode ended
-        await trio.to_thread.run_sync(decoder.close)
+        with trio.CancelScope(shield=True):   # a cancelled run too: the decode's helper processes stop
+            await trio.to_thread.run_sync(decoder.close)
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     energy_end = meter.joules()
@@ -244,7 +245,7 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
         colour_lut = torch.from_numpy(lut).to(plan.device)
     strategy = None
     if plan.decode_devices:
-        strategy = await trio.to_thread.run_sync(DecodeGroup, plan.vae, plan.dtype, list(plan.decode_devices))
+        strategy = await trio.to_thread.run_sync(decode_group, plan.vae, plan.dtype, list(plan.decode_devices))
     decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles, colour_lut, strategy)
     return decoder, pipe
 

@@ -16,7 +16,7 @@ import torch
 from helpers import WAN_MEAN, WAN_STD, base_job, job_toml
 from safetensors.torch import save_file
 
-from pipeline.decode.patches.group import DecodeGroup
+from pipeline.decode.patches.group import ClipGroup, FrameGroup
 from pipeline.decode.video.chunks import ClipDecoder
 from pipeline.models.vae import inspect_vae, load_vae
 
@@ -36,7 +36,7 @@ def test_two_ranks_decode_kl_frames_as_one_process(kl_vae: Path) -> None:
     frames = [torch.randn(4, 13, 11, generator=generator) * 2 for _ in range(2)]
     with torch.no_grad():
         want = [vae.decode(latents[None]).sample[0] for latents in frames]
-    group = DecodeGroup(info, "float32", [CPU, CPU])
+    group = FrameGroup(info, "float32", [CPU, CPU])
     try:
         with torch.no_grad():
             got = [group(latents) for latents in frames]
@@ -57,7 +57,7 @@ def test_two_ranks_decode_a_wan_clip_as_one_process(wan_vae: Path) -> None:
     with torch.no_grad():
         one = ClipDecoder(vae)
         want = torch.cat([one.step(clip[:, :, i:i + 1], first=i == 0) for i in range(3)], dim=2)
-    group = DecodeGroup(info, "float32", [CPU, CPU])
+    group = ClipGroup(info, "float32", [CPU, CPU])
     try:
         with torch.no_grad():
             got = torch.cat([group.step(clip[:, :, i:i + 1], first=i == 0) for i in range(3)], dim=2)
@@ -74,7 +74,6 @@ def test_render_run_decodes_a_clip_across_two_processes(tmp_path: Path, wan_vae:
     diffusers' one-process decode makes, and says so in its dry run."""
     from diffusers import AutoencoderKLWan
 
-    from pipeline.cli import main
     from pipeline.files.png import read_png
 
     clip = torch.randn(4, 3, 7, 9, generator=torch.Generator().manual_seed(3))
@@ -86,11 +85,7 @@ def test_render_run_decodes_a_clip_across_two_processes(tmp_path: Path, wan_vae:
     (tmp_path / "job.toml").write_text(job_toml(job))
     monkeypatch.setenv("FRAMEFARM_DECODE_RANKS_ON_CPU", "1")
     for extra in (["--dry-run"], ["-q"]):
-        monkeypatch.setattr(sys, "argv", ["render", "run", str(tmp_path / "job.toml"), "--device", "cpu", *extra])
-        try:
-            main()
-        except SystemExit as done:
-            assert done.code in (0, None)
+        render_in_process(monkeypatch, str(tmp_path / "job.toml"), "--device", "cpu", *extra)
     vae = AutoencoderKLWan.from_pretrained(wan_vae, low_cpu_mem_usage=False).eval()
     denormalised = clip * torch.tensor(WAN_STD).reshape(-1, 1, 1, 1) + torch.tensor(WAN_MEAN).reshape(-1, 1, 1, 1)
     with torch.no_grad():
@@ -99,6 +94,34 @@ def test_render_run_decodes_a_clip_across_two_processes(tmp_path: Path, wan_vae:
     for i in range(9):
         got = read_png(tmp_path / "out" / "test" / f"test.{i + 1:04d}.png").astype(float)
         assert np.abs(got - want[i]).max() <= 1, f"frame {i + 1}"
+
+
+def render_in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["render", "run", *args])
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code in (0, None)
+
+
+def test_render_run_decodes_frames_across_two_processes(job_dir: Path, kl_vae: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image VAE's frames through `render run` with decode_gpus = 2 (CPU ranks) are
+    the frames decode_gpus = 1 writes."""
+    from pipeline.files.png import read_png
+
+    monkeypatch.setenv("FRAMEFARM_DECODE_RANKS_ON_CPU", "1")
+    for gpus in (1, 2):
+        job = base_job(kl_vae, output={"root": str(job_dir / f"out{gpus}"), "formats": ["png"]},
+                       tuning={"writer_threads": 2, "decode_gpus": gpus})
+        (job_dir / f"job{gpus}.toml").write_text(job_toml(job))
+        render_in_process(monkeypatch, str(job_dir / f"job{gpus}.toml"), "--device", "cpu", "-q")
+    for frame in range(1, 7):
+        one, two = (read_png(job_dir / f"out{gpus}" / "test" / f"test.{frame:04d}.png").astype(int) for gpus in (1, 2))
+        assert one.shape == two.shape == (24, 32, 3)
+        assert np.abs(one - two).max() <= 1, f"frame {frame}"
 
 
 @pytest.mark.gpu
@@ -111,7 +134,7 @@ def test_two_gpus_decode_as_one_on_nccl(kl_vae: Path, wan_vae: Path) -> None:
     latents = torch.randn(4, 13, 11, generator=torch.Generator().manual_seed(1)).to(gpus[0]) * 2
     with torch.no_grad():
         want = vae.decode(latents[None]).sample[0]
-    group = DecodeGroup(info, "float32", gpus)
+    group = FrameGroup(info, "float32", gpus)
     try:
         with torch.no_grad():
             got = group(latents)
@@ -124,7 +147,7 @@ def test_two_gpus_decode_as_one_on_nccl(kl_vae: Path, wan_vae: Path) -> None:
     with torch.no_grad():
         one = ClipDecoder(vae)
         want = torch.cat([one.step(clip[:, :, i:i + 1], first=i == 0) for i in range(3)], dim=2)
-    group = DecodeGroup(info, "float32", gpus)
+    group = ClipGroup(info, "float32", gpus)
     try:
         with torch.no_grad():
             got = torch.cat([group.step(clip[:, :, i:i + 1], first=i == 0) for i in range(3)], dim=2)

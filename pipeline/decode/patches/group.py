@@ -116,10 +116,10 @@ def _gather_peak(device: torch.device) -> list[int] | None:
 
 
 class DecodeGroup:
-    """Rank 0 of a patch-parallel decode, with the decode strategies' interfaces
-    (`pipeline.decode.strategy`): called with a frame's latents, or `step` and `finish`
-    for a clip. `devices[0]` is this process's; one helper process is started for each
-    other one. `close` stops the helpers (always call it; it is safe twice)."""
+    """Rank 0 of a patch-parallel decode: `devices[0]` is this process's; one helper
+    process is started for each other one. `close` stops the helpers (always call it;
+    it is safe twice). FrameGroup and ClipGroup add the decode strategies' interfaces
+    (`pipeline.decode.strategy`); `decode_group` picks the one for the model."""
 
     def __init__(self, info: VaeInfo, dtype: str, devices: list[torch.device]) -> None:
         self.info, self.device, self.dtype = info, devices[0], DTYPES[dtype]
@@ -170,18 +170,6 @@ class DecodeGroup:
         if latents is not None:
             dist.broadcast(latents.to(self.device, self.dtype).contiguous(), src=0)
 
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) latents, scaled for the VAE -> (3, H, W) image in [-1, 1]."""
-        band = self.band
-        assert isinstance(band, BandFrame)
-        return self._together(FRAME, latents, False, lambda x: band(x))
-
-    def step(self, latent_frame: torch.Tensor, first: bool) -> torch.Tensor:
-        """(1, C, 1, h, w) denormalised latents -> (1, 3, t, H, W) frames in [-1, 1]."""
-        band = self.band
-        assert isinstance(band, BandClip)
-        return self._together(CLIP_STEP, latent_frame, first, lambda x: band.step(x, first))
-
     def _together(self, op: int, latents: torch.Tensor, first: bool,
                   decode: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
         if self.closed or self.failed:
@@ -195,12 +183,6 @@ class DecodeGroup:
         self.decodes += 1
         assert out is not None   # rank 0 gets the whole image
         return out
-
-    def finish(self) -> None:
-        assert isinstance(self.band, BandClip)
-        if not (self.closed or self.failed):
-            self._send(CLIP_FINISH)
-        self.band.finish()
 
     def peak_memory(self) -> list[int]:
         """Every rank's peak device memory in bytes since the last call (benchmarks)."""
@@ -233,3 +215,33 @@ class DecodeGroup:
             if helper.is_alive():
                 helper.kill()
                 helper.join()
+
+
+class FrameGroup(DecodeGroup):
+    """An image VAE's frames, decoded across the group."""
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) latents, scaled for the VAE -> (3, H, W) image in [-1, 1]."""
+        band = self.band
+        assert isinstance(band, BandFrame)
+        return self._together(FRAME, latents, False, lambda x: band(x))
+
+
+class ClipGroup(DecodeGroup):
+    """A video VAE's clip, decoded across the group latent frame by latent frame."""
+
+    def step(self, latent_frame: torch.Tensor, first: bool) -> torch.Tensor:
+        """(1, C, 1, h, w) denormalised latents -> (1, 3, t, H, W) frames in [-1, 1]."""
+        band = self.band
+        assert isinstance(band, BandClip)
+        return self._together(CLIP_STEP, latent_frame, first, lambda x: band.step(x, first))
+
+    def finish(self) -> None:
+        assert isinstance(self.band, BandClip)
+        if not (self.closed or self.failed):
+            self._send(CLIP_FINISH)
+        self.band.finish()
+
+
+def decode_group(info: VaeInfo, dtype: str, devices: list[torch.device]) -> FrameGroup | ClipGroup:
+    return ClipGroup(info, dtype, devices) if info.is_video else FrameGroup(info, dtype, devices)
