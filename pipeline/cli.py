@@ -79,7 +79,8 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
 
         job = load_task_job(job_file, output_root=output_root, base_dir=base_dir)
         frames = None if frames_text is None else frame_range(job, frames_text)
-        plan = make_plan(job, pick_device(device), resume=resume, frames=frames, video=frames is None)
+        plan = make_plan(job, pick_device(device), resume=resume, frames=frames, video=frames is None,
+                         across_devices=True)
         if dry_run:
             click.echo(plan.describe())
             return

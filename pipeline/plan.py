@@ -24,6 +24,7 @@ from pipeline.config.formats import FrameFormat, frame_format
 from pipeline.config.job import Job
 from pipeline.config.video import VideoOutput, segment_path, segments
 from pipeline.decode.budget import TilePlan, host_memory_available, layered_peak, plan_decode, run_memory
+from pipeline.decode.patches.devices import decode_devices
 from pipeline.errors import JobError
 from pipeline.files.latents import check_clip_file, check_latent_files
 from pipeline.files.manifest import check_record, latest_by_path, read_records
@@ -57,6 +58,7 @@ class Plan:
     clip_frames: int = 0              # a video VAE's job: latent frames in the shot's clip
     pipeline: PipelineInfo | None = None  # source kind "diffusers": the pipeline that generates
     pipeline_dtype: str = ""          # what the pipeline runs in (its VAE runs in `dtype`)
+    decode_devices: tuple[torch.device, ...] = ()   # several: they decode each frame together
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -123,6 +125,9 @@ class Plan:
              f"decode: {tiles} tile(s) per frame"
              + (" (diffusers enable_tiling)" if job.tuning.tiling else " (whole frame)")
              + f", batches of 1 frame, {len(self.todo)} batch(es)"),
+            *([f"decode across {len(self.decode_devices)} devices ("
+               + ", ".join(map(str, self.decode_devices)) + "), one process each, each a band of every "
+               "frame's rows"] if self.decode_devices else []),
             f"to render: {len(self.todo)} frame(s)"
             + (f"; {len(self.skipped)} already finished (resume)" if self.skipped else ""),
             f"outputs under {self.root}:",
@@ -145,11 +150,14 @@ class Plan:
 
 
 def make_plan(job: Job, device: torch.device, *, resume: bool = False,
-              frames: Sequence[int] | None = None, video: bool = True, check_memory: bool = True) -> Plan:
+              frames: Sequence[int] | None = None, video: bool = True, check_memory: bool = True,
+              across_devices: bool = False) -> Plan:
     """`frames` narrows the plan to part of the shot (a farm task) and `video=False`
     leaves the video out (the farm encodes it once every frame is published).
     `check_memory=False` skips the memory check (`render submit`: the workers' machines
-    render, and each checks its own)."""
+    render, and each checks its own). `across_devices` lets the decode take the GPUs
+    `tuning.decode_gpus` asks for (`render run`; a farm worker keeps to its own GPU, as
+    the farm runs one worker per GPU)."""
     shot = job.shot
     whole = frames is None or tuple(frames) == tuple(shot.frames)
     frames = frames if frames is not None else shot.frames
@@ -192,7 +200,9 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     if pipeline is not None:
         pipeline_dtype = "float32" if device.type == "cpu" and job.model.dtype == "float16" else job.model.dtype
         m_hash = hashlib.sha256(f"{m_hash}/{pipeline.fingerprint}/{pipeline_dtype}".encode()).hexdigest()[:16]
-    tiles = plan_decode(job.tuning, vae, shape, dtype)
+    devices = decode_devices(job.tuning, vae, shape, device, pipeline is not None) if across_devices else ()
+    # bands of whole frames across devices, not tiles (decode_gpus excludes decode = "tiles")
+    tiles = plan_decode(job.tuning, vae, shape, dtype) if not devices else None
     if check_memory:
         _check_memory(job, vae, shape, dtype, tiles, clip_frames, device)
     j_hash = job_hash(job, m_hash, dtype, tiled=tiles is not None)
@@ -222,12 +232,13 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
     return Plan(job=job, vae=vae, device=device, dtype=dtype, latent_shape=shape, todo=todo, tiles=tiles,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, videos=videos,
                 model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames, pipeline=pipeline,
-                pipeline_dtype=pipeline_dtype)
+                pipeline_dtype=pipeline_dtype, decode_devices=devices)
 
 
 def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:
     """What decides the pixels (not the frame range, paths or threads): resume and the
-    farm use it to tell a finished frame of this job from a stale one."""
+    farm use it to tell a finished frame of this job from a stale one. tuning.decode_gpus
+    is not in it: bands decoded across GPUs give the one-GPU decode up to rounding."""
     shot, source, mark = job.shot, job.source, job.watermark
     identity = {
         "shot": shot.name, "size": [shot.width, shot.height], "fps": shot.fps,

@@ -28,6 +28,7 @@ from pipeline.colour.ycbcr import PLANAR, planes_dtype, planes_size
 from pipeline.config.cost import price
 from pipeline.config.job import Job
 from pipeline.config.video import segment_path
+from pipeline.decode.patches.group import decode_group
 from pipeline.errors import RunInterrupted, StageFailed, leaves
 from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype
@@ -168,6 +169,8 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
         raise _one_error(group, report.frames) from None
     finally:
         turn.give()  # a stage cancelled just after taking the turn, before the decode ended
+        with trio.CancelScope(shield=True):   # a cancelled run too: the decode's helper processes stop
+            await trio.to_thread.run_sync(decoder.close)
     report.render_s = time.perf_counter() - render_start
     report.wall_s = time.perf_counter() - started
     energy_end = meter.joules()
@@ -231,6 +234,8 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
             return pipe, vae
 
         pipe, vae = await trio.to_thread.run_sync(load_generation)
+    elif plan.decode_devices:   # the decode's processes each load the model on their own device
+        vae = None
     else:
         vae_cache = models or ModelCache(capacity=1)
         vae = await trio.to_thread.run_sync(vae_cache.get, plan.vae, plan.model_hash, plan.dtype, plan.device,
@@ -239,7 +244,10 @@ async def _load(plan: Plan, ctx: DeviceContext, models: ModelCache | None,
     if job.colour is not None:   # baked on OCIO's CPU processor once, applied on the device per frame
         lut = await trio.to_thread.run_sync(bake, job.colour)
         colour_lut = torch.from_numpy(lut).to(plan.device)
-    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles, colour_lut)
+    strategy = None
+    if plan.decode_devices:
+        strategy = await trio.to_thread.run_sync(decode_group, plan.vae, plan.dtype, list(plan.decode_devices))
+    decoder = Decoder(vae, plan.vae, plan.dtype, ctx, pixel_dtype(job.output), plan.tiles, colour_lut, strategy)
     return decoder, pipe
 
 

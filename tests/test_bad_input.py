@@ -398,3 +398,33 @@ def test_frames_that_are_not_pictures_fail_and_are_not_published(
     assert code == 1 and "Traceback" not in err
     assert ("NaN or infinite" if fault == "scaling_factor" else "one colour") in err, err
     assert not list((job_dir / "out").rglob("*.png"))
+
+
+@pytest.mark.parametrize(("tuning", "needles"), [
+    ({"decode_gpus": "two"}, ["tuning.decode_gpus = 'two'", 'an integer from 1 to 64 or "all"']),
+    ({"decode_gpus": 0}, ["tuning.decode_gpus = 0", 'an integer from 1 to 64 or "all"']),
+    ({"decode_gpus": 2, "decode": "tiles"}, ["tuning.decode_gpus = 2", 'excludes decode = "tiles"']),
+    ({"decode_gpus": 2}, ["tuning.decode_gpus = 2", "needs GPUs", "this run is on the CPU"]),
+    ({"decode_gpus": "all"}, ["tuning.decode_gpus = 'all'", "needs GPUs"]),
+])
+def test_bad_decode_gpus(reject: Callable[..., None], write_job: Callable[..., Path], tuning: dict,
+                         needles: list[str]) -> None:
+    reject(write_job(tuning=tuning), *needles)
+
+
+def test_decode_gpus_refused_for_a_vae_it_cannot_split(reject: Callable[..., None], write_job: Callable[..., Path],
+                                                       job_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import make_tiny_vae
+
+    monkeypatch.setenv("FRAMEFARM_DECODE_RANKS_ON_CPU", "1")   # past the CPU check, to the model's
+    tiny = make_tiny_vae(job_dir / "tiny")
+    write_latents(job_dir / "latents", range(1, 7), (4, 3, 4))
+    reject(write_job(model={"path": str(tiny), "dtype": "float32"}, tuning={"decode_gpus": 2}),
+           "tuning.decode_gpus = 2", "AutoencoderTiny decodes on one device")
+
+
+@pytest.mark.gpu
+def test_decode_gpus_beyond_the_visible_gpus(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:
+    visible = torch.cuda.device_count()
+    reject(write_job(tuning={"decode_gpus": visible + 1}), f"tuning.decode_gpus = {visible + 1}",
+           f"this machine shows {visible} GPU(s)", extra=("--device", "cuda"))

@@ -17,6 +17,8 @@ from pipeline.errors import JobError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PRIORITIES = ("highest", "lowest")   # CUDA stream priorities, of those the device offers
+ALL_GPUS = 0                         # tuning.decode_gpus = "all"
+MAX_DECODE_GPUS = 64
 VIDEO_CODECS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "mpeg4")
 
 
@@ -42,6 +44,7 @@ class Tuning:
     cuda_graphs: bool       # generation: replay the denoiser's forward from CUDA graphs
     video_segment_frames: int = 0   # videos in closed-GOP segments of this many frames (0: one piece)
     video_rgb_to_yuv: str = "auto"  # where the videos' Y'CbCr is made: "device", "host" (swscale), "auto"
+    decode_gpus: int = 1    # devices that decode each frame or clip together; ALL_GPUS: every visible one
 
     def writers(self) -> int:
         return self.writer_threads or max(1, min(8, os.cpu_count() or 1))
@@ -101,6 +104,17 @@ def _key(key: str) -> str:
     return repr(key) if len(key) <= 40 and key.isprintable() else "(a long or unprintable name)"
 
 
+def _decode_gpus(t: Table) -> int:
+    """An integer from 1 to MAX_DECODE_GPUS, or "all" (ALL_GPUS)."""
+    value = t.data.get("decode_gpus", 1)
+    t.used.add("decode_gpus")
+    if value == "all":
+        return ALL_GPUS
+    if type(value) is int and 1 <= value <= MAX_DECODE_GPUS:
+        return value
+    raise JobError(t.name("decode_gpus"), value, f'expected an integer from 1 to {MAX_DECODE_GPUS} or "all"')
+
+
 def _parse(t: Table) -> Tuning:
     tuning = Tuning(
         channel_depth=t.integer("channel_depth", lo=0, hi=4),
@@ -126,11 +140,15 @@ def _parse(t: Table) -> Tuning:
         compute_priority=t.string("compute_priority", choices=PRIORITIES),
         watermark_priority=t.string("watermark_priority", choices=PRIORITIES),
         cuda_graphs=t.boolean("cuda_graphs"),
+        decode_gpus=_decode_gpus(t),
     )
     t.done()
     if tuning.decode == "tiles" and tuning.tile_overlap >= tuning.tile_size:
         raise JobError("tuning.tile_overlap", tuning.tile_overlap,
                        f"expected less than tuning.tile_size ({tuning.tile_size})")
+    if tuning.decode_gpus != 1 and (tuning.decode == "tiles" or tuning.tiling):
+        raise JobError("tuning.decode_gpus", "all" if tuning.decode_gpus == ALL_GPUS else tuning.decode_gpus,
+                       'decodes whole frames split across GPUs; it excludes decode = "tiles" and tiling = true')
     if tuning.decode == "tiles" and tuning.tiling:
         raise JobError("tuning.tiling", True, 'diffusers\' tiling and decode = "tiles" exclude each '
                        "other; set one of them")

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from pipeline.kernels.group_norm import group_statistics, normalise
+from pipeline.kernels.group_norm import group_statistics, merge_statistics, normalise
 from pipeline.kernels.kl_decoder import convolve, lean_resnet, lean_upsample
 from pipeline.kernels.rms_norm import add_bias, add_bias_
 from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
@@ -126,12 +126,8 @@ def statistics(source: Rows, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         counts.append(band[0, 0].numel())
         means.append(mean)
         variances.append(var)
-    weights = torch.tensor(counts, dtype=torch.float32, device=means[0].device).reshape(-1, 1, 1)
-    weights /= weights.sum()
-    part_means, part_vars = torch.stack(means), torch.stack(variances)
-    mean = (weights * part_means).sum(0)
-    var = (weights * (part_vars + (part_means - mean).square())).sum(0)
-    return mean, var
+    return merge_statistics(torch.tensor(counts, dtype=torch.float32, device=means[0].device),
+                            torch.stack(means), torch.stack(variances))
 
 
 def halo(source: Rows, start: int, stop: int) -> tuple[torch.Tensor, int]:

@@ -14,8 +14,10 @@ its memory-efficient kernel, a third of the whole decode (benchmarks/RESULTS.md,
 
 The processor also takes channels-last activations: the cells of a channels-last
 (B, C, H, W) tensor are already (B, H*W, C) rows, so nothing is transposed.
-Everything it does not cover (masks, cross-attention, spatial norms, heads of at most
-256 channels, the CPU) goes to diffusers' own AttnProcessor2_0.
+A context (`encoder_hidden_states`, taken as it is) gives the keys and values: a frame
+decoded in bands across processes attends each band's rows to the whole frame.
+Everything it does not cover (masks, a normalised context, spatial norms, heads of at
+most 256 channels, the CPU) goes to diffusers' own AttnProcessor2_0.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class WholeFrameAttnProcessor(AttnProcessor2_0):
                  *args: Any, **kwargs: Any) -> torch.Tensor:
         head_dim = attn.to_q.out_features // attn.heads
         if (hidden_states.device.type not in self.devices or head_dim <= FLASH_HEAD_LIMIT or hidden_states.ndim != 4
-                or encoder_hidden_states is not None or attention_mask is not None
+                or (encoder_hidden_states is not None and (attn.norm_cross or encoder_hidden_states.ndim != 3))
+                or attention_mask is not None
                 or attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                                     *args, **kwargs)
@@ -98,8 +101,11 @@ class WholeFrameAttnProcessor(AttnProcessor2_0):
         batch, channels, height, width = hidden_states.shape
         x = hidden_states if attn.group_norm is None else attn.group_norm(hidden_states)
         x = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        q, k, v = (proj(x).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-                   for proj in (attn.to_q, attn.to_k, attn.to_v))
+        # a context (B, N, C) gives the keys and values: the rows of a frame split in bands
+        # across processes attend to the whole frame (pipeline.decode.patches)
+        context = x if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = (proj(rows).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+                   for proj, rows in ((attn.to_q, x), (attn.to_k, context), (attn.to_v, context)))
         fused = attention if hidden_states.is_cuda else chunked_attention
         x = fused(q, k, v).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         x = attn.to_out[1](attn.to_out[0](x.to(q.dtype)))

@@ -52,6 +52,17 @@ def group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.
     return mean, (square - mean.square()).clamp_min(0.0)
 
 
+def merge_statistics(counts: torch.Tensor, means: torch.Tensor, variances: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and (biased) variance of the union of parts, from each part's element
+    count (P,), mean and variance (P, ...): Chan's parallel merge, exact up to rounding
+    (bands of one frame, or one frame's bands on several ranks)."""
+    weights = (counts / counts.sum()).reshape(-1, *[1] * (means.dim() - 1)).to(means.dtype)
+    mean = (weights * means).sum(0)
+    var = (weights * (variances + (means - mean).square())).sum(0)
+    return mean, var
+
+
 def normalise(x: torch.Tensor, layer: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor,
               silu: bool = False) -> torch.Tensor:
     """GroupNorm of (B, C, ...) `x` with given (B, G) float32 statistics (then SiLU, with

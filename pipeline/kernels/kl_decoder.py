@@ -33,8 +33,17 @@ from pipeline.kernels.upsample import UpsampleWeights, upsample2x_conv3x3
 def convolve(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) without its bias: the caller adds the bias in a pass it makes anyway
     (rms_norm.add_bias). PyTorch adds a cuDNN convolution's bias in a pass of its own,
-    a broadcast add that is not vectorised for channels-last outputs."""
-    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    a broadcast add that is not vectorised for channels-last outputs.
+
+    A convolution given a `row_halo` (a decode split into bands of rows across processes,
+    pipeline.decode.patches) reads the rows above and below its band from it, in place of
+    its zero padding at the top and bottom."""
+    padding: Any = conv.padding
+    halo = getattr(conv, "row_halo", None)
+    if halo is not None and padding[0]:
+        x = halo(x, padding[0])
+        padding = (0, padding[1])
+    return F.conv2d(x, conv.weight, None, conv.stride, padding, conv.dilation, conv.groups)
 
 
 def resnet_forward(self: Any, input_tensor: torch.Tensor, temb: torch.Tensor | None = None,
@@ -52,6 +61,10 @@ def upsample_forward(self: Any, hidden_states: torch.Tensor, output_size: Any = 
     if output_size is not None:   # a forced size is not a plain 2x: diffusers' way
         return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
     conv = self.conv
+    halo = getattr(conv, "row_halo", None)
+    if halo is not None:   # one input row each side makes the two output rows each side the 3x3 reads
+        up = upsample2x_conv3x3(halo(hidden_states, 1), self.upsample_weights.of(conv.weight), None)[..., 2:-2, :]
+        return add_bias_(up, [conv.bias])
     return add_bias_(upsample2x_conv3x3(hidden_states, self.upsample_weights.of(conv.weight), None), [conv.bias])
 
 

@@ -99,6 +99,10 @@ def _convolve(conv: Any, x: torch.Tensor, padding: tuple[int, ...], bias: bool) 
     left behind in the view it returns. The bias (unless left to a later step) is added by
     the vectorised kernel, not cuDNN's add_."""
     weight = _weight(conv)
+    halo = getattr(conv, "row_halo", None)   # a decode in bands of rows: see pipeline.kernels.kl_decoder.convolve
+    if halo is not None and padding[-2]:
+        x = halo(x, padding[-2])
+        padding = (*padding[:-2], 0, padding[-1])
     run = F.conv3d if weight.dim() == 5 else F.conv2d
     y = run(x, weight, None, conv.stride, padding, conv.dilation, conv.groups)
     if weight.shape[0] != conv.out_channels:

@@ -28,13 +28,14 @@ from pipeline.models.vae import Vae, VaeInfo
 class Decoder:
     def __init__(self, vae: Vae, info: VaeInfo, dtype: str, ctx: DeviceContext,
                  pixel_dtype: torch.dtype = torch.uint8, tiles: TilePlan | None = None,
-                 colour_lut: torch.Tensor | None = None) -> None:
+                 colour_lut: torch.Tensor | None = None, strategy: FrameDecode | ClipDecode | None = None) -> None:
         self.info = info
         self.colour_lut = colour_lut    # the job's colour transform, baked, on the device
         self.dtype = DTYPES[dtype]
         self.pixel_dtype = pixel_dtype  # what the frame format stores
         self.ctx = ctx
-        self.strategy: FrameDecode | ClipDecode = choose(vae, info, tiles, ctx.device)
+        # a given strategy (a decode across devices) is this decoder's to close
+        self.strategy: FrameDecode | ClipDecode = strategy or choose(vae, info, tiles, ctx.device)
         # The generating pipeline normalised a clip's latents per channel: (z - mean) / std
         self.latents_std_mean: tuple[torch.Tensor, torch.Tensor] | None = None
         if info.latents_mean is not None and info.latents_std is not None:
@@ -43,6 +44,12 @@ class Decoder:
                          for values in (info.latents_std, info.latents_mean))
             self.latents_std_mean = (std, mean)
         self.busy = BusyClock()  # how busy decode keeps the compute stream
+
+    def close(self) -> None:
+        """Stop what the decode started (the processes of a decode across devices)."""
+        close = getattr(self.strategy, "close", None)
+        if close is not None:
+            close()
 
     @property
     def decodes_clips(self) -> bool:
