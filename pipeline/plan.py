@@ -57,6 +57,7 @@ class Plan:
     clip_frames: int = 0              # a video VAE's job: latent frames in the shot's clip
     pipeline: PipelineInfo | None = None  # source kind "diffusers": the pipeline that generates
     pipeline_dtype: str = ""          # what the pipeline runs in (its VAE runs in `dtype`)
+    thumbnails: bool = False          # a thumbnail beside each frame (farm workers, for the monitor)
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
