@@ -73,6 +73,24 @@ def test_a_preview_job_renders_its_preview_first_with_thumbnails_and_its_submitt
         assert [t["time"] for t in shown] == sorted((t["time"] for t in shown), reverse=True), "newest first"
 
 
+@pytest.mark.gpu
+def test_a_gpu_worker_writes_a_thumbnail_of_each_frame_from_pinned_memory(write_job: Callable[..., Path],
+                                                                          job_dir: Path) -> None:
+    queue_url = f"sqlite:///{job_dir / 'farm.db'}"
+    submit(write_job("farm.toml"), queue_url, "--preview", "2", "--chunk", "2")
+    worker = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "worker", "--queue", queue_url, "--device", "cuda:0",
+         "--output-root", str(job_dir), "--model-root", str(job_dir.parent), "--exit-when-idle"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert worker.returncode == 0, worker.stderr
+    out = job_dir / "out"
+    frames = sorted(out.rglob("*.png"))
+    thumbs = sorted(out.rglob(f"{THUMBNAILS_DIR}/*.jpg"))
+    assert len(frames) == 6 and [p.stem for p in thumbs] == [p.stem for p in frames]
+    assert "no thumbnail" not in worker.stderr
+    assert verify(out) == (7, [])
+
+
 def test_the_submitter_defaults_to_the_os_user_and_bad_options_are_one_line(
         write_job: Callable[..., Path], wan_vae: Path, tmp_path: Path) -> None:
     queue_url = f"sqlite:///{tmp_path / 'farm.db'}"

@@ -108,3 +108,22 @@ def test_sqlite_status_sums_read_only_the_covering_index(tmp_path) -> None:
                                                      (time.time(), *args)))
         assert "COVERING INDEX tasks_for_status" in plan and "TEMP B-TREE" not in plan, plan
     queue.close()
+
+
+def test_a_done_jobs_counts_stay_right_as_the_job_changes_around_them(queue: TaskQueue) -> None:
+    queue.submit(spec("a", end=2))
+    queue.submit(spec("b", end=2))
+    for task in [queue.lease("w1", 60), queue.lease("w1", 60)]:
+        assert task is not None and task.job_id == "a"
+        queue.ack(task, "w1")
+    first = {job.job_id: job for job in queue.status()}
+    assert (first["a"].state, first["a"].done, first["b"].pending) == ("done", 2, 2)
+    queue.set_priority("a", 7)
+    queue.ack(queue.lease("w1", 60), "w1")   # b moves on beside it
+    again = {job.job_id: job for job in queue.status(job_ids=["a", "b"])}
+    assert (again["a"].state, again["a"].done, again["a"].priority, again["a"].fps) == (
+        "done", 2, 7, first["a"].fps)
+    assert (again["b"].done, again["b"].pending) == (1, 1)
+    assert queue.cancel("a") == 0
+    [cancelled] = queue.status("a")
+    assert (cancelled.state, cancelled.done, cancelled.cancelled) == ("cancelled", 2, 0)

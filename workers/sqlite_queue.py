@@ -157,6 +157,10 @@ class SqliteQueue:
         self.where = f"sqlite://{self.path}"   # sqlite:///absolute/path: the URL convention, round-tripped
         self.clock = clock
         self._local = threading.local()
+        # The task sums of jobs stored as done, by job id: they are final (every task of such a job is
+        # done; requeue and cancel change none of them), so `status` counts each once per process
+        # and a monitor's whole-queue listing costs what the live jobs cost.
+        self._done_rows: dict[str, tuple[list[TaskRow], list[tuple[str, int]]]] = {}
         where = str(self.path)
         if self.path.is_dir():
             raise JobError("--queue", where, "is a folder; name the queue's database file in it, e.g. "
@@ -423,26 +427,34 @@ class SqliteQueue:
         now = self.clock()
         if job_id is not None:
             job_ids = [job_id]
-        args: tuple[str, ...] = () if job_ids is None else (json.dumps(list(job_ids)),)
-        where = "" if job_ids is None else "WHERE job_id IN (SELECT value FROM json_each(?))"
         rows: dict[str, list[TaskRow]] = {}
         blocked: dict[str, list[tuple[str, int]]] = {}
         db.execute("BEGIN")  # one snapshot for all the reads below
         try:
-            jobs = db.execute("SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted, "
-                              "json_extract(spec, '$.submitted_by') AS submitted_by, "
-                              "json_extract(spec, '$.submitted_host') AS submitted_host FROM jobs "
-                              f"{where.replace('job_id', 'id')} ORDER BY seq", args).fetchall()
-            and_where = where and f"AND {where.removeprefix('WHERE ')}"
-            for row in db.execute(_STATUS_FAILED.format(where=and_where), args):
+            jobs = db.execute(
+                "SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted, "
+                "json_extract(spec, '$.submitted_by') AS submitted_by, "
+                "json_extract(spec, '$.submitted_host') AS submitted_host FROM jobs"
+                + ("" if job_ids is None else " WHERE id IN (SELECT value FROM json_each(?))") + " ORDER BY seq",
+                () if job_ids is None else (json.dumps(list(job_ids)),)).fetchall()
+            counted = [job["id"] for job in jobs if not (job["state"] == "done" and job["id"] in self._done_rows)]
+            args = (json.dumps(counted),)
+            where = "AND job_id IN (SELECT value FROM json_each(?))"
+            for row in db.execute(_STATUS_FAILED.format(where=where), args):
                 rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
-            for job, *sums in db.execute(_STATUS_SUMS.format(where=and_where), (now, *args)):
-                rows.setdefault(job, []).extend(_summed_rows(*sums))
-            for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures {where} "
-                                  f"{'AND' if where else 'WHERE'} blocked", args):
+            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, *args)):
+                rows.setdefault(job_key, []).extend(_summed_rows(*sums))
+            for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures WHERE blocked {where}", args):
                 blocked.setdefault(row[0], []).append((row[1], row[2]))
         finally:
             db.execute("COMMIT")
+        for job in jobs:
+            if job["state"] != "done":
+                continue
+            if job["id"] in self._done_rows:
+                rows[job["id"]], blocked[job["id"]] = self._done_rows[job["id"]]
+            else:
+                self._done_rows[job["id"]] = (rows.get(job["id"], []), blocked.get(job["id"], []))
         return [job_status(job["id"], job["name"], job["state"], job["priority"],
                            rows.get(job["id"], []), blocked.get(job["id"], []), submitted=job["submitted"],
                            submitted_by=job["submitted_by"], submitted_host=job["submitted_host"])
