@@ -78,6 +78,8 @@ class RedisQueue:
 
     def __init__(self, url: str, *, prefix: str = "ff:") -> None:
         self._where = self.where = redact(url)  # the URL itself (and its password) is kept only inside redis-py
+        # The task rows of jobs stored as done, by job id: final (as SqliteQueue's), counted once per process.
+        self._done_rows: dict[str, tuple[list[TaskRow], list[tuple[str, int]]]] = {}
         self._prefix = prefix
         try:
             self._client: redis.Redis = redis.Redis.from_url(
@@ -243,22 +245,35 @@ class RedisQueue:
             pipe.time()
             for jid in job_ids:
                 pipe.hmget(self._key("job", jid), "spec", "state", "priority", "submitted")
+            now_reply, *metas = pipe.execute()
+            # a job stored as done has final tasks: counted once per process (`_done_rows`); the others'
+            # tasks are read now (a job that became done in between is read whole: its tasks are final)
+            counted = [jid for jid, (_spec, state, *_rest) in zip(job_ids, metas, strict=True)
+                       if not (state == "done" and jid in self._done_rows)]
+            pipe = self._client.pipeline(transaction=True)
+            for jid in counted:
                 pipe.hvals(self._key("job", jid, "tasks"))
                 pipe.hgetall(self._key("job", jid, "failures"))
                 pipe.smembers(self._key("job", jid, "blocked"))
-            now_reply, *replies = pipe.execute()
+            replies = pipe.execute() if counted else []
         now_ms = _server_ms(now_reply)
+        counts = {jid: replies[3 * index:3 * index + 3] for index, jid in enumerate(counted)}
         result = []
-        for index, jid in enumerate(job_ids):
-            (spec, state, priority, submitted), tasks, failures, blocked = replies[4 * index:4 * index + 4]
+        for jid, (spec, state, priority, submitted) in zip(job_ids, metas, strict=True):
             if spec is None:
                 continue
-            rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
-                            int(t.get("published") or 0), _seconds(t.get("started")), _seconds(t.get("finished")))
-                    for t in map(json.loads, tasks)]
+            if jid in counts:
+                tasks, failures, blocked = counts[jid]
+                rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
+                                int(t.get("published") or 0), _seconds(t.get("started")),
+                                _seconds(t.get("finished"))) for t in map(json.loads, tasks)]
+                blocks = [(name, int(failures.get(name, 0))) for name in blocked]
+                if state == "done":
+                    self._done_rows[jid] = (rows, blocks)
+            else:
+                rows, blocks = self._done_rows[jid]
             stored = json.loads(spec)
-            result.append(job_status(jid, stored["name"], state, int(priority), rows,
-                                     [(name, int(failures.get(name, 0))) for name in blocked],
+            result.append(job_status(jid, stored["name"], state, int(priority), rows, blocks,
                                      submitted=_seconds(submitted), submitted_by=stored.get("submitted_by"),
                                      submitted_host=stored.get("submitted_host")))
         return result
