@@ -65,8 +65,8 @@ class JobSpec:
         return sorted({int(f) for f in fileseq.FrameSet(self.frames)})
 
     def preview_frames(self) -> list[int]:
-        """`preview` frames spread evenly over the job's frames, in frame order: the first, then the
-        last, then between them (1: the first; 2: first and last; 3: first, middle, last; ...)."""
+        """`preview` frames spread evenly over the job's frames, in frame order (1: the first;
+        2: the first and the last; 3: first, middle, last; ...)."""
         frames = self.frame_list()
         count = min(self.preview, len(frames))
         if count <= 1:
