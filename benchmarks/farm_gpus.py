@@ -15,6 +15,9 @@ middle 80 % of the frames' publish times (no fill, no drain). NVML utilisation o
 GPU is sampled every 100 ms while the shot runs. Counts 1 and N (all GPUs) alternate
 `--repeats` times; `n_over_one` (also written as `speedup`) compares the medians.
 
+Workers write a thumbnail beside each frame, as `render worker` does by default; with
+`--no-thumbnails` they do not, to measure what the thumbnails cost.
+
 Workers take turns at each GPU between their task slots (pipeline.gpu.turns); with
 `--no-turns` the slots share it, as before turns existed, for comparison.
 
@@ -54,10 +57,11 @@ def write_job(path: Path, *, name: str, model: Path, root: Path, frames: int, wi
                      height=height, formats=["png"], writers=writers, dtype=dtype, tuning='decode = "tiles"\n')
 
 
-def worker_process(url: str, root: str, device: str, name: str, log_file: str, turns: bool) -> None:
+def worker_process(url: str, root: str, device: str, name: str, log_file: str, turns: bool,
+                   thumbnails: bool) -> None:
     logging.basicConfig(level=logging.INFO, filename=log_file, format="%(asctime)s %(name)s %(message)s")
     run_worker(WorkerConfig(queue_url=url, output_root=Path(root), model_roots=(Path(root),), device=device,
-                            name=name, idle_poll_s=0.05, gpu_turns=turns))
+                            name=name, idle_poll_s=0.05, gpu_turns=turns, thumbnails=thumbnails))
 
 
 def wait_done(url: str, job_id: str, frames: int, timeout_s: float = 540.0) -> float:
@@ -131,7 +135,8 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
                      frames=args.frames, width=width, height=height, writers=writers, dtype=args.dtype)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=worker_process, args=(url, str(work), device, f"w{i}",
-                                                              str(args.logs / f"run{run}-w{i}.log"), not args.no_turns))
+                                                              str(args.logs / f"run{run}-w{i}.log"), not args.no_turns,
+                                                              not args.no_thumbnails))
                  for i, device in enumerate(devices)]
     for process in processes:
         process.start()
@@ -184,6 +189,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=0, help="use the first N GPUs (default: all)")
     parser.add_argument("--no-turns", action="store_true",
                         help="a worker's task slots share the GPU instead of taking turns (for comparison)")
+    parser.add_argument("--no-thumbnails", action="store_true",
+                        help="workers write no thumbnails (`render worker --no-thumbnails`), for comparison")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "farm_gpus_logs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "farm_gpus.json")
     args = parser.parse_args()
@@ -207,7 +214,8 @@ def main() -> None:
         "machine": f"{platform.node()} ({os.cpu_count()} cores)",
         "devices": [torch.cuda.get_device_name(i) for i in range(gpus)] if not args.cpu else ["cpu"],
         "torch": torch.__version__, "frames": args.frames, "chunk": args.chunk, "size": args.size,
-        "queue": "sqlite", "gpu_turns": not args.no_turns, "slots": WorkerConfig.slots,
+        "queue": "sqlite", "gpu_turns": not args.no_turns, "thumbnails": not args.no_thumbnails,
+        "slots": WorkerConfig.slots,
         "shot": f"SD-class VAE, random weights, {args.dtype}, noise latents, decode = tiles, PNG",
         "runs": []}
     with tempfile.TemporaryDirectory() as scratch:

@@ -332,14 +332,20 @@ QUEUE_OPTION = click.option(
 @click.option("--idempotency-key", metavar="KEY", default=None,
               help="Queue the job once per KEY: submitting again with a KEY the queue has seen queues nothing "
                    "and prints the id of the job queued then (a retried submit does not queue the shot twice).")
+@click.option("--submitted-by", metavar="NAME", default=None,
+              help="Who queued the job, as the monitor shows it (default: the OS user); the host is stored too.")
+@click.option("--preview", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="Render N frames spread over the shot (first, last, between) before the rest, so a bad shot "
+                   "is seen early.")
 def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attempts: int, frames_text: str | None,
-           idempotency_key: str | None) -> None:
+           idempotency_key: str | None, submitted_by: str | None, preview: int) -> None:
     """Check JOB.toml like `render run` does, store it and queue its frames; print the job id
     (on stdout, alone) and the queue it went to (on stderr)."""
     from workers.submit import submit as submit_to_queue
 
     done = submit_to_queue(job_file, queue_url, chunk=chunk, priority=priority, max_attempts=max_attempts,
-                           idempotency_key=idempotency_key, frames_text=frames_text)
+                           idempotency_key=idempotency_key, frames_text=frames_text, submitted_by=submitted_by,
+                           preview=preview)
     if done.existing:
         click.echo(f"job {done.job_id} was queued earlier with this idempotency key on {done.queue}; "
                    "nothing queued now", err=True)
@@ -375,10 +381,12 @@ def submit(job_file: Path, queue_url: str, chunk: int, priority: int, max_attemp
 @click.option("--traces", is_flag=True,
               help="Write each task's timeline (as `render run --trace`) to OUTPUT_ROOT-traces/ beside the "
                    "job's output root.")
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
+              help="Write a 256-px JPEG of each frame to a .thumbnails folder beside it, for `render monitor`.")
 def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Path, model_roots: tuple[Path, ...],
            input_roots: tuple[Path, ...], slots: int, lease_s: float, max_job_failures: int,
            metrics_port: int | None, exit_when_idle: bool,
-           name: str, traces: bool) -> None:
+           name: str, traces: bool, thumbnails: bool) -> None:
     """Consume frame tasks until told to stop. SIGTERM drains: frames in flight finish,
     the rest of their tasks is released to other workers at once.
 
@@ -398,7 +406,7 @@ def worker(queue_url: str, device: str | None, gpus: str | None, output_root: Pa
                                     input_roots=input_roots,
                                     device=device, name=name, lease_s=lease_s, slots=slots,
                                     max_job_failures=max_job_failures, metrics_port=metrics_port,
-                                    exit_when_idle=exit_when_idle, traces=traces))
+                                    exit_when_idle=exit_when_idle, traces=traces, thumbnails=thumbnails))
     if state.error is not None:
         raise state.error
 

@@ -59,6 +59,7 @@ class Plan:
     pipeline: PipelineInfo | None = None  # source kind "diffusers": the pipeline that generates
     pipeline_dtype: str = ""          # what the pipeline runs in (its VAE runs in `dtype`)
     decode_devices: tuple[torch.device, ...] = ()   # several: they decode each frame together
+    thumbnails: bool = False          # a thumbnail beside each frame (farm workers, for the monitor)
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:

@@ -292,7 +292,7 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
                          png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
                          png_encoder=job.tuning.png_encoder,
-                         exr_compression=job.output.exr_compression, fps=shot.fps,
+                         exr_compression=job.output.exr_compression, fps=shot.fps, thumbnails=plan.thumbnails,
                          **_exr_colour(job),
                          record_base={"shot": shot.name, "model_hash": plan.model_hash,
                                       "job_hash": plan.job_hash, "device": str(plan.device)})

@@ -1,8 +1,9 @@
 """`render monitor`'s page in a real browser (issue 19): Debian's headless chromium,
 driven through its own chromedriver by Selenium (both from apt; nothing is downloaded
 at test time). A real worker renders a job with one poisoned frame; the page shows the
-progress move, the failed task and its log, drains the worker, and requeues the failed task with
-the token, after which its cell shows it pending again. Screenshots are saved in the
+progress move, the thumbnails of the latest frames, the failed task and its log, drains
+the worker, and requeues the failed task with the token, after which its cell shows it
+pending again. Screenshots are saved in the
 test's tmp folder (and, with FRAMEFARM_MONITOR_SCREENSHOT=PATH, the mid-render one there
 too: that is how benchmarks/results/monitor.png, shown in the README, was made)."""
 
@@ -86,6 +87,10 @@ def test_the_page_follows_a_render_drains_the_worker_and_requeues_a_failed_task(
             first_seen = done_count(browser)
             wait_for(browser, lambda: done_count(browser) > first_seen + 2, "the page shows the progress move")
             assert browser.find_element(By.CSS_SELECTOR, "#job-head [data-field=fps]").text not in ("", "–")
+            wait_for(browser, lambda: browser.execute_script(   # the worker's thumbnails (32x24 frames)
+                "return [...document.querySelectorAll('#thumbs img')].filter("
+                "  (img) => img.complete && img.naturalWidth === 32).length") >= 4,
+                "the thumbnails of the latest frames are shown", 20)
             assert f"stage 'source' on frame {POISON} failed" in task_shown(browser, POISON)["error"]
             browser.execute_script(   # the failed task's row: its log shows below the table
                 "for (const row of document.querySelectorAll('#tasks tbody tr'))"

@@ -8,12 +8,17 @@ With no port the metrics are still counted (the worker reads them) but not serve
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .tasks import TaskQueue
+
+# The queue depth is the farm's, not this worker's: every worker of a farm reads it, so it is
+# read at most this often (a Prometheus scrape is 15-60 s apart), not at each heartbeat.
+QUEUE_DEPTH_EVERY_S = 15.0
 
 
 class WorkerMetrics:
@@ -38,12 +43,16 @@ class WorkerMetrics:
         self._nvml_handle = _nvml_handle(device)
         # the last NVML reading, sent with the heartbeat for `render monitor`; None without NVML (CPU)
         self.gpu: dict[str, float] | None = None
+        self._depth_read: float | None = None   # time.monotonic() of the last queue-depth reading
         if port is not None:
             start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
     def sample(self) -> None:
         """Refresh the gauges (called with each heartbeat, in a worker thread)."""
-        self.queue_depth.set(sum(status.pending for status in self.queue.status()))
+        now = time.monotonic()
+        if self._depth_read is None or now - self._depth_read >= QUEUE_DEPTH_EVERY_S:
+            self._depth_read = now
+            self.queue_depth.set(self.queue.pending_frames())
         if self._nvml_handle is not None:
             import pynvml
 

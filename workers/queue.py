@@ -35,6 +35,8 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
 - `job_states` lists every job id with its stored state (active, paused, done,
   cancelled) in submission order, cheaply: the monitor picks the jobs it shows from it
   and asks `status(job_ids=...)` for those only (in submission order too).
+- `pending_frames` is the frames of every job's pending frames tasks (the workers'
+  queue-depth gauge), cheaper than summing `status`.
 - `status` counts a job's frames (not tasks) as done, leased, pending, failed,
   cancelled or stopping, with the error of each failed range and the blocklisted
   workers (`job_status`, workers/tasks.py, does the counting).

@@ -36,6 +36,7 @@ from pipeline.errors import JobError
 from .tasks import (
     ERROR_CHARS,
     LOG_CHARS,
+    TASK_FRAMES,
     WORKER_DROP_S,
     JobSpec,
     JobStatus,
@@ -77,6 +78,8 @@ class RedisQueue:
 
     def __init__(self, url: str, *, prefix: str = "ff:") -> None:
         self._where = self.where = redact(url)  # the URL itself (and its password) is kept only inside redis-py
+        # The task rows of jobs stored as done, by job id: final (as SqliteQueue's), counted once per process.
+        self._done_rows: dict[str, tuple[list[TaskRow], list[tuple[str, int]]]] = {}
         self._prefix = prefix
         try:
             self._client: redis.Redis = redis.Redis.from_url(
@@ -148,7 +151,9 @@ class RedisQueue:
             job_id = self._submit(args=[
                 self._prefix, spec.job_id, json.dumps(spec.as_dict()), str(int(spec.priority)),
                 spec.max_attempts, int(spec.video), spec.frame_start, spec.frame_end,
-                json.dumps(spec.chunks()), "" if idempotency_key is None else idempotency_key])
+                # the stream hands tasks out in the order they are added: the preview ones first
+                json.dumps([[first, last, int(preview)] for (first, last), preview in spec.preview_first()]),
+                "" if idempotency_key is None else idempotency_key])
         if not job_id:
             raise JobError("job", spec.job_id, "a job with this id is already in the queue")
         return str(job_id)
@@ -216,6 +221,16 @@ class RedisQueue:
             states = pipe.execute()
         return [(jid, state) for jid, state in zip(job_ids, states, strict=True) if state is not None]
 
+    def pending_frames(self) -> int:
+        live = [job_id for job_id, state in self.job_states() if state in ("active", "paused")]
+        with self._talk():
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in live:
+                pipe.hvals(self._key("job", job_id, "tasks"))
+            replies = pipe.execute()
+        return sum(task["last"] - task["first"] + 1 for tasks in replies for task in map(json.loads, tasks)
+                   if task["state"] == "pending" and task["kind"] == TASK_FRAMES)
+
     def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
         with self._talk():
             if job_id is not None:
@@ -230,22 +245,37 @@ class RedisQueue:
             pipe.time()
             for jid in job_ids:
                 pipe.hmget(self._key("job", jid), "spec", "state", "priority", "submitted")
+            now_reply, *metas = pipe.execute()
+            # a job stored as done has final tasks: counted once per process (`_done_rows`); the others'
+            # tasks are read now (a job that became done in between is read whole: its tasks are final)
+            counted = [jid for jid, (_spec, state, *_rest) in zip(job_ids, metas, strict=True)
+                       if not (state == "done" and jid in self._done_rows)]
+            pipe = self._client.pipeline(transaction=True)
+            for jid in counted:
                 pipe.hvals(self._key("job", jid, "tasks"))
                 pipe.hgetall(self._key("job", jid, "failures"))
                 pipe.smembers(self._key("job", jid, "blocked"))
-            now_reply, *replies = pipe.execute()
+            replies = pipe.execute() if counted else []
         now_ms = _server_ms(now_reply)
+        counts = {jid: replies[3 * index:3 * index + 3] for index, jid in enumerate(counted)}
         result = []
-        for index, jid in enumerate(job_ids):
-            (spec, state, priority, submitted), tasks, failures, blocked = replies[4 * index:4 * index + 4]
+        for jid, (spec, state, priority, submitted) in zip(job_ids, metas, strict=True):
             if spec is None:
                 continue
-            rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
-                            int(t.get("published") or 0), _seconds(t.get("started")), _seconds(t.get("finished")))
-                    for t in map(json.loads, tasks)]
-            result.append(job_status(jid, json.loads(spec)["name"], state, int(priority), rows,
-                                     [(name, int(failures.get(name, 0))) for name in blocked],
-                                     submitted=_seconds(submitted)))
+            if jid in counts:
+                tasks, failures, blocked = counts[jid]
+                rows = [TaskRow(t["kind"], t["first"], t["last"], _task_state(t, now_ms), t.get("error"),
+                                int(t.get("published") or 0), _seconds(t.get("started")),
+                                _seconds(t.get("finished"))) for t in map(json.loads, tasks)]
+                blocks = [(name, int(failures.get(name, 0))) for name in blocked]
+                if state == "done":
+                    self._done_rows[jid] = (rows, blocks)
+            else:
+                rows, blocks = self._done_rows[jid]
+            stored = json.loads(spec)
+            result.append(job_status(jid, stored["name"], state, int(priority), rows, blocks,
+                                     submitted=_seconds(submitted), submitted_by=stored.get("submitted_by"),
+                                     submitted_host=stored.get("submitted_host")))
         return result
 
     def tasks(self, job_id: str) -> list[TaskInfo]:

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     published INTEGER NOT NULL DEFAULT 0,  -- cancelled: frames its worker published before it stopped
     started REAL,                       -- its latest lease began
-    finished REAL                       -- acked or failed after that lease
+    finished REAL,                      -- acked or failed after that lease
+    preview INTEGER NOT NULL DEFAULT 0  -- 1: a `--preview` frame, leased before the job's other tasks
 );
 CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (job_id);
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, job_id);
@@ -100,25 +101,52 @@ CREATE TABLE IF NOT EXISTS notices (        -- a job's webhook events claimed fo
 """
 
 # What `status` hands `job_status` (which does all the counting): each failed task on its
-# own (it carries its error), and the other tasks of a job summed per kind and state into
-# one TaskRow whose first..last spans their frame count. job_status counts frames, not
-# tasks, so the counts are those of the tasks one by one, while SQLite, not Python, walks
-# the 100,000 rows of a large queue. Summed published frames are clipped per task, as
-# job_status clips them; tasks without both times are kept apart (they give no rate).
-_STATUS_ROWS = """
+# own (it carries its error), and the other tasks of a job summed per kind and state in
+# SQL (`_STATUS_SUMS`, turned into TaskRows by `_summed_rows`): SQLite, not Python, walks
+# the 100,000 rows of a large queue. The sums read only the covering index
+# `tasks_for_status`, in its order (no temporary B-tree), and each FILTERed aggregate
+# sums only what job_status uses of that state: the stopping frames of cancelled tasks
+# (leased when cancelled, lease not yet run out), their published frames (clipped per
+# task, as job_status clips them), and the frames and lease span of the tasks with both
+# times (the others give no rate).
+_STATUS_FAILED = """
 SELECT job_id, kind, first, last, 'failed', error, published, started, finished
   FROM tasks WHERE state = 'failed' {where}
-UNION ALL
-SELECT job_id, kind, 0, SUM(last - first + 1) - 1, shown, NULL, SUM(MIN(published, last - first + 1)),
-       MIN(started), MAX(finished)
-  FROM (SELECT *, CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END AS shown
-          FROM tasks WHERE state != 'failed' {where})
- GROUP BY job_id, kind, shown, started IS NULL OR finished IS NULL
 """
+_STATUS_SUMS = """
+SELECT job_id, kind, state, SUM(last - first + 1),
+       SUM(last - first + 1) FILTER (WHERE state = 'cancelled' AND lease_until > ?),
+       SUM(MIN(published, last - first + 1)) FILTER (WHERE state = 'cancelled'),
+       SUM(last - first + 1) FILTER (WHERE started IS NOT NULL AND finished IS NOT NULL),
+       MIN(started) FILTER (WHERE finished IS NOT NULL), MAX(finished) FILTER (WHERE started IS NOT NULL)
+  FROM tasks INDEXED BY tasks_for_status WHERE state != 'failed' {where}
+ GROUP BY job_id, kind, state
+"""
+_STATUS_INDEX = """CREATE INDEX IF NOT EXISTS tasks_for_status
+    ON tasks (job_id, kind, state, first, last, published, started, finished, lease_until)"""
+
+
+def _summed_rows(kind: str, state: str, frames: int, stopping: int | None, published: int | None,
+                 timed: int | None, started: float | None, finished: float | None) -> Iterator[TaskRow]:
+    """One row of `_STATUS_SUMS` as the TaskRows job_status counts (first..last spans the frames)."""
+    if state == "cancelled":
+        stopping = stopping or 0
+        if stopping:
+            yield TaskRow(kind, 0, stopping - 1, "stopping", None)
+        if frames - stopping:
+            yield TaskRow(kind, 0, frames - stopping - 1, "cancelled", None, published or 0)
+        return
+    timed = timed or 0
+    if timed:
+        yield TaskRow(kind, 0, timed - 1, state, None, 0, started, finished)
+    if frames - timed:
+        yield TaskRow(kind, 0, frames - timed - 1, state, None)
+
 
 # Columns added to existing tables since the first schema: (table, column, definition).
 _ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0"), ("tasks", "started", "REAL"),
-                  ("tasks", "finished", "REAL"), ("jobs", "submitted", "REAL")]
+                  ("tasks", "finished", "REAL"), ("jobs", "submitted", "REAL"),
+                  ("tasks", "preview", "INTEGER NOT NULL DEFAULT 0")]
 
 
 class SqliteQueue:
@@ -129,6 +157,10 @@ class SqliteQueue:
         self.where = f"sqlite://{self.path}"   # sqlite:///absolute/path: the URL convention, round-tripped
         self.clock = clock
         self._local = threading.local()
+        # The task sums of jobs stored as done, by job id: they are final (every task of such a job is
+        # done; requeue and cancel change none of them), so `status` counts each once per process
+        # and a monitor's whole-queue listing costs what the live jobs cost.
+        self._done_rows: dict[str, tuple[list[TaskRow], list[tuple[str, int]]]] = {}
         where = str(self.path)
         if self.path.is_dir():
             raise JobError("--queue", where, "is a folder; name the queue's database file in it, e.g. "
@@ -150,6 +182,7 @@ class SqliteQueue:
                                "jobs table); name another file")
             db.executescript(_SCHEMA)  # idempotent: every process may create it
             self._migrate(db)
+            db.execute(_STATUS_INDEX)   # after _migrate: it covers columns an older file gains there
         except sqlite3.OperationalError as err:
             if "locked" in str(err) or "busy" in str(err):
                 raise QueueUnavailable(f"queue database {self.path} is busy: {err}") from None
@@ -207,8 +240,10 @@ class SqliteQueue:
             db.execute("""INSERT INTO jobs (id, spec, priority, max_attempts, state, submitted)
                           VALUES (?, ?, ?, ?, 'active', ?)""",
                        (spec.job_id, json.dumps(spec.as_dict()), spec.priority, spec.max_attempts, self.clock()))
-            db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'pending')",
-                           [(spec.job_id, TASK_FRAMES, first, last) for first, last in spec.chunks()])
+            db.executemany("""INSERT INTO tasks (job_id, kind, first, last, state, preview)
+                              VALUES (?, ?, ?, ?, 'pending', ?)""",
+                           [(spec.job_id, TASK_FRAMES, first, last, int(preview))
+                            for (first, last), preview in spec.preview_first()])
             return spec.job_id
 
     def job(self, job_id: str) -> JobSpec | None:
@@ -230,7 +265,7 @@ class SqliteQueue:
                       AND t.job_id NOT IN (SELECT job_id FROM job_failures WHERE worker = ? AND blocked)
                     ORDER BY j.priority DESC,
                              t.worker = ? AND t.error IS NOT NULL,  -- a retry goes to another worker first
-                             j.seq, t.kind = 'video', t.first LIMIT 1""",
+                             j.seq, t.kind = 'video', t.preview DESC, t.first LIMIT 1""",
                 (now, *skip, worker, worker)).fetchone()
             if row is None:
                 return None
@@ -380,29 +415,49 @@ class SqliteQueue:
     def job_states(self) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in self._db().execute("SELECT id, state FROM jobs ORDER BY seq")]
 
+    def pending_frames(self) -> int:
+        # Only live jobs have pending tasks: asking for them lets SQLite read the covering index.
+        row = self._db().execute("""SELECT SUM(last - first + 1) FROM tasks
+                                    WHERE job_id IN (SELECT id FROM jobs WHERE state IN ('active', 'paused'))
+                                      AND kind = ? AND state = 'pending'""", (TASK_FRAMES,)).fetchone()
+        return int(row[0] or 0)
+
     def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]:
         db = self._db()
         now = self.clock()
         if job_id is not None:
             job_ids = [job_id]
-        args: tuple[str, ...] = () if job_ids is None else (json.dumps(list(job_ids)),)
-        where = "" if job_ids is None else "WHERE job_id IN (SELECT value FROM json_each(?))"
         rows: dict[str, list[TaskRow]] = {}
         blocked: dict[str, list[tuple[str, int]]] = {}
         db.execute("BEGIN")  # one snapshot for all the reads below
         try:
-            jobs = db.execute("SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted FROM jobs "
-                              f"{where.replace('job_id', 'id')} ORDER BY seq", args).fetchall()
-            for row in db.execute(_STATUS_ROWS.format(where=where and f"AND {where.removeprefix('WHERE ')}"),
-                                  (*args, now, *args)):
+            jobs = db.execute(
+                "SELECT id, json_extract(spec, '$.name') AS name, priority, state, submitted, "
+                "json_extract(spec, '$.submitted_by') AS submitted_by, "
+                "json_extract(spec, '$.submitted_host') AS submitted_host FROM jobs"
+                + ("" if job_ids is None else " WHERE id IN (SELECT value FROM json_each(?))") + " ORDER BY seq",
+                () if job_ids is None else (json.dumps(list(job_ids)),)).fetchall()
+            counted = [job["id"] for job in jobs if not (job["state"] == "done" and job["id"] in self._done_rows)]
+            args = (json.dumps(counted),)
+            where = "AND job_id IN (SELECT value FROM json_each(?))"
+            for row in db.execute(_STATUS_FAILED.format(where=where), args):
                 rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
-            for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures {where} "
-                                  f"{'AND' if where else 'WHERE'} blocked", args):
+            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, *args)):
+                rows.setdefault(job_key, []).extend(_summed_rows(*sums))
+            for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures WHERE blocked {where}", args):
                 blocked.setdefault(row[0], []).append((row[1], row[2]))
         finally:
             db.execute("COMMIT")
+        for job in jobs:
+            if job["state"] != "done":
+                continue
+            if job["id"] in self._done_rows:
+                rows[job["id"]], blocked[job["id"]] = self._done_rows[job["id"]]
+            else:
+                self._done_rows[job["id"]] = (rows.get(job["id"], []), blocked.get(job["id"], []))
         return [job_status(job["id"], job["name"], job["state"], job["priority"],
-                           rows.get(job["id"], []), blocked.get(job["id"], []), submitted=job["submitted"])
+                           rows.get(job["id"], []), blocked.get(job["id"], []), submitted=job["submitted"],
+                           submitted_by=job["submitted_by"], submitted_host=job["submitted_host"])
                 for job in jobs]
 
     # -- workers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,21 @@ class Submitted:
 
 
 IDEMPOTENCY_KEY_CHARS = 200
+SUBMITTED_BY_CHARS = 64
+
+
+def submitter(name: str | None) -> tuple[str | None, str]:
+    """(who, host) to store with a job: `--submitted-by`, else the OS user (None where the
+    system knows none, e.g. a container's bare uid), and this host's name."""
+    if name is None:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):   # no login name and no passwd entry for the uid
+            return None, socket.gethostname()
+    elif not (0 < len(name) <= SUBMITTED_BY_CHARS and name.isprintable()):
+        raise JobError("--submitted-by", name[:SUBMITTED_BY_CHARS],
+                       f"expected 1 to {SUBMITTED_BY_CHARS} printable characters")
+    return name, socket.gethostname()
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
@@ -37,7 +54,9 @@ def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max
 
 
 def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int,
-           idempotency_key: str | None = None, frames_text: str | None = None) -> Submitted:
+           idempotency_key: str | None = None, frames_text: str | None = None, submitted_by: str | None = None,
+           preview: int = 0) -> Submitted:
+    who, host = submitter(submitted_by)
     if idempotency_key is not None and not (
             0 < len(idempotency_key) <= IDEMPOTENCY_KEY_CHARS and idempotency_key.isprintable()):
         raise JobError("--idempotency-key", idempotency_key[:IDEMPOTENCY_KEY_CHARS],
@@ -48,6 +67,9 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
     # the model, latents and output checks of `render run`; memory is each worker's to check
     plan = make_plan(job, torch.device("cpu"), check_memory=False, frames=frames, video=frames is None)
     if plan.clip_frames:
+        if preview:
+            raise JobError("--preview", preview, "this job renders a clip, which decodes from its first latent "
+                           "frame as one task; leave --preview out")
         chunk = len(job.shot.frames)  # a clip decodes from its first latent frame: one task
     if frame_format(job.output.formats) is None:
         raise JobError("output.formats", list(job.output.formats),
@@ -57,7 +79,8 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
                    chunk=chunk, video=bool(job.output.videos) and frames is None, max_attempts=max_attempts,
-                   frames=None if frames is None else str(fileseq.FrameSet(frames)))
+                   frames=None if frames is None else str(fileseq.FrameSet(frames)), submitted_by=who,
+                   submitted_host=host, preview=preview)
     try:
         queue = open_queue(queue_url)
         try:

@@ -54,20 +54,48 @@ class JobSpec:
     video: bool               # encode the MP4 once every frame is published
     max_attempts: int
     frames: str | None = None  # `render submit --frames` (e.g. "1001-1097x4"): only these; None: the whole shot
+    submitted_by: str | None = None    # who queued it (`render submit --submitted-by`, default the OS user)
+    submitted_host: str | None = None  # the host it was queued from
+    preview: int = 0          # `render submit --preview N`: N frames spread over the shot, leased before the rest
+
+    def frame_list(self) -> list[int]:
+        """The job's frames in order: `frames`, or the whole shot."""
+        if self.frames is None:
+            return list(range(self.frame_start, self.frame_end + 1))
+        return sorted({int(f) for f in fileseq.FrameSet(self.frames)})
+
+    def preview_frames(self) -> list[int]:
+        """`preview` frames spread evenly over the job's frames, in frame order (1: the first;
+        2: the first and the last; 3: first, middle, last; ...)."""
+        frames = self.frame_list()
+        count = min(self.preview, len(frames))
+        if count <= 1:
+            return frames[:count]
+        # the step is at least one frame (count <= len(frames)), so the picks are distinct
+        return [frames[round(i * (len(frames) - 1) / (count - 1))] for i in range(count)]
 
     def chunks(self) -> list[tuple[int, int]]:
-        """The tasks' frame ranges: `chunk` frames each, never across a gap in `frames`."""
-        if self.frames is None:
-            runs = [(self.frame_start, self.frame_end)]
-        else:
-            runs = []
-            for frame in sorted({int(f) for f in fileseq.FrameSet(self.frames)}):
-                if runs and runs[-1][1] == frame - 1:
-                    runs[-1] = (runs[-1][0], frame)
-                else:
-                    runs.append((frame, frame))
-        return [(first, min(first + self.chunk - 1, last))
-                for start, last in runs for first in range(start, last + 1, self.chunk)]
+        """The tasks' frame ranges in frame order: `chunk` frames each, never across a gap in
+        `frames`; each preview frame is a task of its own (`preview_first` orders them)."""
+        preview = set(self.preview_frames())
+        runs: list[tuple[int, int]] = []
+        for frame in self.frame_list():
+            if frame in preview:
+                continue
+            if runs and runs[-1][1] == frame - 1:
+                runs[-1] = (runs[-1][0], frame)
+            else:
+                runs.append((frame, frame))
+        return sorted([(first, min(first + self.chunk - 1, last))
+                       for start, last in runs for first in range(start, last + 1, self.chunk)]
+                      + [(frame, frame) for frame in preview])
+
+    def preview_first(self) -> list[tuple[tuple[int, int], bool]]:
+        """`chunks` as the queue stores them: the preview tasks first (flagged True), then the rest,
+        each in frame order."""
+        preview = set(self.preview_frames())
+        flagged = [(chunk, chunk[0] == chunk[1] and chunk[0] in preview) for chunk in self.chunks()]
+        return sorted(flagged, key=lambda pair: not pair[1])
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,6 +137,8 @@ class JobStatus:
     errors: list[dict[str, Any]] = field(default_factory=list)   # {"first","last","error"} (+ "kind": "video")
     blocked: list[dict[str, Any]] = field(default_factory=list)  # {"worker","failures"}: workers that stopped taking it
     submitted: float | None = None   # seconds since the epoch, by the queue's clock (None: queued before it was kept)
+    submitted_by: str | None = None  # JobSpec's: who queued it, and from which host (None: not recorded)
+    submitted_host: str | None = None
     fps: float | None = None  # frames done per second, from the first lease to the last ack of its done tasks
     eta_s: float | None = None  # frames still to do (pending, leased) at `fps`; None until a task is done
 
@@ -176,7 +206,8 @@ class TaskRow(NamedTuple):
 
 
 def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow],
-               blocked: Iterable[tuple[str, int]] = (), submitted: float | None = None) -> JobStatus:
+               blocked: Iterable[tuple[str, int]] = (), submitted: float | None = None,
+               submitted_by: str | None = None, submitted_host: str | None = None) -> JobStatus:
     """A job's frames counted by the state of their tasks, with the error of each
     failed range in frame order. Only frames tasks count: the video task covers frames
     already counted as done. A cancelled task's frames count as done as far as its
@@ -229,7 +260,8 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
                      leased=counts["leased"], pending=counts["pending"], failed=counts["failed"],
                      cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
                      blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)],
-                     submitted=submitted, fps=fps, eta_s=eta_s)
+                     submitted=submitted, submitted_by=submitted_by, submitted_host=submitted_host, fps=fps,
+                     eta_s=eta_s)
 
 
 class TaskQueue(Protocol):
@@ -247,6 +279,7 @@ class TaskQueue(Protocol):
     def job(self, job_id: str) -> JobSpec | None: ...
     def status(self, job_id: str | None = None, *, job_ids: Sequence[str] | None = None) -> list[JobStatus]: ...
     def job_states(self) -> list[tuple[str, str]]: ...
+    def pending_frames(self) -> int: ...   # frames of pending frames tasks, all jobs: cheap
     def requeue(self, job_id: str, failed_only: bool) -> int: ...
     def cancel(self, job_id: str) -> int: ...
     def tasks(self, job_id: str) -> list[TaskInfo]: ...

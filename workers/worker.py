@@ -46,7 +46,7 @@ import socket
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +101,7 @@ class WorkerConfig:
     metrics_port: int | None = None
     gpu_turns: bool = True              # slots take turns at the GPU (off: they share it, for comparison)
     traces: bool = False                # write each task's timeline beside its job's outputs
+    thumbnails: bool = True             # a small JPEG beside each frame, for `render monitor`
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -288,6 +289,7 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         whole = task.kind == TASK_VIDEO
         plan = await trio.to_thread.run_sync(
             lambda: make_plan(job, device, resume=True, frames=None if whole else task.frames, video=whole))
+        plan = replace(plan, thumbnails=config.thumbnails)
         with trio.CancelScope() as render_scope:
             if not await still_ours():
                 fenced = True  # cancelled while it was being planned

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.files.publish import TEMP_SUFFIX, file_sha256
+from pipeline.files.thumbnail import THUMBNAILS_DIR
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -190,6 +191,8 @@ def verify(root: Path) -> tuple[int, list[str]]:
             problems.append(f"{rel}: {problem}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
+        if THUMBNAILS_DIR in path.relative_to(root).parts[:-1]:
+            continue   # views of frames for the monitor, not outputs (files/thumbnail.py)
         if path.name.endswith(TEMP_SUFFIX):
             problems.append(f"{rel}: unfinished temporary file")
         elif rel != MANIFEST_NAME and rel not in latest:

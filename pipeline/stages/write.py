@@ -25,6 +25,7 @@ from pipeline.files.exr import BT709_CHROMATICITIES, Attribute, frame_attributes
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import Published, publish_bytes
+from pipeline.files.thumbnail import write_thumbnail
 from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.frames import HostFrame
 from pipeline.flow.stats import StageStats
@@ -49,6 +50,7 @@ class FrameOutputs:
     fps: int = 24                         # shot.fps (EXR frames say it)
     exr_chromaticities: tuple[float, ...] | None = BT709_CHROMATICITIES   # None: unknown, not written
     exr_extra: tuple[Attribute, ...] = ()  # what every EXR frame says besides (the colour transform)
+    thumbnails: bool = False              # a small JPEG beside each published frame (files/thumbnail.py)
 
     def check_publish(self, what: str) -> None:
         if self.may_publish is not None and not self.may_publish():
@@ -73,6 +75,8 @@ class FrameOutputs:
             }, published.kept_existing)
 
         publish_bytes(path, data, then=record, lock=self.manifest.exclusive())
+        if self.thumbnails:   # after the frame is out: the thumbnail never holds it back
+            write_thumbnail(path, pixels)
 
 
 class VideoSequencer:

@@ -1,5 +1,6 @@
-"""The monitor's JSON API under /api/: reads (jobs, a job, its tasks and their logs, workers) and
-actions (requeue, cancel, priority, pause, resume, drain).
+"""The monitor's JSON API under /api/: reads (jobs, a job, its tasks and their logs, the
+thumbnails of its latest finished frames, workers) and actions (requeue, cancel,
+priority, pause, resume, drain).
 
 Every answer is JSON; a refusal is {"error": "..."} with a 4xx status and changes
 nothing: an unknown job or worker is 404, a malformed id or body 400, a token missing
@@ -12,16 +13,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..status import worker_dict
 from ..tasks import JobStatus, QueueUnavailable, TaskQueue
 from .access import Access, Denied
+from .thumbnails import latest_thumbnails
 
 JOB_STATES = ("active", "paused", "done", "cancelled", "failed")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -54,6 +57,8 @@ class Api:
             Route("/api/jobs/{job_id}", self._read(self.job)),
             Route("/api/jobs/{job_id}/tasks", self._read(self.tasks)),
             Route("/api/jobs/{job_id}/tasks/{task_id}/log", self._read(self.task_log)),
+            Route("/api/jobs/{job_id}/thumbnails", self._read(self.thumbnails)),
+            Route("/api/jobs/{job_id}/thumbnails/{frame}", self._thumbnail_file),
             Route("/api/workers", self._read(self.workers)),
             *(Route(f"/api/jobs/{{job_id}}/{name}", self._act(getattr(self, name)), methods=["POST"])
               for name in ("requeue", "cancel", "priority", "pause", "resume")),
@@ -119,7 +124,7 @@ class Api:
         [found] = self.queue.status(job_id)
         assert spec is not None
         return {**job_dict(found), "frame_start": spec.frame_start, "frame_end": spec.frame_end,
-                "chunk": spec.chunk, "video": spec.video, "max_attempts": spec.max_attempts,
+                "chunk": spec.chunk, "video": spec.video, "max_attempts": spec.max_attempts, "preview": spec.preview,
                 "output_root": spec.output_root, "job_file": spec.toml}
 
     def tasks(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +141,40 @@ class Api:
         if log is None:
             raise BadRequest(404, f"job {job_id} has no task {task_id}")
         return {"job_id": job_id, "task_id": task_id, "log": log}
+
+    def thumbnails(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
+        job_id = self._known_job(request)
+        spec = self.queue.job(job_id)
+        assert spec is not None
+        found = latest_thumbnails(spec.output_root, spec.name)
+        return {"job_id": job_id, "thumbnails": [
+            {"frame": shown["frame"], "time": shown["time"], "url": f"/api/jobs/{job_id}/thumbnails/{shown['frame']}"}
+            for shown in found]}
+
+    async def _thumbnail_file(self, request: Request) -> Response:
+        """One frame's JPEG, if it is among the job's latest finished frames (as `thumbnails`)."""
+        def find(_request: Request, _body: dict[str, Any]) -> Path:
+            frame = request.path_params["frame"]
+            if not (frame.isdecimal() and len(frame) <= 9):
+                raise BadRequest(400, f"frame {frame!r} is not a frame number (a whole number, as "
+                                      "/api/jobs/ID/thumbnails lists them)")
+            job_id = self._known_job(request)
+            spec = self.queue.job(job_id)
+            assert spec is not None
+            found = latest_thumbnails(spec.output_root, spec.name, 1, frame=int(frame))
+            if not found:
+                raise BadRequest(404, f"job {job_id} has no thumbnail of frame {int(frame)} among its latest "
+                                      "finished frames")
+            return Path(found[0]["path"])
+
+        try:
+            self.access.check(request, action=False)
+            path = await run_in_threadpool(find, request, {})
+        except (Denied, BadRequest) as refused:
+            return error(refused.status, str(refused))
+        except QueueUnavailable as err:
+            return error(503, f"the queue cannot be reached: {err}")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     def workers(self, _request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         return {"workers": [worker_dict(worker) for worker in self.queue.workers()]}

@@ -19,6 +19,7 @@
 --                             (and notice:<event> = 1 once a worker claimed that webhook event: HSETNX)
 --   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
 --                             done | failed | cancelled), attempts, token, worker, error, entry,
+--                             preview (true: a `--preview` frame, queued before the job's other tasks),
 --                             started (ms: its latest lease began), finished (ms: acked or failed),
 --                             and for a task cancelled while leased: stop_by (its lease deadline,
 --                             ms: "stopping" until then, unless its worker reports first) and

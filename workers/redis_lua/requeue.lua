@@ -28,9 +28,11 @@ for i = 1, #all, 2 do
     table.insert(chosen, t)
   end
 end
--- queued again in frame order (the video last), behind whatever the job still has pending
+-- queued again in frame order (preview frames first, the video last), behind whatever the job
+-- still has pending
 table.sort(chosen, function(a, b)
   if (a.kind == 'video') ~= (b.kind == 'video') then return b.kind == 'video' end
+  if (a.preview or false) ~= (b.preview or false) then return a.preview == true end
   return a.first < b.first
 end)
 for _, t in ipairs(chosen) do

@@ -9,7 +9,8 @@
 -- ARGV[6] video: 1 if the job wants an MP4 (a video task follows the last frames), else 0
 -- ARGV[7] frame_start
 -- ARGV[8] frame_end
--- ARGV[9] the chunks as JSON, [[first, last], ...]; task ids are 1..#chunks
+-- ARGV[9] the chunks as JSON, [[first, last, preview], ...] in the order they are to be leased (a
+--         `--preview` frame first, preview = 1); task ids are 1..#chunks in that order
 -- ARGV[10] idempotency key, or '' for none
 -- Writes ff:seq, ff:jobs, ff:job:<job>, its tasks and stream, the priority index, and
 -- ff:idempotency (hash key -> job id).
@@ -31,7 +32,8 @@ redis.call('HSET', jkey(job), 'spec', ARGV[3], 'state', 'active', 'priority', AR
            'seq', seq, 'remaining', #chunks, 'next_task', #chunks, 'video_queued', 0, 'submitted', now_ms())
 redis.call('ZADD', P .. 'jobs', seq, job)
 for i, chunk in ipairs(chunks) do
-  enqueue(job, tostring(i), {kind = 'frames', first = chunk[1], last = chunk[2], attempts = 0, token = 0})
+  enqueue(job, tostring(i), {kind = 'frames', first = chunk[1], last = chunk[2], attempts = 0, token = 0,
+                             preview = chunk[3] == 1 or nil})
 end
 activate(job)
 return job

@@ -54,6 +54,7 @@ const FORMATS = {
     const d = new Date(v * 1000);
     return d.toLocaleDateString() + " " + pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   },
+  host: (v) => (v ? "@" + v : ""),   // after the submitter's name
   age: (v) => (v == null ? "–" : Math.round(v) + " s ago"),
   list: (v) => (v && v.length ? v.join(", ") : ""),
   kind: (v) => (v === "frames" ? "" : v),   // only the video task is marked
@@ -128,6 +129,7 @@ async function refreshJob() {
   fill(document.getElementById("job-head"), job);
   const jobFile = document.getElementById("job-file");
   if (!jobFile.textContent) jobFile.textContent = job.job_file;
+  await refreshThumbs(id);
   const tasks = (await read("/api/jobs/" + id + "/tasks")).tasks;
   sync(document.getElementById("strip"), "task-cell", tasks, (task) => task.task_id);
   sync(document.querySelector("#tasks tbody"), "task-row", tasks, (task) => task.task_id);
@@ -135,6 +137,30 @@ async function refreshJob() {
     const log = await read("/api/jobs/" + id + "/tasks/" + encodeURIComponent(shownLog) + "/log");
     document.getElementById("task-log").textContent = log.log || "(no log yet)";
   }
+}
+
+// The latest frames' thumbnails: fetched with the token (an <img src> could not send it) and shown as
+// blob URLs; fetched again only when the list of frames (or a frame's time) changes.
+async function refreshThumbs(id) {
+  const list = (await read("/api/jobs/" + id + "/thumbnails")).thumbnails;
+  const strip = document.getElementById("thumbs");
+  const shown = list.map((t) => t.frame + "@" + t.time).join(",");
+  if (strip.dataset.shown === shown) return;
+  const figures = await Promise.all(list.map(async (t) => {
+    const reply = await fetch(t.url, { headers: token() ? { Authorization: "Bearer " + token() } : {} });
+    if (!reply.ok) return null;
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = URL.createObjectURL(await reply.blob());
+    img.alt = "frame " + t.frame;
+    const caption = document.createElement("figcaption");
+    caption.textContent = t.frame;
+    figure.append(img, caption);
+    return figure;
+  }));
+  for (const old of strip.querySelectorAll("img")) URL.revokeObjectURL(old.src);
+  strip.replaceChildren(...figures.filter((f) => f));
+  strip.dataset.shown = shown;
 }
 
 let shownLog = null;   // the task whose log the job page shows
