@@ -78,10 +78,8 @@ def test_a_gpu_worker_writes_a_thumbnail_of_each_frame_from_pinned_memory(write_
                                                                           job_dir: Path) -> None:
     queue_url = f"sqlite:///{job_dir / 'farm.db'}"
     submit(write_job("farm.toml"), queue_url, "--preview", "2", "--chunk", "2")
-    worker = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "worker", "--queue", queue_url, "--device", "cuda:0",
-         "--output-root", str(job_dir), "--model-root", str(job_dir.parent), "--exit-when-idle"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = render("worker", "--queue", queue_url, "--device", "cuda:0", "--output-root", str(job_dir),
+                    "--model-root", str(job_dir.parent), "--exit-when-idle", timeout=300)
     assert worker.returncode == 0, worker.stderr
     out = job_dir / "out"
     frames = sorted(out.rglob("*.png"))
