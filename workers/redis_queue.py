@@ -148,7 +148,9 @@ class RedisQueue:
             job_id = self._submit(args=[
                 self._prefix, spec.job_id, json.dumps(spec.as_dict()), str(int(spec.priority)),
                 spec.max_attempts, int(spec.video), spec.frame_start, spec.frame_end,
-                json.dumps(spec.chunks()), "" if idempotency_key is None else idempotency_key])
+                json.dumps(spec.chunks()), "" if idempotency_key is None else idempotency_key,
+                json.dumps([[first, last, waits] for (first, last), waits in zip(spec.segments, spec.segment_waits(),
+                                                                                  strict=True)])])
         if not job_id:
             raise JobError("job", spec.job_id, "a job with this id is already in the queue")
         return str(job_id)

@@ -29,6 +29,7 @@ from .tasks import (
     ERROR_CHARS,
     LOG_CHARS,
     TASK_FRAMES,
+    TASK_SEGMENT,
     TASK_VIDEO,
     WORKER_DROP_S,
     JobSpec,
@@ -54,10 +55,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs(id),
-    kind TEXT NOT NULL,                 -- frames | video
+    kind TEXT NOT NULL,                 -- frames | segment | video
     first INTEGER NOT NULL,
     last INTEGER NOT NULL,
-    state TEXT NOT NULL,                -- pending | leased | done | failed | cancelled
+    state TEXT NOT NULL,                -- pending | leased | done | failed | cancelled | waiting (a segment
+                                        --   task until every frames task overlapping it is done)
     attempts INTEGER NOT NULL DEFAULT 0,
     token INTEGER NOT NULL DEFAULT 0,
     lease_until REAL,                   -- leased: the deadline; cancelled while leased: stopping until then
@@ -106,15 +108,21 @@ CREATE TABLE IF NOT EXISTS notices (        -- a job's webhook events claimed fo
 # the 100,000 rows of a large queue. Summed published frames are clipped per task, as
 # job_status clips them; tasks without both times are kept apart (they give no rate).
 _STATUS_ROWS = """
-SELECT job_id, kind, first, last, 'failed', error, published, started, finished
+SELECT job_id, kind, first, last, 'failed', error, published, started, finished, 1
   FROM tasks WHERE state = 'failed' {where}
 UNION ALL
 SELECT job_id, kind, 0, SUM(last - first + 1) - 1, shown, NULL, SUM(MIN(published, last - first + 1)),
-       MIN(started), MAX(finished)
+       MIN(started), MAX(finished), COUNT(*)
   FROM (SELECT *, CASE WHEN state = 'cancelled' AND lease_until > ? THEN 'stopping' ELSE state END AS shown
           FROM tasks WHERE state != 'failed' {where})
  GROUP BY job_id, kind, shown, started IS NULL OR finished IS NULL
 """
+
+# A segment task (`tasks` as the outer table) whose frames tasks are all done: readiness is
+# read from the tasks' states, so acks, cancels and requeues need no counter kept in step.
+_FRAMES_DONE = """job_id = ? AND kind = 'segment' AND NOT EXISTS (
+    SELECT 1 FROM tasks f WHERE f.job_id = tasks.job_id AND f.kind = 'frames' AND f.state != 'done'
+                            AND f.first <= tasks.last AND f.last >= tasks.first)"""
 
 # Columns added to existing tables since the first schema: (table, column, definition).
 _ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0"), ("tasks", "started", "REAL"),
@@ -209,6 +217,8 @@ class SqliteQueue:
                        (spec.job_id, json.dumps(spec.as_dict()), spec.priority, spec.max_attempts, self.clock()))
             db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'pending')",
                            [(spec.job_id, TASK_FRAMES, first, last) for first, last in spec.chunks()])
+            db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'waiting')",
+                           [(spec.job_id, TASK_SEGMENT, first, last) for first, last in spec.segments])
             return spec.job_id
 
     def job(self, job_id: str) -> JobSpec | None:
@@ -271,6 +281,9 @@ class SqliteQueue:
                 return False
             db.execute("UPDATE tasks SET state = 'done', lease_until = NULL, error = NULL, finished = ? WHERE id = ?",
                        (self.clock(), int(task.task_id)))
+            if task.kind == TASK_FRAMES:
+                db.execute(f"UPDATE tasks SET state = 'pending' WHERE state = 'waiting' AND {_FRAMES_DONE}"
+                           " AND first <= ? AND last >= ?", (task.job_id, task.last, task.first))
             self._after_done(db, task.job_id)
             return True
 
@@ -324,7 +337,8 @@ class SqliteQueue:
             # a leased task keeps its deadline: it is "stopping" until its worker reports or the lease runs out
             return db.execute("""UPDATE tasks SET state = 'cancelled', published = 0,
                                      lease_until = CASE WHEN state = 'leased' THEN lease_until END
-                                 WHERE job_id = ? AND state IN ('pending', 'leased')""", (job_id,)).rowcount
+                                 WHERE job_id = ? AND state IN ('pending', 'leased', 'waiting')""",
+                              (job_id,)).rowcount
 
     def requeue(self, job_id: str, failed_only: bool) -> int:
         states = ("failed",) if failed_only else ("failed", "cancelled", "pending", "leased")
@@ -334,6 +348,10 @@ class SqliteQueue:
                         published = 0
                     WHERE job_id = ? AND state IN ({','.join('?' * len(states))})""",
                 (job_id, *states)).rowcount
+            # a requeued segment task waits again for frames tasks that are not done
+            db.execute(f"""UPDATE tasks SET state = 'waiting'
+                           WHERE state = 'pending' AND kind = 'segment' AND job_id = ?
+                             AND NOT ({_FRAMES_DONE})""", (job_id, job_id))
             db.execute("DELETE FROM job_failures WHERE job_id = ?", (job_id,))  # every worker may take it again
             if count:  # a paused job stays paused: its requeued tasks wait for `resume`
                 db.execute("UPDATE jobs SET state = 'active' WHERE id = ? AND state != 'paused'", (job_id,))

@@ -12,8 +12,9 @@ import torch
 from pipeline.config.formats import frame_format
 from pipeline.config.job import load_job
 from pipeline.config.task import frame_range
+from pipeline.config.video import segments
 from pipeline.errors import FramefarmError, JobError
-from pipeline.plan import make_plan
+from pipeline.plan import Plan, make_plan
 
 from .queue import open_queue
 from .tasks import JobSpec, QueueUnavailable
@@ -29,6 +30,14 @@ class Submitted:
 
 
 IDEMPOTENCY_KEY_CHARS = 200
+
+
+def video_segments(plan: Plan) -> tuple[tuple[int, int], ...]:
+    """The frame ranges of the segments of the plan's segmented videos, each once (two
+    videos cut alike share a segment task, which encodes both)."""
+    shot = plan.job.shot.frames
+    return tuple(sorted({(part.start, part.stop - 1) for video in plan.videos if video.spec.segment_frames
+                         for part in segments(shot, video.spec.segment_frames)}))
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
@@ -57,7 +66,8 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
                    base_dir=str(job_file.resolve().parent), output_root=str(job.output.root),
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
                    chunk=chunk, video=bool(job.output.videos) and frames is None, max_attempts=max_attempts,
-                   frames=None if frames is None else str(fileseq.FrameSet(frames)))
+                   frames=None if frames is None else str(fileseq.FrameSet(frames)),
+                   segments=video_segments(plan))
     try:
         queue = open_queue(queue_url)
         try:
