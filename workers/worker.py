@@ -7,6 +7,10 @@ acknowledge once the frames are durable.
         render, renewing the lease meanwhile and checking it at every frame boundary
         -> ack (or fail with the error; or, if the task was cancelled, stop and report)
 
+A segment task (a segmented video's segment, queued once its frames are done) is no
+render: its frames are read back from their files and encoded (`encode_segments`), no
+model loaded; the video task that follows the last of them joins them by a remux.
+
 Several task slots run at once so the GPU has the next task's frames while one task's
 last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
 task's decodes run while another's frames are prepared or written, rather than both
