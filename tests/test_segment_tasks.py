@@ -52,7 +52,7 @@ def test_a_segment_is_queued_when_its_frames_are_done_and_the_join_follows_the_l
     frames = by_range(lease_all(queue))
     assert sorted(frames) == [(TASK_FRAMES, 1, 2), (TASK_FRAMES, 3, 4), (TASK_FRAMES, 5, 6)], "segments wait"
     [status] = queue.status("j1")
-    assert status.segments == {"waiting": 2}
+    assert (status.segments, status.video) == ({"waiting": 2}, None)
     assert queue.ack(frames[TASK_FRAMES, 1, 2], "w1")
     assert queue.lease("w1", 30) is None, "segment 1-3 still waits for frames 3-4"
     assert queue.ack(frames[TASK_FRAMES, 3, 4], "w1")
@@ -69,9 +69,11 @@ def test_a_segment_is_queued_when_its_frames_are_done_and_the_join_follows_the_l
     assert queue.ack(first, "w2")
     video = queue.lease("w1", 30)
     assert video is not None and (video.kind, video.first, video.last) == (TASK_VIDEO, 1, 6)
+    [status] = queue.status("j1")
+    assert (status.state, status.segments, status.video) == ("active", {"done": 2}, "leased")
     assert queue.ack(video, "w1")
     [status] = queue.status("j1")
-    assert (status.state, status.segments) == ("done", {"done": 2})
+    assert (status.state, status.segments, status.video) == ("done", {"done": 2}, "done")
     workers = {(t.kind, t.first): t.worker for t in queue.tasks("j1")}
     assert (workers[TASK_SEGMENT, 1], workers[TASK_SEGMENT, 4]) == ("w2", "w1")
 

@@ -69,6 +69,9 @@ def _job_notes(job: JobStatus) -> list[str]:
             ("failed", "failed"), ("cancelled", "cancelled"), ("stopping", "stopping")) if counts.get(state)]
         notes.append(f"  video segments: {counts.get('done', 0)} of {sum(counts.values())} encoded"
                      + "".join(f", {part}" for part in shown))
+    if job.video in ("pending", "leased"):
+        notes.append(f"  video: {'being written' if job.video == 'leased' else 'queued'} (the segments joined by "
+                     "a remux; videos without segments encoded from the frames)")
     for error in job.errors:
         what = {"video": "video of frames", "segment": "video segment of frames"}.get(error.get("kind", ""), "frames")
         notes.append(f"  failed {what} {error['first']}-{error['last']}: {error['error']}")

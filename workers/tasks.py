@@ -125,6 +125,7 @@ class JobStatus:
     eta_s: float | None = None  # frames still to do (pending, leased) at `fps`; None until a task is done
     segments: dict[str, int] = field(default_factory=dict)   # the video segment tasks by state (tasks, not
                                                              #   frames; "waiting": for their frames tasks)
+    video: str | None = None  # the video task's state (it joins the segments); None until it is queued
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -213,6 +214,7 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
     counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
     segments: dict[str, int] = {}
+    video: str | None = None
     rows = sorted(tasks, key=lambda task: (task.kind == TASK_VIDEO, task.first, task.last))
     if state == "active" and any(t.state == "failed" for t in rows) and not any(
             t.state in ("pending", "leased", "stopping") for t in rows):
@@ -228,6 +230,8 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
             span_end = task.finished if span_end is None else max(span_end, task.finished)
         if task.kind == TASK_SEGMENT:
             segments[task.state] = segments.get(task.state, 0) + task.tasks
+        if task.kind == TASK_VIDEO:
+            video = task.state
         if task.kind in (TASK_VIDEO, TASK_SEGMENT) and task.state == "failed":
             errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": task.kind})
         if task.kind != TASK_FRAMES or task.state not in counts:
@@ -250,7 +254,7 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
                      leased=counts["leased"], pending=counts["pending"], failed=counts["failed"],
                      cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
                      blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)],
-                     submitted=submitted, fps=fps, eta_s=eta_s, segments=segments)
+                     submitted=submitted, fps=fps, eta_s=eta_s, segments=segments, video=video)
 
 
 class TaskQueue(Protocol):
