@@ -314,7 +314,7 @@ def encode_segments(plan: Plan, frames: range, may_publish: Callable[[], bool] |
     `plan` covers those frames, with its videos (`pipeline.plan.with_videos`) and its
     finished frames found (resume). A segment already recorded is not encoded again, so a
     task run twice records each segment once; one stopped mid-encode leaves only its
-    temporary file, which the next attempt sweeps (kill -9) or which is removed (an error).
+    temporary file: removed at once after an error, or (kill -9) swept by the video task.
     Returns the segments published."""
     missing = [f for f in frames if f not in plan.skipped]
     if missing:
@@ -330,9 +330,10 @@ def encode_segments(plan: Plan, frames: range, may_publish: Callable[[], bool] |
         if not planned.spec.segment_frames or frames not in parts or parts.index(frames) in planned.segments_done:
             continue
         index = parts.index(frames)
-        folder = segment_path(planned.path, index).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(folder)
+        # no sweep of stale temporary files here: other workers, perhaps on other hosts
+        # (whose process ids this host cannot check), encode the video's other segments
+        # in this folder now; the video task's run sweeps it once they are done
+        segment_path(planned.path, index).parent.mkdir(parents=True, exist_ok=True)
         video = SegmentedVideo(planned.path, planned.spec, width=shot.width, height=shot.height, fps=shot.fps,
                                frames=shot.frames, done=frozenset(range(len(parts))) - {index},
                                on_segment=partial(publish_segment, files, planned.path))
