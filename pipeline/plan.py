@@ -215,8 +215,7 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
         frame_paths = {frame: patterns.confined(root, patterns.fill(job.output.frames, shot=shot.name,
                                                                     frame=frame) + fmt.suffix)
                        for frame in frames}
-    videos = tuple(PlannedVideo(spec, patterns.confined(root, patterns.fill(spec.path, shot=shot.name)))
-                   for spec in (job.output.videos if video else ()))
+    videos = _planned_videos(job) if video else ()
     skipped: set[int] = set()
     if resume:
         skipped, videos = _finished(root, j_hash, frame_paths, videos, shot.frames)   # videos: the whole shot
@@ -234,6 +233,19 @@ def make_plan(job: Job, device: torch.device, *, resume: bool = False,
                 skipped=frozenset(skipped), frame_format=fmt, frame_paths=frame_paths, videos=videos,
                 model_hash=m_hash, job_hash=j_hash, clip_frames=clip_frames, pipeline=pipeline,
                 pipeline_dtype=pipeline_dtype, decode_devices=devices)
+
+
+def with_videos(plan: Plan) -> Plan:
+    """`plan`, made for some of the shot's frames without the videos, with the job's
+    videos as a resumed run finds them (which segments are published): a farm segment
+    task encodes from the frame files its plan checked, and hashes no other frame."""
+    _, videos = _finished(plan.root, plan.job_hash, {}, _planned_videos(plan.job), plan.job.shot.frames)
+    return dataclasses.replace(plan, videos=videos)
+
+
+def _planned_videos(job: Job) -> tuple[PlannedVideo, ...]:
+    return tuple(PlannedVideo(spec, patterns.confined(job.output.root, patterns.fill(spec.path, shot=job.shot.name)))
+                 for spec in job.output.videos)
 
 
 def job_hash(job: Job, m_hash: str, dtype: str, *, tiled: bool) -> str:

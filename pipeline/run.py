@@ -27,11 +27,11 @@ from pipeline.colour.ocio import CHROMATICITIES, bake
 from pipeline.colour.ycbcr import PLANAR, planes_dtype, planes_size
 from pipeline.config.cost import price
 from pipeline.config.job import Job
-from pipeline.config.video import segment_path
+from pipeline.config.video import segment_path, segments
 from pipeline.decode.patches.group import decode_group
-from pipeline.errors import RunInterrupted, StageFailed, leaves
+from pipeline.errors import FramefarmError, RunInterrupted, StageFailed, leaves
 from pipeline.files.exr import COLOUR_TRANSFER
-from pipeline.files.formats import pixel_dtype
+from pipeline.files.formats import pixel_dtype, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
 from pipeline.files.video import SegmentedVideo, VideoFile
@@ -289,13 +289,7 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     for folder in {p.parent for p in plan.frame_paths.values()}:
         make_folders([folder], made)
         sweep_stale_temps(folder)
-    files = FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
-                         png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
-                         png_encoder=job.tuning.png_encoder,
-                         exr_compression=job.output.exr_compression, fps=shot.fps, thumbnails=plan.thumbnails,
-                         **_exr_colour(job),
-                         record_base={"shot": shot.name, "model_hash": plan.model_hash,
-                                      "job_hash": plan.job_hash, "device": str(plan.device)})
+    files = _frame_outputs(plan)
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype,
                     planes=_device_planes(plan, ctx))
     mark = None
@@ -321,6 +315,57 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
             opened.abort()
         raise
     return _Outputs(files, ring, videos, mark)
+
+
+def _frame_outputs(plan: Plan) -> FrameOutputs:
+    job, shot = plan.job, plan.job.shot
+    return FrameOutputs(root=plan.root, frame_format=plan.frame_format, frame_paths=plan.frame_paths,
+                        png_compression=job.tuning.png_compression, manifest=Manifest(plan.root),
+                        png_encoder=job.tuning.png_encoder,
+                        exr_compression=job.output.exr_compression, fps=shot.fps, thumbnails=plan.thumbnails,
+                        **_exr_colour(job),
+                        record_base={"shot": shot.name, "model_hash": plan.model_hash,
+                                     "job_hash": plan.job_hash, "device": str(plan.device)})
+
+
+def encode_segments(plan: Plan, frames: range, may_publish: Callable[[], bool] | None = None) -> list[Path]:
+    """A farm segment task: encode, from the published frame files, the segment that
+    covers exactly `frames` of each segmented video that lacks it, and publish each with
+    its manifest record (`SegmentedVideo` and `publish_segment`, as `render run` does).
+    `plan` covers those frames, with its videos (`pipeline.plan.with_videos`) and its
+    finished frames found (resume). A segment already recorded is not encoded again, so a
+    task run twice records each segment once; one stopped mid-encode leaves only its
+    temporary file: removed at once after an error, or (kill -9) swept by the video task.
+    Returns the segments published."""
+    missing = [f for f in frames if f not in plan.skipped]
+    if missing:
+        raise FramefarmError(f"frame {missing[0]} is not published, or differs from its manifest record: the "
+                             f"video segment of frames {frames.start}-{frames.stop - 1} is encoded from the frame "
+                             "files")
+    files = _frame_outputs(plan)
+    files.may_publish = may_publish
+    shot = plan.job.shot
+    published = []
+    for planned in plan.videos_to_write:
+        parts = segments(shot.frames, planned.spec.segment_frames)
+        if not planned.spec.segment_frames or frames not in parts or parts.index(frames) in planned.segments_done:
+            continue
+        index = parts.index(frames)
+        # no sweep of stale temporary files here: other workers, perhaps on other hosts
+        # (whose process ids this host cannot check), encode the video's other segments
+        # in this folder now; the video task's run sweeps it once they are done
+        segment_path(planned.path, index).parent.mkdir(parents=True, exist_ok=True)
+        video = SegmentedVideo(planned.path, planned.spec, width=shot.width, height=shot.height, fps=shot.fps,
+                               frames=shot.frames, done=frozenset(range(len(parts))) - {index},
+                               on_segment=partial(publish_segment, files, planned.path))
+        try:
+            for frame in frames:
+                video.add(read_frame(plan.frame_paths[frame]))
+        except BaseException:
+            video.abort()
+            raise
+        published.append(segment_path(planned.path, index))
+    return published
 
 
 @dataclass

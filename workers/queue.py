@@ -25,8 +25,13 @@ Semantics every backend implements (tests/test_queue_contract.py checks them):
   configuration refuses the job): no attempt is counted.
 - `holds` says, reading only, whether the worker still holds the lease (as `renew`
   would, without extending it): the worker asks at every frame boundary.
-- When the last frames task of a job that wants a video is acked, a "video" task
-  (the whole frame range) is enqueued: a worker encodes the video from the PNGs.
+- A job with segmented videos (`JobSpec.segments`) has a "segment" task per segment,
+  submitted "waiting"; the ack of the last frames task overlapping it makes it pending,
+  in the same atomic step. `cancel` drops waiting ones too, and `requeue` makes a
+  requeued segment task wait again while any of its frames tasks is not done.
+- When the last other task of a job that wants a video is acked, a "video" task
+  (the whole frame range) is enqueued: a worker joins the segments by a remux and
+  encodes unsegmented videos from the published frames.
 - `cancel` drops a job's pending tasks and refuses its leased ones at renew, holds and
   ack; a task cancelled while leased is "stopping" in `status` until its worker
   `record_stopped`s it, saying how many of its frames it had published (they count as

@@ -147,13 +147,16 @@ class RedisQueue:
     # -- jobs
 
     def submit(self, spec: JobSpec, idempotency_key: str | None = None) -> str:
+        ordered = spec.preview_first()
         with self._talk():
             job_id = self._submit(args=[
                 self._prefix, spec.job_id, json.dumps(spec.as_dict()), str(int(spec.priority)),
                 spec.max_attempts, int(spec.video), spec.frame_start, spec.frame_end,
                 # the stream hands tasks out in the order they are added: the preview ones first
-                json.dumps([[first, last, int(preview)] for (first, last), preview in spec.preview_first()]),
-                "" if idempotency_key is None else idempotency_key])
+                json.dumps([[first, last, int(preview)] for (first, last), preview in ordered]),
+                "" if idempotency_key is None else idempotency_key,
+                json.dumps([[first, last, waits] for (first, last), waits in zip(
+                    spec.segments, spec.segment_waits([chunk for chunk, _ in ordered]), strict=True)])])
         if not job_id:
             raise JobError("job", spec.job_id, "a job with this id is already in the queue")
         return str(job_id)

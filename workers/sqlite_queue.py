@@ -29,6 +29,7 @@ from .tasks import (
     ERROR_CHARS,
     LOG_CHARS,
     TASK_FRAMES,
+    TASK_SEGMENT,
     TASK_VIDEO,
     WORKER_DROP_S,
     JobSpec,
@@ -54,10 +55,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs(id),
-    kind TEXT NOT NULL,                 -- frames | video
+    kind TEXT NOT NULL,                 -- frames | segment | video
     first INTEGER NOT NULL,
     last INTEGER NOT NULL,
-    state TEXT NOT NULL,                -- pending | leased | done | failed | cancelled
+    state TEXT NOT NULL,                -- pending | leased | done | failed | cancelled | waiting (a segment
+                                        --   task until every frames task overlapping it is done)
     attempts INTEGER NOT NULL DEFAULT 0,
     token INTEGER NOT NULL DEFAULT 0,
     lease_until REAL,                   -- leased: the deadline; cancelled while leased: stopping until then
@@ -118,7 +120,9 @@ SELECT job_id, kind, state, SUM(last - first + 1),
        SUM(last - first + 1) FILTER (WHERE state = 'cancelled' AND lease_until > ?),
        SUM(MIN(published, last - first + 1)) FILTER (WHERE state = 'cancelled'),
        SUM(last - first + 1) FILTER (WHERE started IS NOT NULL AND finished IS NOT NULL),
-       MIN(started) FILTER (WHERE finished IS NOT NULL), MAX(finished) FILTER (WHERE started IS NOT NULL)
+       MIN(started) FILTER (WHERE finished IS NOT NULL), MAX(finished) FILTER (WHERE started IS NOT NULL),
+       COUNT(*), COUNT(*) FILTER (WHERE state = 'cancelled' AND lease_until > ?),
+       COUNT(*) FILTER (WHERE started IS NOT NULL AND finished IS NOT NULL)
   FROM tasks INDEXED BY tasks_for_status WHERE state != 'failed' {where}
  GROUP BY job_id, kind, state
 """
@@ -127,21 +131,30 @@ _STATUS_INDEX = """CREATE INDEX IF NOT EXISTS tasks_for_status
 
 
 def _summed_rows(kind: str, state: str, frames: int, stopping: int | None, published: int | None,
-                 timed: int | None, started: float | None, finished: float | None) -> Iterator[TaskRow]:
-    """One row of `_STATUS_SUMS` as the TaskRows job_status counts (first..last spans the frames)."""
+                 timed: int | None, started: float | None, finished: float | None,
+                 tasks: int, stopping_tasks: int, timed_tasks: int) -> Iterator[TaskRow]:
+    """One row of `_STATUS_SUMS` as the TaskRows job_status counts (first..last spans the
+    frames; `tasks` says how many tasks each stands for)."""
     if state == "cancelled":
         stopping = stopping or 0
         if stopping:
-            yield TaskRow(kind, 0, stopping - 1, "stopping", None)
+            yield TaskRow(kind, 0, stopping - 1, "stopping", None, tasks=stopping_tasks)
         if frames - stopping:
-            yield TaskRow(kind, 0, frames - stopping - 1, "cancelled", None, published or 0)
+            yield TaskRow(kind, 0, frames - stopping - 1, "cancelled", None, published or 0,
+                          tasks=tasks - stopping_tasks)
         return
     timed = timed or 0
     if timed:
-        yield TaskRow(kind, 0, timed - 1, state, None, 0, started, finished)
+        yield TaskRow(kind, 0, timed - 1, state, None, 0, started, finished, tasks=timed_tasks)
     if frames - timed:
-        yield TaskRow(kind, 0, frames - timed - 1, state, None)
+        yield TaskRow(kind, 0, frames - timed - 1, state, None, tasks=tasks - timed_tasks)
 
+
+# A segment task (`tasks` as the outer table) whose frames tasks are all done: readiness is
+# read from the tasks' states, so acks, cancels and requeues need no counter kept in step.
+_FRAMES_DONE = """job_id = ? AND kind = 'segment' AND NOT EXISTS (
+    SELECT 1 FROM tasks f WHERE f.job_id = tasks.job_id AND f.kind = 'frames' AND f.state != 'done'
+                            AND f.first <= tasks.last AND f.last >= tasks.first)"""
 
 # Columns added to existing tables since the first schema: (table, column, definition).
 _ADDED_COLUMNS = [("tasks", "published", "INTEGER NOT NULL DEFAULT 0"), ("tasks", "started", "REAL"),
@@ -244,6 +257,8 @@ class SqliteQueue:
                               VALUES (?, ?, ?, ?, 'pending', ?)""",
                            [(spec.job_id, TASK_FRAMES, first, last, int(preview))
                             for (first, last), preview in spec.preview_first()])
+            db.executemany("INSERT INTO tasks (job_id, kind, first, last, state) VALUES (?, ?, ?, ?, 'waiting')",
+                           [(spec.job_id, TASK_SEGMENT, first, last) for first, last in spec.segments])
             return spec.job_id
 
     def job(self, job_id: str) -> JobSpec | None:
@@ -306,6 +321,9 @@ class SqliteQueue:
                 return False
             db.execute("UPDATE tasks SET state = 'done', lease_until = NULL, error = NULL, finished = ? WHERE id = ?",
                        (self.clock(), int(task.task_id)))
+            if task.kind == TASK_FRAMES:
+                db.execute(f"UPDATE tasks SET state = 'pending' WHERE state = 'waiting' AND {_FRAMES_DONE}"
+                           " AND first <= ? AND last >= ?", (task.job_id, task.last, task.first))
             self._after_done(db, task.job_id)
             return True
 
@@ -359,7 +377,8 @@ class SqliteQueue:
             # a leased task keeps its deadline: it is "stopping" until its worker reports or the lease runs out
             return db.execute("""UPDATE tasks SET state = 'cancelled', published = 0,
                                      lease_until = CASE WHEN state = 'leased' THEN lease_until END
-                                 WHERE job_id = ? AND state IN ('pending', 'leased')""", (job_id,)).rowcount
+                                 WHERE job_id = ? AND state IN ('pending', 'leased', 'waiting')""",
+                              (job_id,)).rowcount
 
     def requeue(self, job_id: str, failed_only: bool) -> int:
         states = ("failed",) if failed_only else ("failed", "cancelled", "pending", "leased")
@@ -369,6 +388,10 @@ class SqliteQueue:
                         published = 0
                     WHERE job_id = ? AND state IN ({','.join('?' * len(states))})""",
                 (job_id, *states)).rowcount
+            # a requeued segment task waits again for frames tasks that are not done
+            db.execute(f"""UPDATE tasks SET state = 'waiting'
+                           WHERE state = 'pending' AND kind = 'segment' AND job_id = ?
+                             AND NOT ({_FRAMES_DONE})""", (job_id, job_id))
             db.execute("DELETE FROM job_failures WHERE job_id = ?", (job_id,))  # every worker may take it again
             if count:  # a paused job stays paused: its requeued tasks wait for `resume`
                 db.execute("UPDATE jobs SET state = 'active' WHERE id = ? AND state != 'paused'", (job_id,))
@@ -442,7 +465,7 @@ class SqliteQueue:
             where = "AND job_id IN (SELECT value FROM json_each(?))"
             for row in db.execute(_STATUS_FAILED.format(where=where), args):
                 rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
-            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, *args)):
+            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, now, *args)):
                 rows.setdefault(job_key, []).extend(_summed_rows(*sums))
             for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures WHERE blocked {where}", args):
                 blocked.setdefault(row[0], []).append((row[1], row[2]))

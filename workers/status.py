@@ -62,8 +62,18 @@ def _job_notes(job: JobStatus) -> list[str]:
     if job.stopping:
         notes.append(f"  stopping: {job.stopping} frame(s) of tasks cancelled while rendering; their workers "
                      "stop at the next frame and report what they published")
+    if job.segments:
+        counts = job.segments
+        shown = [f"{counts.get(state, 0)} {label}" for state, label in (
+            ("leased", "encoding"), ("pending", "queued"), ("waiting", "waiting for their frames"),
+            ("failed", "failed"), ("cancelled", "cancelled"), ("stopping", "stopping")) if counts.get(state)]
+        notes.append(f"  video segments: {counts.get('done', 0)} of {sum(counts.values())} encoded"
+                     + "".join(f", {part}" for part in shown))
+    if job.video in ("pending", "leased"):
+        notes.append(f"  video: {'being written' if job.video == 'leased' else 'queued'} (the segments joined by "
+                     "a remux; videos without segments encoded from the frames)")
     for error in job.errors:
-        what = "video of frames" if error.get("kind") == "video" else "frames"
+        what = {"video": "video of frames", "segment": "video segment of frames"}.get(error.get("kind", ""), "frames")
         notes.append(f"  failed {what} {error['first']}-{error['last']}: {error['error']}")
     if job.blocked:
         who = ", ".join(f"{b['worker']} ({b['failures']} failures)" for b in job.blocked)

@@ -14,8 +14,9 @@ import torch
 from pipeline.config.formats import frame_format
 from pipeline.config.job import load_job
 from pipeline.config.task import frame_range
+from pipeline.config.video import segments
 from pipeline.errors import FramefarmError, JobError
-from pipeline.plan import make_plan
+from pipeline.plan import Plan, make_plan
 
 from .queue import open_queue
 from .tasks import JobSpec, QueueUnavailable
@@ -46,6 +47,14 @@ def submitter(name: str | None) -> tuple[str | None, str]:
         raise JobError("--submitted-by", name[:SUBMITTED_BY_CHARS],
                        f"expected 1 to {SUBMITTED_BY_CHARS} printable characters")
     return name, socket.gethostname()
+
+
+def video_segments(plan: Plan) -> tuple[tuple[int, int], ...]:
+    """The frame ranges of the segments of the plan's segmented videos, each once (two
+    videos cut alike share a segment task, which encodes both)."""
+    shot = plan.job.shot.frames
+    return tuple(sorted({(part.start, part.stop - 1) for video in plan.videos if video.spec.segment_frames
+                         for part in segments(shot, video.spec.segment_frames)}))
 
 
 def submit_job(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_attempts: int) -> str:
@@ -80,7 +89,7 @@ def submit(job_file: Path, queue_url: str, *, chunk: int, priority: int, max_att
                    frame_start=job.shot.frame_start, frame_end=job.shot.frame_end, priority=priority,
                    chunk=chunk, video=bool(job.output.videos) and frames is None, max_attempts=max_attempts,
                    frames=None if frames is None else str(fileseq.FrameSet(frames)), submitted_by=who,
-                   submitted_host=host, preview=preview)
+                   submitted_host=host, preview=preview, segments=video_segments(plan))
     try:
         queue = open_queue(queue_url)
         try:

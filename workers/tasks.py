@@ -22,7 +22,8 @@ class QueueUnavailable(Exception):
 
 
 TASK_FRAMES = "frames"
-TASK_VIDEO = "video"
+TASK_SEGMENT = "segment"   # one closed-GOP segment of the videos, encoded once its frames are done
+TASK_VIDEO = "video"       # the videos: segments joined by a remux (unsegmented ones encoded), after every other task
 
 # A task's log (workers/task_log.py) is kept in the queue to its last this many characters.
 LOG_CHARS = 64 * 1024
@@ -57,6 +58,7 @@ class JobSpec:
     submitted_by: str | None = None    # who queued it (`render submit --submitted-by`, default the OS user)
     submitted_host: str | None = None  # the host it was queued from
     preview: int = 0          # `render submit --preview N`: N frames spread over the shot, leased before the rest
+    segments: tuple[tuple[int, int], ...] = ()   # the videos' segments (first, last): a segment task each
 
     def frame_list(self) -> list[int]:
         """The job's frames in order: `frames`, or the whole shot."""
@@ -97,20 +99,29 @@ class JobSpec:
         flagged = [(chunk, chunk[0] == chunk[1] and chunk[0] in preview) for chunk in self.chunks()]
         return sorted(flagged, key=lambda pair: not pair[1])
 
+    def segment_waits(self, chunks: list[tuple[int, int]]) -> list[list[int]]:
+        """For each of `segments`, the indices (into `chunks`, the frames tasks in the order
+        the queue stores them) of the frames tasks it waits for: those whose frames overlap it."""
+        return [[i for i, (first, last) in enumerate(chunks) if first <= end and last >= start]
+                for start, end in self.segments]
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         # a job stored before a field was added takes that field's default
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        found = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        if "segments" in found:   # JSON's lists back to pairs
+            found["segments"] = tuple((int(first), int(last)) for first, last in found["segments"])
+        return cls(**found)
 
 
 @dataclass(frozen=True)
 class Task:
     job_id: str
     task_id: str
-    kind: str                 # TASK_FRAMES or TASK_VIDEO
+    kind: str                 # TASK_FRAMES, TASK_SEGMENT or TASK_VIDEO
     first: int
     last: int
     token: int                # fencing token of this lease
@@ -141,6 +152,9 @@ class JobStatus:
     submitted_host: str | None = None
     fps: float | None = None  # frames done per second, from the first lease to the last ack of its done tasks
     eta_s: float | None = None  # frames still to do (pending, leased) at `fps`; None until a task is done
+    segments: dict[str, int] = field(default_factory=dict)   # the video segment tasks by state (tasks, not
+                                                             #   frames; "waiting": for their frames tasks)
+    video: str | None = None  # the video task's state (it joins the segments); None until it is queued
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -150,7 +164,7 @@ class JobStatus:
 class TaskInfo:
     """One task as the monitor shows it: its state, attempts and latest lease."""
     task_id: str
-    kind: str                 # TASK_FRAMES or TASK_VIDEO
+    kind: str                 # TASK_FRAMES, TASK_SEGMENT or TASK_VIDEO
     first: int
     last: int
     state: str                # as TaskRow.state
@@ -194,15 +208,17 @@ class TaskRow(NamedTuple):
     """One task as a backend stores it, reduced to what `job_status` counts; or several
     tasks of one kind and state that are not failed, their frames summed into
     first..last (SQLite sums them in SQL: job_status counts frames, so the counts agree)."""
-    kind: str                 # TASK_FRAMES or TASK_VIDEO
+    kind: str                 # TASK_FRAMES, TASK_SEGMENT or TASK_VIDEO
     first: int
     last: int
     state: str                # pending | leased | done | failed | cancelled | stopping (cancelled while
-                              #   leased; its worker has neither reported nor let the lease run out)
+                              #   leased; its worker has neither reported nor let the lease run out) |
+                              #   waiting (a segment task whose frames tasks are not all done)
     error: str | None
     published: int = 0        # cancelled: frames its worker had published when it stopped
     started: float | None = None   # its latest lease began (s, queue's clock)
     finished: float | None = None  # acked or failed after that lease
+    tasks: int = 1            # how many tasks the row stands for
 
 
 def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterable[TaskRow],
@@ -218,13 +234,17 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
     tasks, frames or video, include dead-lettered ones and none that may still run
     (pending, leased, stopping) is "failed": nothing more will happen to it until
     `requeue`, which makes it active again. A dead-lettered video task's error is listed
-    too (with "kind": "video"), so a failed job always shows why.
+    too (with "kind": "video"), and a segment task's (with "kind": "segment"), so a
+    failed job always shows why. Segment tasks are counted as tasks, by state, in
+    `segments`.
 
     `fps` is the done frames of acked frames tasks over the time from the first of their
     leases to the last of their acks, and `eta_s` the pending and leased frames at that
     rate: a paused or stalled job keeps its last rate rather than decaying to zero."""
     counts = {"done": 0, "leased": 0, "pending": 0, "failed": 0, "cancelled": 0, "stopping": 0}
     errors: list[dict[str, Any]] = []
+    segments: dict[str, int] = {}
+    video: str | None = None
     rows = sorted(tasks, key=lambda task: (task.kind == TASK_VIDEO, task.first, task.last))
     if state == "active" and any(t.state == "failed" for t in rows) and not any(
             t.state in ("pending", "leased", "stopping") for t in rows):
@@ -238,8 +258,12 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
             acked += task.last - task.first + 1
             span_start = task.started if span_start is None else min(span_start, task.started)
             span_end = task.finished if span_end is None else max(span_end, task.finished)
-        if task.kind == TASK_VIDEO and task.state == "failed":
-            errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": TASK_VIDEO})
+        if task.kind == TASK_SEGMENT:
+            segments[task.state] = segments.get(task.state, 0) + task.tasks
+        if task.kind == TASK_VIDEO:
+            video = task.state
+        if task.kind in (TASK_VIDEO, TASK_SEGMENT) and task.state == "failed":
+            errors.append({"first": task.first, "last": task.last, "error": task.error, "kind": task.kind})
         if task.kind != TASK_FRAMES or task.state not in counts:
             continue
         frames = task.last - task.first + 1
@@ -261,7 +285,7 @@ def job_status(job_id: str, name: str, state: str, priority: int, tasks: Iterabl
                      cancelled=counts["cancelled"], stopping=counts["stopping"], errors=errors,
                      blocked=[{"worker": worker, "failures": int(failures)} for worker, failures in sorted(blocked)],
                      submitted=submitted, submitted_by=submitted_by, submitted_host=submitted_host, fps=fps,
-                     eta_s=eta_s)
+                     eta_s=eta_s, segments=segments, video=video)
 
 
 class TaskQueue(Protocol):

@@ -7,6 +7,10 @@ acknowledge once the frames are durable.
         render, renewing the lease meanwhile and checking it at every frame boundary
         -> ack (or fail with the error; or, if the task was cancelled, stop and report)
 
+A segment task (a segmented video's segment, queued once its frames are done) is no
+render: its frames are read back from their files and encoded (`encode_segments`), no
+model loaded; the video task that follows the last of them joins them by a remux.
+
 Several task slots run at once so the GPU has the next task's frames while one task's
 last frames are written; they take turns at the GPU (pipeline.gpu.turns), so that one
 task's decodes run while another's frames are prepared or written, rather than both
@@ -59,13 +63,13 @@ from pipeline.flow.trace import Trace
 from pipeline.gpu.device import pick_device
 from pipeline.gpu.turns import GpuTurn
 from pipeline.models.cache import ModelCache
-from pipeline.plan import Plan, make_plan
-from pipeline.run import render
+from pipeline.plan import Plan, make_plan, with_videos
+from pipeline.run import RunReport, encode_segments, render
 
 from . import task_log
 from .metrics import WorkerMetrics
 from .queue import open_queue
-from .tasks import TASK_VIDEO, JobSpec, JobStatus, QueueUnavailable, Task, TaskQueue
+from .tasks import TASK_FRAMES, TASK_SEGMENT, TASK_VIDEO, JobSpec, JobStatus, QueueUnavailable, Task, TaskQueue
 from .webhook import send_in_background
 
 log = logging.getLogger("framefarm.worker")
@@ -287,8 +291,10 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
             await _refuse(config, queue, state, task, spec, refusal)
             return
         whole = task.kind == TASK_VIDEO
+        segment = task.kind == TASK_SEGMENT
+        frames = None if whole else _segment_plan_frames(spec, task) if segment else task.frames
         plan = await trio.to_thread.run_sync(
-            lambda: make_plan(job, device, resume=True, frames=None if whole else task.frames, video=whole))
+            lambda: make_plan(job, device, resume=True, frames=frames, video=whole, check_memory=not segment))
         plan = replace(plan, thumbnails=config.thumbnails)
         with trio.CancelScope() as render_scope:
             if not await still_ours():
@@ -297,13 +303,16 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(guard, render_scope)
                 nursery.start_soon(relay_drain)
-                trace = Trace() if config.traces else None
-                report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
-                                      pipelines=models.pipelines, gpu_turn=turn, may_publish=may_publish,
-                                      trace=trace, run_fields={"farm_job": task.job_id, "worker": config.name,
-                                                               "task": [task.first, task.last]})
-                if trace is not None:
-                    await trio.to_thread.run_sync(write_task_trace, trace, plan, task)
+                if segment:   # from the frame files: no model, no GPU turn
+                    report = await _encode_segment(plan, task, may_publish, label)
+                else:
+                    trace = Trace() if config.traces else None
+                    report = await render(plan, frame_done, models, handle_signals=False, stop=stop,
+                                          pipelines=models.pipelines, gpu_turn=turn, may_publish=may_publish,
+                                          trace=trace, run_fields={"farm_job": task.job_id, "worker": config.name,
+                                                                   "task": [task.first, task.last]})
+                    if trace is not None:
+                        await trio.to_thread.run_sync(write_task_trace, trace, plan, task)
                 nursery.cancel_scope.cancel()
     except Exception as err:  # ours, a bug or an environment fault: report it with the task, keep serving
         if fenced:  # the render was being stopped anyway: the task is no longer ours to fail
@@ -328,13 +337,35 @@ async def _process(config: WorkerConfig, queue: TaskQueue, state: WorkerState, d
         log.warning("%s: finished but the lease was gone at ack (cancelled or taken over)", label)
 
 
+def _segment_plan_frames(spec: JobSpec, task: Task) -> range:
+    """What a segment task plans (and checks are published): the frames of the frames
+    tasks it waited for. A clip, decoded from its first latent frame in one task, is
+    planned whole, as its frames task was."""
+    chunks = [(first, last) for first, last in spec.chunks() if first <= task.last and last >= task.first]
+    return range(min(first for first, _ in chunks), max(last for _, last in chunks) + 1)
+
+
+async def _encode_segment(plan: Plan, task: Task, may_publish: Callable[[], bool], label: str) -> RunReport:
+    """A segment task: its segment of every segmented video, from the published frame
+    files (`encode_segments`); the lease is renewed meanwhile by `_process`'s guard. The
+    report is empty: no frame is rendered (its plan's frames are all published, or the
+    encode refuses)."""
+    def encode() -> list[Path]:
+        return encode_segments(with_videos(plan), task.frames, may_publish)
+
+    parts = await trio.to_thread.run_sync(encode)
+    log.info("%s: %s", label, f"published {', '.join(p.name for p in parts)}" if parts else
+             "every video already has this segment")
+    return RunReport()
+
+
 async def _stopped(config: WorkerConfig, queue: TaskQueue, task: Task, plan: Plan | None, label: str,
                    done: int) -> None:
     """The queue took the task back mid-render. Count the task's frames that lie published
     (this run's, those in flight that finished whole, earlier attempts') and report them:
     for a cancelled task they count as done in `status`, so status and disk agree."""
     def published() -> int:
-        if plan is None or task.kind == TASK_VIDEO:
+        if plan is None or task.kind != TASK_FRAMES:   # a video or segment task renders no frame of its own
             return 0
         return sum(1 for frame in task.frames if frame in plan.frame_paths and plan.frame_paths[frame].is_file())
 
@@ -407,9 +438,13 @@ async def _notify_if_finished(queue: TaskQueue, job_id: str) -> None:
 def _unfinished(queue: TaskQueue, skip_jobs: frozenset[str], worker: str) -> bool:
     """Tasks this worker may still get: pending, or leased (back if the lease expires),
     in jobs it neither refuses nor is blocklisted on."""
-    return any(s.state == "active" and (s.pending or s.leased) and s.job_id not in skip_jobs
+    return any(s.state == "active" and (s.pending or s.leased or _segments_to_come(s)) and s.job_id not in skip_jobs
                and worker not in {b["worker"] for b in s.blocked}
                for s in queue.status())
+
+
+def _segments_to_come(status: JobStatus) -> int:
+    return sum(status.segments.get(state, 0) for state in ("pending", "leased", "waiting"))
 
 
 def job_from_spec(spec: JobSpec, config: WorkerConfig) -> Job:

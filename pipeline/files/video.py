@@ -169,7 +169,11 @@ class SegmentedVideo:
         index = self._todo[0]
         if self._current.frames == len(self.segments[index]):
             current, self._current = self._current, None
-            self._on_segment(current, index, self.segments[index])
+            try:
+                self._on_segment(current, index, self.segments[index])
+            except BaseException:   # refused before its publish (a fenced farm task): no temporary file stays
+                current.abort()
+                raise
             self._todo.pop(0)
 
     def finish(self, *, then: Callable[[Published], None] | None = None,

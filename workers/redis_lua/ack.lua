@@ -1,5 +1,6 @@
--- ack: the task is done. The last ack of a job queues its video task (if the job wants
--- one and it is not queued yet) or marks the job done.
+-- ack: the task is done. A frames task counts down the segment tasks waiting for it
+-- (its `unblocks`); one that reaches 0 is queued. The last ack of a job queues its video
+-- task (if the job wants one and it is not queued yet) or marks the job done.
 --
 -- KEYS: none (key names come from the prefix; see prelude.lua).
 -- ARGV[1] key prefix
@@ -21,6 +22,18 @@ t.state = 'done'
 t.error = nil
 t.finished = now_ms()
 put_task(job, tid, t)
+for _, sid in ipairs(t.unblocks or {}) do   -- a task is acked once (owned), so each counts down once
+  local s = get_task(job, sid)
+  if s and s.waiting then
+    s.waiting = s.waiting - 1
+    if s.waiting <= 0 and s.state == 'waiting' then
+      enqueue(job, sid, s)
+      activate(job)
+    else
+      put_task(job, sid, s)
+    end
+  end
+end
 if redis.call('HINCRBY', jkey(job), 'remaining', -1) > 0 then return 1 end
 local meta = redis.call('HMGET', jkey(job), 'video', 'video_queued', 'frame_start', 'frame_end')
 if meta[1] == '1' and meta[2] ~= '1' then

@@ -16,7 +16,7 @@ local all = redis.call('HGETALL', tkey(job))
 local count = 0
 for i = 1, #all, 2 do
   local t = cjson.decode(all[i + 1])
-  if t.state == 'pending' or t.state == 'leased' then
+  if t.state == 'pending' or t.state == 'leased' or t.state == 'waiting' then
     if t.state == 'leased' then
       t.stop_by = tonumber(redis.call('ZSCORE', lkey(job), all[i]))
     end

@@ -17,9 +17,12 @@
 --                             frame_start, frame_end, seq, remaining (tasks not done yet),
 --                             next_task (task id counter), video_queued
 --                             (and notice:<event> = 1 once a worker claimed that webhook event: HSETNX)
---   ff:job:<job>:tasks        hash tid -> JSON {kind, first, last, state (pending | leased |
---                             done | failed | cancelled), attempts, token, worker, error, entry,
+--   ff:job:<job>:tasks        hash tid -> JSON {kind (frames | segment | video), first, last, state
+--                             (pending | leased | done | failed | cancelled | waiting: a segment
+--                             task before its frames are done), attempts, token, worker, error, entry,
 --                             preview (true: a `--preview` frame, queued before the job's other tasks),
+--                             unblocks (a frames task: the segment task ids waiting for it), waiting
+--                             (a segment task: how many of its frames tasks are not acked yet),
 --                             started (ms: its latest lease began), finished (ms: acked or failed),
 --                             and for a task cancelled while leased: stop_by (its lease deadline,
 --                             ms: "stopping" until then, unless its worker reports first) and
@@ -50,7 +53,9 @@
 --
 -- Invariants: a pending task has exactly one undelivered entry in its job's stream; a
 -- leased task has exactly one entry in the group's PEL, owned by the worker holding it,
--- and a deadline in the leases zset; done, failed and cancelled tasks have no entry.
+-- and a deadline in the leases zset; done, failed, cancelled and waiting tasks have no entry.
+-- A segment task's `waiting` is the number of its frames tasks not acked: a task is acked
+-- once, so it only counts down, and the segment is queued when it reaches 0.
 --
 -- Expiry is decided by the deadline, not by the PEL idle time, because workers may lease
 -- with different lease lengths; the deadline uses the Redis server clock (TIME), so the

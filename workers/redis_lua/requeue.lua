@@ -44,7 +44,12 @@ for _, t in ipairs(chosen) do
   t.error = nil
   t.stop_by = nil
   t.published = nil
-  enqueue(job, tid, t)
+  if (t.waiting or 0) > 0 then   -- a segment task whose frames tasks are not all done waits again
+    t.state = 'waiting'
+    put_task(job, tid, t)
+  else
+    enqueue(job, tid, t)
+  end
 end
 local count = #chosen
 if count > 0 and redis.call('HGET', jkey(job), 'state') ~= 'paused' then
