@@ -117,11 +117,11 @@ SELECT job_id, kind, first, last, 'failed', error, published, started, finished
 """
 _STATUS_SUMS = """
 SELECT job_id, kind, state, SUM(last - first + 1),
-       SUM(last - first + 1) FILTER (WHERE state = 'cancelled' AND lease_until > ?),
+       SUM(last - first + 1) FILTER (WHERE state = 'cancelled' AND lease_until > ?1),
        SUM(MIN(published, last - first + 1)) FILTER (WHERE state = 'cancelled'),
        SUM(last - first + 1) FILTER (WHERE started IS NOT NULL AND finished IS NOT NULL),
        MIN(started) FILTER (WHERE finished IS NOT NULL), MAX(finished) FILTER (WHERE started IS NOT NULL),
-       COUNT(*), COUNT(*) FILTER (WHERE state = 'cancelled' AND lease_until > ?),
+       COUNT(*), COUNT(*) FILTER (WHERE state = 'cancelled' AND lease_until > ?1),
        COUNT(*) FILTER (WHERE started IS NOT NULL AND finished IS NOT NULL)
   FROM tasks INDEXED BY tasks_for_status WHERE state != 'failed' {where}
  GROUP BY job_id, kind, state
@@ -465,7 +465,7 @@ class SqliteQueue:
             where = "AND job_id IN (SELECT value FROM json_each(?))"
             for row in db.execute(_STATUS_FAILED.format(where=where), args):
                 rows.setdefault(row[0], []).append(TaskRow(*row[1:]))
-            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, now, *args)):
+            for job_key, *sums in db.execute(_STATUS_SUMS.format(where=where), (now, *args)):
                 rows.setdefault(job_key, []).extend(_summed_rows(*sums))
             for row in db.execute(f"SELECT job_id, worker, failures FROM job_failures WHERE blocked {where}", args):
                 blocked.setdefault(row[0], []).append((row[1], row[2]))
