@@ -34,6 +34,7 @@ from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import make_folders, remove_empty_folders, sweep_stale_temps
+from pipeline.files.thumbnail import THUMBNAILS_DIR
 from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.stats import StageStats
 from pipeline.flow.trace import Trace
@@ -289,6 +290,7 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     for folder in {p.parent for p in plan.frame_paths.values()}:
         make_folders([folder], made)
         sweep_stale_temps(folder)
+        sweep_stale_temps(folder / THUMBNAILS_DIR)   # a worker killed while writing a thumbnail
     files = _frame_outputs(plan)
     ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype,
                     planes=_device_planes(plan, ctx))

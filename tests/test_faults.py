@@ -54,6 +54,7 @@ from safetensors.torch import save_file
 
 from pipeline.files.manifest import MANIFEST_NAME, check_record, latest_by_path, read_records, verify
 from pipeline.files.publish import TEMP_SUFFIX
+from pipeline.files.thumbnail import THUMBNAILS_DIR
 from pipeline.files.video import read_video_info
 from workers.queue import open_queue, sqlite_path
 
@@ -242,7 +243,9 @@ def tally(root: Path, frames: Iterable[int], video: bool) -> dict[str, int]:
     videos = sum(1 for r in records if r.get("kind") == "video")
     files = [p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME]
     rel = {p: p.relative_to(root).as_posix() for p in files}
-    torn = [p for p in files if p.name.endswith(TEMP_SUFFIX) or rel[p] not in whole]
+    # a thumbnail is a view of a frame, not an output (as `verify` has it); a half-written one is still torn
+    torn = [p for p in files if p.name.endswith(TEMP_SUFFIX)
+            or (rel[p] not in whole and THUMBNAILS_DIR not in p.relative_to(root).parts[:-1])]
     bad_lines = [problem for problem in verify(root)[1] if "not a manifest record" in problem]
     return {"lost": sum(1 for frame in frames if frame not in valid_frames) + int(video and not valid_video),
             "duplicated": sum(count - 1 for count in recorded.values()) + max(0, videos - 1),
