@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,10 +17,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import http, running_monitor
+from helpers import http, render, running_monitor
 
 from pipeline.config.formats import frame_format
 from pipeline.files.manifest import Manifest, read_records, verify
+from pipeline.files.publish import TEMP_SUFFIX
 from pipeline.files.thumbnail import THUMBNAILS_DIR, encode_thumbnail, thumbnail_path, write_thumbnail
 from pipeline.stages.write import FrameOutputs
 from workers.monitor.thumbnails import latest_thumbnails
@@ -146,3 +150,19 @@ def test_the_monitor_serves_a_jobs_latest_thumbnails(queue_url: str, tmp_path: P
             assert json.loads(body)["error"], path
         status, _kind, page = get(base + "/jobs/j1")
         assert status == 200 and b'id="thumbs"' in page
+
+
+def test_a_run_sweeps_the_thumbnail_temporaries_a_killed_worker_left(write_job: Callable[..., Path],
+                                                                     job_dir: Path) -> None:
+    job = write_job(output={"formats": ["png"]})
+    assert render("run", str(job)).returncode == 0
+    folder = sorted((job_dir / "out").rglob("*.png"))[0].parent
+    (folder / THUMBNAILS_DIR).mkdir(exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = folder / THUMBNAILS_DIR / f".test.0001.jpg.{int(dead.stdout)}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    stale.write_bytes(b"left by kill -9 mid-thumbnail")
+    result = render("run", str(job))
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert verify(job_dir / "out")[1] == []
