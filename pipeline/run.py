@@ -52,7 +52,14 @@ from pipeline.stages.generate import generate_clip_stage, generate_stage
 from pipeline.stages.source import clip_source_stage, source_stage
 from pipeline.stages.transfer import transfer_stage
 from pipeline.stages.watermark import offsets_for, watermark_stage
-from pipeline.stages.write import FrameOutputs, VideoSequencer, publish_segment, read_back, write_stage
+from pipeline.stages.write import (
+    FrameOutputs,
+    VideoSequencer,
+    publish_segment,
+    publish_video,
+    read_back,
+    write_stage,
+)
 
 
 @dataclass
@@ -134,6 +141,8 @@ async def _render(plan: Plan, on_frame: Callable[[int], None], models: ModelCach
                   *, stop: trio.Event | None, pipelines: PipelineCache | None, gpu_turn: GpuTurn | None,
                   may_publish: Callable[[], bool] | None, trace: Trace | None,
                   run_fields: dict[str, Any] | None) -> RunReport:
+    if not plan.todo:
+        return await _videos_from_files(plan, may_publish, trace, run_fields)
     started = time.perf_counter()
     ctx = DeviceContext(plan.device, compute_priority=plan.job.tuning.compute_priority,
                         watermark_priority=plan.job.tuning.watermark_priority)
@@ -286,17 +295,30 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
     """Folders made (those that did not exist appended to `made`) and swept of temporary
     files a killed run left, the host ring, the open videos, and the watermark's pattern."""
     job, shot = plan.job, plan.job.shot
+    files, videos = _open_outputs(plan, made)
+    try:
+        ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype,
+                        planes=_device_planes(plan, ctx))
+        mark = None
+        if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
+            mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
+    except BaseException:
+        for opened in videos:
+            opened.abort()
+        raise
+    return _Outputs(files, ring, videos, mark)
+
+
+def _open_outputs(plan: Plan, made: list[Path]) -> tuple[FrameOutputs, list[VideoFile | SegmentedVideo]]:
+    """The frame outputs and the videos still to write, their folders made (those that did
+    not exist appended to `made`) and swept of temporary files a killed run left."""
+    shot = plan.job.shot
     make_folders([plan.root], made)
     for folder in {p.parent for p in plan.frame_paths.values()}:
         make_folders([folder], made)
         sweep_stale_temps(folder)
         sweep_stale_temps(folder / THUMBNAILS_DIR)   # a worker killed while writing a thumbnail
     files = _frame_outputs(plan)
-    ring = HostRing(ctx, job.tuning.pinned_buffers, (shot.height, shot.width, 3), pixel_dtype,
-                    planes=_device_planes(plan, ctx))
-    mark = None
-    if job.watermark.enabled:  # a 4K pattern takes ~0.5 s to draw: off the trio thread
-        mark = await trio.to_thread.run_sync(offsets_for, job.watermark, shot.height, shot.width, ctx)
     videos: list[VideoFile | SegmentedVideo] = []
     try:
         for planned in plan.videos_to_write:
@@ -316,7 +338,37 @@ async def _prepare_outputs(plan: Plan, ctx: DeviceContext, pixel_dtype: torch.dt
         for opened in videos:
             opened.abort()
         raise
-    return _Outputs(files, ring, videos, mark)
+    return files, videos
+
+
+async def _videos_from_files(plan: Plan, may_publish: Callable[[], bool] | None, trace: Trace | None,
+                             run_fields: dict[str, Any] | None) -> RunReport:
+    """A run with no frame to render (a resumed run, or a farm's video task, once every
+    frame is published): its videos are encoded or joined from the frame files and the
+    segments on disk, with no model loaded and no GPU held."""
+    started = time.perf_counter()
+    report = RunReport(skipped=len(plan.skipped), device="host (videos from the published frames)",
+                       gpu_s=0.0 if plan.device.type == "cuda" else None)
+    made: list[Path] = []
+    files, videos = _open_outputs(plan, made)
+    files.may_publish = may_publish
+    stats = StageStats("write")
+    stats.origin, stats.trace = started, trace
+    try:
+        with stats.busy(None, "videos"):
+            for video in videos:
+                await publish_video(files, VideoSequencer(video, plan.job.shot.frames, plan.skipped,
+                                                           read_back(files)))
+    except BaseException as group:
+        for video in videos:
+            video.abort()
+        remove_empty_folders(made)
+        raise _one_error(group, 0) from None
+    report.render_s = report.wall_s = time.perf_counter() - started
+    report.stages = {"write": stats.as_dict()}
+    if plan.videos_to_write:
+        await trio.to_thread.run_sync(files.manifest.append, {**run_record(plan, report), **(run_fields or {})})
+    return report
 
 
 def _frame_outputs(plan: Plan) -> FrameOutputs:

@@ -117,6 +117,11 @@ def test_several_videos_from_one_render_and_a_resume_writes_only_the_missing_one
     assert read_video_info(master) == (6, 32, 24)
     assert (root / "test.mp4").stat().st_mtime_ns == kept, "a finished video was written again"
     assert render("verify", str(root)).returncode == 0
+    runs = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    resumed = [r for r in runs if r["kind"] == "run"][-1]
+    # every frame was on disk: the video came from the PNGs, with no model loaded
+    assert resumed["device"].startswith("host") and resumed["load_s"] == 0, resumed
+    assert resumed["frames"] == 0 and resumed["skipped"] == 6, resumed
 
 
 def test_videos_alone_travel_at_sixteen_bits_for_a_ten_bit_codec(

@@ -180,12 +180,12 @@ async def write_stage(outputs: FrameOutputs, videos: list[VideoSequencer], ring:
             nursery.start_soon(writer, rx.clone(), f"write {index}")
     for video in videos:
         try:
-            await _publish_video(outputs, video)
+            await publish_video(outputs, video)
         except Exception as err:
             raise StageFailed("write", None, err) from err
 
 
-async def _publish_video(outputs: FrameOutputs, video: VideoSequencer) -> None:
+async def publish_video(outputs: FrameOutputs, video: VideoSequencer) -> None:
     await video.finish()
     await trio.to_thread.run_sync(outputs.check_publish, f"the video {video.video.dest.name}")
 
