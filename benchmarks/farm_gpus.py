@@ -81,11 +81,15 @@ def wait_done(url: str, job_id: str, frames: int, timeout_s: float = 540.0) -> f
         queue.close()
 
 
-def wait_workers(url: str, count: int, timeout_s: float = 180.0) -> None:
+def wait_workers(url: str, count: int, processes: list[Any] | None = None, timeout_s: float = 180.0) -> None:
+    """Until `count` workers poll the queue; at once if one of `processes` died first."""
     queue = open_queue(url)
     try:
         deadline = time.time() + timeout_s
         while len(queue.workers()) < count:
+            dead = [p.name for p in processes or [] if p.exitcode is not None]
+            if dead:
+                raise RuntimeError(f"worker process(es) {dead} exited before polling: see their logs")
             if time.time() > deadline:
                 raise TimeoutError(f"{len(queue.workers())} of {count} workers started in {timeout_s} s")
             time.sleep(0.1)
@@ -141,7 +145,7 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
     for process in processes:
         process.start()
     try:
-        wait_workers(url, len(devices))  # every worker polling before the warm-up's tasks go out
+        wait_workers(url, len(devices), processes)  # every worker polling before the warm-up's tasks go out
         warm_id = submit_job(warm, url, chunk=1, priority=0, max_attempts=1)
         wait_done(url, warm_id, 2 * len(devices))
         time.sleep(6.0)  # a heartbeat (every 5 s) from each worker, with its frame count

@@ -58,12 +58,13 @@ def measure(args: argparse.Namespace, work: Path, model: Path, devices: list[str
     job = write_job(work / f"shot-{run}.toml", args, model, root, args.segment if mode == "segments" else 0, writers)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=worker_process, args=(url, str(work), device, f"w{i}",
-                                                              str(args.logs / f"run{run}-w{i}.log"), True))
+                                                              str(args.logs / f"run{run}-w{i}.log"), True,
+                                                              True))   # thumbnails: on, as a worker's default
                  for i, device in enumerate(devices)]
     for process in processes:
         process.start()
     try:
-        wait_workers(url, len(devices))
+        wait_workers(url, len(devices), processes)
         submitted = time.time()
         job_id = submit_job(job, url, chunk=args.chunk, priority=0, max_attempts=1)
         queue = open_queue(url)

@@ -4,6 +4,7 @@ the GPU machine before an issue touching them is resolved."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ def test_cuda_render_matches_cpu_render(write_job: Callable[..., Path], job_dir:
     assert result.returncode == 0, result.stderr
     assert "cuda:0" in result.stdout
     assert_frames_match(job_dir, "cpu", "gpu", ".png", 2)
+    assert render("verify", str(job_dir / "gpu")).returncode == 0
+    # only the video left to write: it comes from the PNGs, with the GPU not held
+    (job_dir / "gpu" / "test.mp4").unlink()
+    result = render("run", str(gpu), "--device", "cuda:0", "--resume", "-q")
+    assert result.returncode == 0, result.stderr
+    manifest = (job_dir / "gpu" / "manifest.jsonl").read_text().splitlines()
+    resumed = [r for r in map(json.loads, manifest) if r["kind"] == "run"][-1]
+    assert resumed["device"].startswith("host") and resumed["gpu_s"] == 0.0 and resumed["load_s"] == 0, resumed
     assert render("verify", str(job_dir / "gpu")).returncode == 0
 
 
