@@ -109,12 +109,17 @@ def test_several_videos_from_one_render_and_a_resume_writes_only_the_missing_one
     from pipeline.files.png import read_png
     assert np.array_equal(first, read_png(root / "test" / "test.0001.png"))
 
-    master = root / "test_master.mov"
+    master, archive = root / "test_master.mov", root / "archive/test.mkv"
     kept = (root / "test.mp4").stat().st_mtime_ns
     master.unlink()
+    archive.unlink()
     result = render("run", str(job), "--device", "cpu", "--resume")
     assert result.returncode == 0, result.stderr
     assert read_video_info(master) == (6, 32, 24)
+    with av.open(str(archive)) as container:   # made from the PNGs read back: each in its place
+        again = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(again) == 6 and all(np.array_equal(again[i], read_png(root / "test" / f"test.{i + 1:04d}.png"))
+                                   for i in range(6))
     assert (root / "test.mp4").stat().st_mtime_ns == kept, "a finished video was written again"
     assert render("verify", str(root)).returncode == 0
     runs = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]

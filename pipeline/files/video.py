@@ -64,6 +64,11 @@ class VideoFile:
                                                                            options=options))
             if spec.encoder in ("libx265", "hevc_nvenc") and spec.container in ("mp4", "mov"):
                 self._stream.codec_tag = "hvc1"   # FFmpeg's default hev1 is refused by Apple's players
+            if spec.encoder == "prores_ks":
+                # frames in flight on several threads: 10-17 % less time a frame than PyAV's
+                # default slice threads for 422 HQ (benchmarks/encoder_threads.py); the other
+                # encoders are fastest with slice threads
+                self._stream.codec_context.thread_type = "FRAME"
         except Exception:
             self.abort()
             raise

@@ -25,12 +25,15 @@ from pipeline.files.exr import BT709_CHROMATICITIES, Attribute, frame_attributes
 from pipeline.files.formats import encode, read_frame
 from pipeline.files.manifest import Manifest
 from pipeline.files.publish import Published, publish_bytes
+from pipeline.files.read_ahead import ReadAhead
 from pipeline.files.thumbnail import write_thumbnail
 from pipeline.files.video import SegmentedVideo, VideoFile
 from pipeline.flow.frames import HostFrame
 from pipeline.flow.stats import StageStats
 from pipeline.gpu.ring import HostRing
 
+# frames read back ahead of a video made from files (each a PNG decode beside the encode)
+READ_AHEAD = 4
 
 @dataclass
 class FrameOutputs:
@@ -91,7 +94,9 @@ class VideoSequencer:
         self.end = frames.stop
         self.skipped = skipped
         self.unfed = video.unfed if isinstance(video, SegmentedVideo) else frozenset()
-        self.read_back = read_back
+        # frames to read back, in the order the video takes them: read a few ahead
+        self._reads = ReadAhead(read_back, [f for f in frames if f in skipped and f not in self.unfed],
+                                READ_AHEAD)
         self._turn = trio.Condition()
         self._limiter = trio.CapacityLimiter(1)
 
@@ -107,19 +112,26 @@ class VideoSequencer:
             self._turn.notify_all()
 
     async def finish(self) -> None:
-        async with self._turn:
-            await self._encode_skipped()
+        try:
+            async with self._turn:
+                await self._encode_skipped()
+        finally:
+            self._reads.close()
         if self.next != self.end:
             raise RuntimeError(f"video stopped at frame {self.next}, expected {self.end - 1}")
 
     def _add_from_disk(self, frame: int) -> None:
-        self.video.add(self.read_back(frame))
+        self.video.add(self._reads.take(frame))
 
     async def _encode_skipped(self) -> None:
-        while self.next in self.skipped or self.next in self.unfed:
-            if self.next not in self.unfed:
-                await trio.to_thread.run_sync(self._add_from_disk, self.next, limiter=self._limiter)
-            self.next += 1
+        try:
+            while self.next in self.skipped or self.next in self.unfed:
+                if self.next not in self.unfed:
+                    await trio.to_thread.run_sync(self._add_from_disk, self.next, limiter=self._limiter)
+                self.next += 1
+        except BaseException:   # cancelled or failed: no more reads ahead
+            self._reads.close()
+            raise
 
 
 def publish_segment(outputs: FrameOutputs, video: Path, part: VideoFile, index: int, frames: range) -> Published:
