@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import render
+from helpers import render, render_bounded
 from PIL import Image
 from test_bad_input import assert_rejected
 from test_watermark_unit import KEY, PAYLOAD, encode_clip, marked, picture
@@ -119,6 +119,24 @@ def test_missing_file_and_bad_options_are_one_line(files: dict[str, Path], tmp_p
     code, _out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "NO_SUCH_WM_KEY",
                                str(files["png"]))
     assert_rejected(code, err, "--key-env", "NO_SUCH_WM_KEY")
+
+
+def test_a_key_file_that_is_no_regular_file_or_too_big_is_refused_unread(files: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """A FIFO blocked the read forever and /dev/zero filled memory (a subprocess held to
+    4 GiB and 60 s fails here instead); a directory and an oversized file are refused too."""
+    import os
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.key"
+    big.write_text("k" * (64 * 1024 + 1))
+    cases = [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+             (tmp_path, "is a directory"), (big, "over 64 KiB")]
+    for path, why in cases:
+        result = render_bounded("watermark", "verify", "--key-file", str(path), str(files["png"]))
+        assert_rejected(result.returncode, result.stderr, "--key-file", str(path), why)
+        assert result.stdout == ""
 
 
 def test_non_utf8_payload_is_one_line(files: dict[str, Path]) -> None:
