@@ -72,6 +72,10 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
                           output_root=None if output_root is None else str(output_root.resolve()),
                           base_dir=None if base_dir is None else str(base_dir.resolve())):
             return
+    if trace_path is not None:   # refused now, not after the frames are rendered
+        from pipeline.files.publish import check_destination
+
+        check_destination(trace_path, "--trace")
     with ctrl_c_deferred():   # the imports, the plan, the model's code: then the run watches signals itself
         from pipeline.config.task import frame_range, load_task_job
         from pipeline.gpu.device import pick_device
