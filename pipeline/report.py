@@ -19,8 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FramefarmError
+from pipeline.config.given_files import read_regular
+from pipeline.errors import FramefarmError, JobError
 from pipeline.files.manifest import read_records, read_runs, verify
+
+# Bounds on what is read whole: a job file is a few KiB; a day-long run's timeline tens of MiB
+MAX_JOB_BYTES = 1 << 20
+MAX_TRACE_BYTES = 1 << 30
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
@@ -110,8 +115,9 @@ def _stages(run: dict[str, Any]) -> str:
 
 
 def _trace_summary(trace_path: Path) -> str:
+    data = read_regular(trace_path, "--trace", MAX_TRACE_BYTES)   # a FIFO or /dev/zero: refused, not read
     try:
-        events = json.loads(trace_path.read_text())["traceEvents"]
+        events = json.loads(data)["traceEvents"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FramefarmError(f"--trace {trace_path}: not a trace this run wrote ({err})") from err
     names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
@@ -149,9 +155,9 @@ def build_report(root: Path, trace: Path | None = None, job: Path | None = None)
         parts += [f"<h2>Timeline ({html.escape(trace.name)})</h2>", _trace_summary(trace)]
     if job is not None:
         try:
-            text = job.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise FramefarmError(f"--job {job}: cannot be read ({err})") from err
+            text = read_regular(job, "--job", MAX_JOB_BYTES).decode("utf-8")
+        except UnicodeDecodeError:
+            raise JobError("--job", str(job), "cannot be read as UTF-8 text") from None
         parts += [f"<h2>Job ({html.escape(job.name)})</h2>", f"<pre>{html.escape(text)}</pre>"]
     title = html.escape("framefarm report: " + (", ".join(shots) or root.name))
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'

@@ -3,10 +3,29 @@ real browser (Debian's headless chromium); its screenshot is kept as a test arti
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from helpers import render
+import pytest
+from helpers import render, render_bounded
+from test_bad_input import assert_rejected
+
+RUN: dict[str, Any] = {
+    "kind": "run", "shot": "test", "device": "cpu", "frames": 6, "skipped": 0, "render_s": 1.5, "wall_s": 2.0,
+    "energy_j": None, "gpu_s": None, "j_per_frame": None, "gpu_s_per_frame": None, "time": 1_700_000_000.0,
+    "stages": {"decode": {"busy_s": 1.0, "waiting_s": 0.25, "blocked_s": 0.0}},
+}
+
+
+def output_root(folder: Path, *runs: dict[str, Any]) -> Path:
+    """An output root whose manifest holds only these run records (no frame files)."""
+    root = folder / "out"
+    root.mkdir()
+    (root / "manifest.jsonl").write_text("".join(json.dumps(run) + "\n" for run in runs or [RUN]))
+    return root
 
 
 def test_the_report_of_a_run_opens_in_a_browser_with_its_plots(
@@ -42,3 +61,16 @@ def test_a_report_of_nothing_is_refused_in_one_line(tmp_path: Path) -> None:
     result = render("report", str(tmp_path))
     assert result.returncode == 2 and "OUTDIR" in result.stderr and "manifest.jsonl" in result.stderr
     assert "\n" not in result.stderr.strip()
+
+
+@pytest.mark.parametrize("option", ["--job", "--trace"])
+def test_a_job_or_trace_that_is_no_regular_file_is_refused_unread(option: str, tmp_path: Path) -> None:
+    """A FIFO blocked the read forever and /dev/zero filled memory (a subprocess held to
+    4 GiB and 60 s fails here instead); a directory was "cannot be read" with exit 1."""
+    root = output_root(tmp_path)
+    os.mkfifo(tmp_path / "in.fifo")
+    for path, why in [(tmp_path / "in.fifo", "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                      (tmp_path, "is a directory")]:
+        result = render_bounded("report", str(root), option, str(path))
+        assert_rejected(result.returncode, result.stderr, option, str(path), why)
+        assert not (tmp_path / "out-report.html").exists()
