@@ -10,11 +10,15 @@ matplotlib and embedded in the page: nothing is fetched when it is viewed.
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 import itertools
 import json
+import math
+import re
 import time
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -134,6 +138,92 @@ def _trace_summary(trace_path: Path) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+# Field names (split at '_', '-' and '.') whose values are secrets: shown as ***. A name ending
+# in _env or _file (key_env, secret_env) names where a secret is kept and is shown.
+_SECRET_WORDS = frozenset({"key", "keys", "token", "tokens", "password", "passwd", "secret", "secrets",
+                           "credential", "credentials", "auth", "apikey", "signature"})
+_REFERENCE_ENDS = ("_env", "_file")
+MASK = "***"
+
+
+def _job_settings(job: Path) -> str:
+    """The job file's settings as TOML, every secret masked: the parsed file written
+    again, not its text edited, so no way of spelling a value (escapes, inline tables,
+    multi-line strings, comments) lets a secret through. Its comments are not shown."""
+    try:
+        data = tomllib.loads(read_regular(job, "--job", MAX_JOB_BYTES).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise JobError("--job", str(job), "cannot be read as UTF-8 text") from None
+    except (ValueError, RecursionError) as err:   # TOMLDecodeError; nesting too deep to parse
+        raise JobError("--job", str(job), f"invalid TOML: {err}") from None
+    return "\n".join(_toml_lines(_masked(data), [])).strip() + "\n"
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    if lowered.endswith(_REFERENCE_ENDS):
+        return False
+    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", lowered))
+
+
+def _masked(value: Any, secret: bool = False) -> Any:
+    """`value` with every scalar under a secret name replaced by ***, and every URL's
+    credentials (user, password, path, query: webhooks keep their token in the path) too."""
+    if isinstance(value, dict):
+        return {k: _masked(v, secret or _is_secret(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, secret) for v in value]
+    if secret:
+        return MASK
+    return _masked_url(value) if isinstance(value, str) and "://" in value else value
+
+
+def _masked_url(url: str) -> str:
+    """scheme://host[:port], the rest masked: more is hidden than may be secret, never less."""
+    scheme, _, rest = url.partition("://")
+    _userinfo, at, location = rest.rpartition("@")   # the last '@': a password may hold '/', '@', '?'
+    host = re.split(r"[/?#]", location, maxsplit=1)[0]
+    shown = f"{scheme}://{MASK + '@' if at else ''}{host}"
+    return shown + ("/" + MASK if len(location) > len(host) else "")
+
+
+def _toml_lines(table: dict[str, Any], path: list[str]) -> list[str]:
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()
+             if not isinstance(v, dict) and not _table_array(v)]
+    for name, value in table.items():
+        header = ".".join(_toml_key(k) for k in [*path, name])
+        if isinstance(value, dict):
+            lines += ["", f"[{header}]", *_toml_lines(value, [*path, name])]
+        elif _table_array(value):
+            for item in value:
+                lines += ["", f"[[{header}]]", *_toml_lines(item, [*path, name])]
+    return lines
+
+
+def _table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)   # a JSON string is a TOML basic string
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return repr(value)
+
+
 def build_report(root: Path, trace: Path | None = None, job: Path | None = None) -> str:
     runs = read_runs(root)
     records = read_records(root)
@@ -154,11 +244,8 @@ def build_report(root: Path, trace: Path | None = None, job: Path | None = None)
     if trace is not None:
         parts += [f"<h2>Timeline ({html.escape(trace.name)})</h2>", _trace_summary(trace)]
     if job is not None:
-        try:
-            text = read_regular(job, "--job", MAX_JOB_BYTES).decode("utf-8")
-        except UnicodeDecodeError:
-            raise JobError("--job", str(job), "cannot be read as UTF-8 text") from None
-        parts += [f"<h2>Job ({html.escape(job.name)})</h2>", f"<pre>{html.escape(text)}</pre>"]
+        parts += [f"<h2>Job ({html.escape(job.name)}, secrets masked)</h2>",
+                  f"<pre>{html.escape(_job_settings(job))}</pre>"]
     title = html.escape("framefarm report: " + (", ".join(shots) or root.name))
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")

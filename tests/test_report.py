@@ -3,6 +3,7 @@ real browser (Debian's headless chromium); its screenshot is kept as a test arti
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from collections.abc import Callable
@@ -74,3 +75,24 @@ def test_a_job_or_trace_that_is_no_regular_file_is_refused_unread(option: str, t
         result = render_bounded("report", str(root), option, str(path))
         assert_rejected(result.returncode, result.stderr, option, str(path), why)
         assert not (tmp_path / "out-report.html").exists()
+
+
+def test_the_job_is_shown_with_every_secret_masked(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    """The watermark key, a webhook's credentials (user, password, the token in its path)
+    and any field named like a token never reach the page, however the file spells them."""
+    key, password, hook_token, api_token = "wm-key-5c0ffee", "hook-pw-9f3", "tok-77aa", "api-tok-5e1"
+    job = write_job(watermark={"enabled": True, "payload": "x", "key": key},
+                    notify={"webhook": f"https://bot:{password}@hooks.example.com/services/{hook_token}",
+                            "secret_env": "HOOK_SECRET"},
+                    cost={"gpu_hour": 2.5, "api_token": api_token})
+    job.write_text(f'# the key used to be "{key}"\n' + job.read_text())   # in a comment too
+    root = output_root(tmp_path)
+    result = render("report", str(root), "--job", str(job))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out-report.html").read_text()
+    for secret in (key, password, hook_token, api_token):
+        assert secret not in page and secret not in html.unescape(page), secret
+    shown = html.unescape(page)
+    assert 'key = "***"' in shown and 'api_token = "***"' in shown
+    assert 'webhook = "https://***@hooks.example.com/***"' in shown
+    assert 'secret_env = "HOOK_SECRET"' in shown and "gpu_hour = 2.5" in shown   # the settings stay
