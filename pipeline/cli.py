@@ -229,7 +229,7 @@ def report(outdir: Path, dest: Path | None, trace_path: Path | None, job_file: P
     if not (outdir / MANIFEST_NAME).is_file():
         raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
     dest = dest or outdir.resolve().with_name(outdir.resolve().name + "-report.html")
-    write_report(outdir, dest, trace_path, job_file)
+    write_report(outdir, dest, trace_path, job_file, warn=lambda line: click.echo(f"warning: {line}", err=True))
     click.echo(f"wrote {dest}")
 
 

@@ -96,3 +96,41 @@ def test_the_job_is_shown_with_every_secret_masked(write_job: Callable[..., Path
     assert 'key = "***"' in shown and 'api_token = "***"' in shown
     assert 'webhook = "https://***@hooks.example.com/***"' in shown
     assert 'secret_env = "HOOK_SECRET"' in shown and "gpu_hour = 2.5" in shown   # the settings stay
+
+
+def test_odd_run_records_are_left_out_with_a_warning_each(tmp_path: Path) -> None:
+    """A record the page cannot use (edited by hand, another tool's) is named in a warning
+    and left out; the other runs are still shown (the page is worth more than a refusal)."""
+    no_time = {k: v for k, v in RUN.items() if k != "time"}
+    odd = [{**RUN, "frames": "six"}, no_time, {**RUN, "stages": "fast"}, {**RUN, "cost": "cheap"},
+           {**RUN, "time": 1e300}]
+    root = output_root(tmp_path, RUN, *odd)
+    result = render("report", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == len(odd), result.stderr
+    for line, field, number in zip(warnings, ["frames = 'six'", "time is missing", "stages = 'fast'",
+                                              "cost = 'cheap'", "time = 1e+300"], range(2, 7), strict=True):
+        assert line.startswith("warning: ") and f"run record {number} left out" in line and field in line, line
+    assert "0 frame file(s), 1 run(s)" in (tmp_path / "out-report.html").read_text()
+
+
+@pytest.mark.parametrize("content", ["[]", '{"a": 1}', '{"traceEvents": [1]}', '{"traceEvents": 5}',
+                                     '{"traceEvents": [{"ph": "X", "pid": 1, "tid": 1, "name": "frame 1"}]}'])
+def test_a_trace_that_is_json_but_no_timeline_is_one_line(content: str, tmp_path: Path) -> None:
+    root = output_root(tmp_path)
+    trace = tmp_path / "t.json"
+    trace.write_text(content)
+    result = render("report", str(root), "--trace", str(trace))
+    assert_rejected(result.returncode, result.stderr, "--trace", str(trace), "not a timeline")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "t.json"]   # no page, no temporary file
+
+
+def test_an_output_that_is_a_directory_or_in_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    root = output_root(tmp_path)
+    (tmp_path / "pages").mkdir()
+    for dest, why in [(tmp_path / "pages", "is a directory"), (tmp_path / "nope" / "r.html", "does not exist")]:
+        result = render("report", str(root), "-o", str(dest))
+        assert_rejected(result.returncode, result.stderr, "--output", str(dest), why)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["manifest.jsonl", "out", "pages"]
