@@ -139,6 +139,41 @@ def test_a_key_file_that_is_no_regular_file_or_too_big_is_refused_unread(files: 
         assert result.stdout == ""
 
 
+def test_every_file_gets_its_verdict_when_some_cannot_be_read(files: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """An unreadable file stopped the check at it: the files after it got no verdict and
+    --json printed nothing. Now each file has its line (or JSON object), then exit 2."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture at all")
+    given = [files["png"], tmp_path / "nope.png", broken, tmp_path, files["plain"]]
+    monkeypatch.setenv("WM_KEY", SECRET)
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY",
+                              *map(str, given))
+    assert_rejected(code, err, "3 of 5 file(s) cannot be read", "1 of 5 file(s) carry no watermark")
+    lines = out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(path) for path in given]
+    assert "watermark found" in lines[0] and "no watermark" in lines[4]
+    assert lines[1].endswith("no such file") and "cannot be read as an image" in lines[2]
+    assert lines[3].endswith("is a directory, not a file")   # was "no such file"
+
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY", "--json",
+                              *map(str, given))
+    assert_rejected(code, err, "3 of 5 file(s) cannot be read")
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(path) for path in given]
+    assert [r["found"] for r in results] == [True, False, False, False, False]
+    assert ["error" in r for r in results] == [False, True, True, True, False]
+    assert SECRET not in out + err
+
+
+def test_an_empty_key_is_refused_not_replaced_by_the_default(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key", "", str(files["png"]))
+    assert_rejected(code, err, "--key", "empty")
+    assert out == ""
+
+
 def test_non_utf8_payload_is_one_line(files: dict[str, Path]) -> None:
     """A byte string that is not UTF-8, as a shell passes it (subprocess: argv bytes)."""
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "watermark", "verify", "--expect", b"\xff\xfe",
