@@ -76,6 +76,23 @@ def test_every_kind_of_file_is_read(files: dict[str, Path], monkeypatch: pytest.
     assert SECRET not in out + err
 
 
+def test_suffixes_are_matched_whatever_their_case(frame: np.ndarray, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """An .EXR went to the PNG reader (FFmpeg), which shows a linear EXR's values as they
+    are stored, not converted for display: a different picture, a different verdict."""
+    lower, upper = tmp_path / "f.exr", tmp_path / "F.EXR"
+    lower.write_bytes(encode_exr(frame.astype(np.float32) / 255, "linear"))
+    upper.write_bytes(lower.read_bytes())
+    monkeypatch.setenv("WM_KEY", SECRET)
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY", "--json",
+                              str(lower), str(upper))
+    assert code == 0, err
+    as_lower, as_upper = json.loads(out)
+    assert as_lower["payload"] == PAYLOAD
+    assert {k: v for k, v in as_upper.items() if k != "file"} == {k: v for k, v in as_lower.items() if k != "file"}
+
+
 def test_text_verdicts_and_exit_status(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
     key_file = tmp_path / "key.txt"
