@@ -12,13 +12,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.errors import EXIT_BAD_INPUT, FramefarmError, VerifyFailed
+
+if TYPE_CHECKING:
+    from pipeline.watermark.detect import Detection
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +75,10 @@ def run(job_file: Path, device: str | None, dry_run: bool, resume: bool, output_
                           output_root=None if output_root is None else str(output_root.resolve()),
                           base_dir=None if base_dir is None else str(base_dir.resolve())):
             return
+    if trace_path is not None:   # refused now, not after the frames are rendered
+        from pipeline.files.publish import check_destination
+
+        check_destination(trace_path, "--trace")
     with ctrl_c_deferred():   # the imports, the plan, the model's code: then the run watches signals itself
         from pipeline.config.task import frame_range, load_task_job
         from pipeline.gpu.device import pick_device
@@ -225,7 +232,7 @@ def report(outdir: Path, dest: Path | None, trace_path: Path | None, job_file: P
     if not (outdir / MANIFEST_NAME).is_file():
         raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
     dest = dest or outdir.resolve().with_name(outdir.resolve().name + "-report.html")
-    write_report(outdir, dest, trace_path, job_file)
+    write_report(outdir, dest, trace_path, job_file, warn=lambda line: click.echo(f"warning: {line}", err=True))
     click.echo(f"wrote {dest}")
 
 
@@ -245,19 +252,20 @@ def watermark() -> None:
               help="Count a file as marked only if it carries exactly this payload.")
 @click.option("--max-frames", type=click.IntRange(1, 100_000), default=48, show_default=True,
               help="Video: frames read and combined.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout, as a list.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per file on stdout, as a list (an unreadable file's says why in \"error\").")
 def watermark_verify(files: tuple[Path, ...], key: str | None, key_env: str | None, key_file: Path | None,
                      expect: str | None, max_frames: int, as_json: bool) -> None:
     """Look for the watermark in frames (PNG 8- or 16-bit, EXR, JPEG) or videos (MP4, MOV,
     MKV: up to --max-frames frames, their evidence combined). Prints found or not, the
-    payload and a p-value: the chance that an unmarked input scores as high. Exit 1 if a
-    file carries no mark (or not the --expect payload); 2 for unreadable input."""
+    payload and a p-value: the chance that an unmarked input scores as high. Every file is
+    checked and gets its line. Exit 1 if a file carries no mark (or not the --expect
+    payload); 2 if a file could not be read."""
     import json
 
     from pipeline.errors import JobError
-    from pipeline.files.pictures import read_pictures
     from pipeline.watermark.code import BadPayload, payload_bytes
-    from pipeline.watermark.detect import P_THRESHOLD, detect_frames
+    from pipeline.watermark.detect import P_THRESHOLD
 
     secret = _verify_key(key, key_env, key_file)
     if expect is not None:
@@ -267,14 +275,18 @@ def watermark_verify(files: tuple[Path, ...], key: str | None, key_env: str | No
             raise JobError("--expect", expect, str(err)) from None
         except UnicodeEncodeError:
             raise JobError("--expect", "(not UTF-8)", "expected UTF-8 text of at most 8 bytes") from None
-    results, missing = [], 0
-    for path in files:
-        if not path.is_file():
-            raise JobError("FILE", str(path), "no such file")
+    results: list[dict[str, Any]] = []
+    unreadable: list[JobError] = []
+    missing = 0
+    for path in files:   # every file gets its verdict: one unreadable file does not hide the others'
         try:
-            found = detect_frames(read_pictures(path, max_frames), secret)
-        except Exception as err:
-            raise JobError("FILE", str(path), f"cannot be read as an image or video ({type(err).__name__})") from None
+            found = _detect_in_file(path, max_frames, secret)
+        except JobError as err:
+            unreadable.append(err)
+            results.append({"file": str(path), "found": False, "error": err.allowed})
+            if not as_json:
+                click.echo(f"{path}: {err.allowed}")
+            continue
         ok = found.found and (expect is None or found.payload == expect)
         missing += not ok
         results.append({"file": str(path), "found": ok, "payload": found.payload, "p_value": found.p_value,
@@ -289,8 +301,38 @@ def watermark_verify(files: tuple[Path, ...], key: str | None, key_env: str | No
                 click.echo(f"{path}: no watermark ({where}; found means p <= {P_THRESHOLD:g})")
     if as_json:
         click.echo(json.dumps(results, indent=1))
+    _verify_verdict(len(files), unreadable, missing)
+
+
+def _detect_in_file(path: Path, max_frames: int, secret: str) -> Detection:
+    """The watermark evidence in one file; JobError naming the file when it cannot be read."""
+    from pipeline.config.given_files import not_a_regular_file
+    from pipeline.errors import JobError
+    from pipeline.files.pictures import read_pictures
+    from pipeline.watermark.detect import detect_frames
+
+    problem = not_a_regular_file(path)   # a directory is one; a FIFO would block the reader
+    if problem is not None:
+        raise JobError("FILE", str(path), problem)
+    try:
+        return detect_frames(read_pictures(path, max_frames), secret)
+    except Exception as err:
+        raise JobError("FILE", str(path), f"cannot be read as an image or video ({type(err).__name__})") from None
+
+
+def _verify_verdict(total: int, unreadable: Sequence[FramefarmError], missing: int) -> None:
+    """The exit of `watermark verify`: 2 if a file could not be read, 1 if one carries no
+    mark, with one line that sums up (each file has had its own)."""
+    from pipeline.errors import UnreadableInputs
+
+    unmarked = f"{missing} of {total} file(s) carry no watermark for this key"
+    if len(unreadable) == 1 and total == 1:
+        raise unreadable[0]
+    if unreadable:
+        raise UnreadableInputs(f"FILE: {len(unreadable)} of {total} file(s) cannot be read (why is on each "
+                               "one's line above)" + (f"; {unmarked}" if missing else ""))
     if missing:
-        raise FramefarmError(f"{missing} of {len(files)} file(s) carry no watermark for this key")
+        raise FramefarmError(unmarked)
 
 
 def _verify_key(key: str | None, key_env: str | None, key_file: Path | None) -> str:
@@ -307,7 +349,9 @@ def _verify_key(key: str | None, key_env: str | None, key_file: Path | None) -> 
         return key_from_env(key_env, "--key-env")
     if key_file is not None:
         return key_from_file(key_file, "--key-file")
-    return key if key else DEFAULT_KEY
+    if key == "":   # an empty --key (an unset shell variable) must not quietly check with the default
+        raise JobError("--key", "", "the key is empty; give the job's key, or leave --key out for the default")
+    return DEFAULT_KEY if key is None else key
 
 
 QUEUE_OPTION = click.option(

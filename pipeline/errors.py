@@ -98,6 +98,13 @@ class SessionUnavailable(FramefarmError):
     there, or it stopped)."""
 
 
+class UnreadableInputs(FramefarmError):
+    """Some of the files a command was given could not be read; each was reported on its
+    own line, the others were still checked."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class VerifyFailed(FramefarmError):
     """`render verify` found outputs that do not match their manifest records."""
 

@@ -10,17 +10,28 @@ matplotlib and embedded in the page: nothing is fetched when it is viewed.
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 import itertools
 import json
+import math
+import re
 import time
+import tomllib
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FramefarmError
-from pipeline.files.manifest import read_records, read_runs, verify
+from pipeline.config.given_files import read_regular
+from pipeline.errors import FramefarmError, JobError, MissingField
+from pipeline.files.manifest import MANIFEST_NAME, read_records, read_runs, verify
+from pipeline.files.publish import check_destination, publish_bytes
+
+# Bounds on what is read whole: a job file is a few KiB; a day-long run's timeline tens of MiB
+MAX_JOB_BYTES = 1 << 20
+MAX_TRACE_BYTES = 1 << 30
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
@@ -66,7 +77,7 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _frames_over_time(frames: list[dict[str, Any]]) -> str:
-    times = sorted(r["time"] for r in frames if isinstance(r.get("time"), int | float))
+    times = sorted(r["time"] for r in frames if _number(r.get("time")))
     if len(times) < 2:
         return "<p>Too few frames to plot.</p>"
     start = times[0]
@@ -109,27 +120,190 @@ def _stages(run: dict[str, Any]) -> str:
     return _plot(draw)
 
 
-def _trace_summary(trace_path: Path) -> str:
+def _trace_events(trace_path: Path) -> list[dict[str, Any]]:
+    """The events of a timeline `render run --trace` wrote; JobError for anything else."""
+    data = read_regular(trace_path, "--trace", MAX_TRACE_BYTES)   # a FIFO or /dev/zero: refused, not read
+    wanted = "not a timeline `render run --trace` wrote"
     try:
-        events = json.loads(trace_path.read_text())["traceEvents"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise FramefarmError(f"--trace {trace_path}: not a trace this run wrote ({err})") from err
-    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+        document = json.loads(data)
+    except (ValueError, RecursionError) as err:   # not JSON, not UTF-8; nested too deep
+        raise JobError("--trace", str(trace_path), f"{wanted}: not JSON ({type(err).__name__})") from None
+    events = document.get("traceEvents") if isinstance(document, dict) else None
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise JobError("--trace", str(trace_path), f"{wanted}: expected a JSON object whose traceEvents is a "
+                                                   "list of event objects")
+    for number, event in enumerate(events, start=1):
+        if event.get("ph") == "X" and not _number(event.get("dur")):
+            raise JobError("--trace", str(trace_path), f"{wanted}: event {number} has no duration (dur)")
+    return events
+
+
+def _trace_summary(events: list[dict[str, Any]]) -> str:
+    def track_of(event: dict[str, Any]) -> str:
+        return repr((event.get("pid"), event.get("tid")))   # any JSON value, hashable
+
+    names = {track_of(e): str(e["args"].get("name")) for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and isinstance(e.get("args"), dict)}
     busy: dict[str, float] = defaultdict(float)
     waits: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("ph") == "X":
-            track = names.get((event["pid"], event["tid"]), "?")
-            (waits if event["name"] in ("waiting", "blocked") else busy)[track] += event["dur"] / 1e6
+            track = names.get(track_of(event), "?")
+            (waits if event.get("name") in ("waiting", "blocked") else busy)[track] += event["dur"] / 1e6
     rows = ["<tr><th>track</th><th>work s</th><th>waits s</th></tr>"]
     rows += [f"<tr><td>{html.escape(track)}</td><td>{busy[track]:.3f}</td><td>{waits[track]:.3f}</td></tr>"
              for track in sorted(set(busy) | set(waits))]
     return "<table>" + "".join(rows) + "</table>"
 
 
-def build_report(root: Path, trace: Path | None = None, job: Path | None = None) -> str:
-    runs = read_runs(root)
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _a_time(value: Any) -> bool:
+    if not _number(value):
+        return False
+    try:
+        time.localtime(value)
+    except (OverflowError, OSError, ValueError):   # years a platform's clock cannot show
+        return False
+    return True
+
+
+_FIGURES = ("energy_j", "j_per_frame", "gpu_s_per_frame", "cost", "cost_per_frame")   # a number or None
+_STAGE_PARTS = ("busy_s", "waiting_s", "blocked_s")
+
+
+def _run_problem(run: dict[str, Any]) -> str | None:
+    """What makes a run record unusable for the page, as "field = value: expected ..."; None if usable."""
+    def bad(field: str, allowed: str) -> str:
+        return str(JobError(field, run[field], allowed) if field in run else MissingField(field, allowed))
+
+    frames = run.get("frames")
+    if not (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 0):
+        return bad("frames", "expected a whole number >= 0")
+    if not (_number(run.get("render_s")) and run["render_s"] >= 0):
+        return bad("render_s", "expected seconds, a number >= 0")
+    if not _a_time(run.get("time")):
+        return bad("time", "expected a time in seconds since 1970")
+    for field in _FIGURES:
+        if run.get(field) is not None and not _number(run[field]):
+            return bad(field, "expected a number or null (not measured)")
+    stages = run.get("stages")
+    if stages is not None and not (isinstance(stages, dict) and all(
+            isinstance(f, dict) and all(_number(f.get(part, 0.0)) for part in _STAGE_PARTS)
+            for f in stages.values())):
+        return bad("stages", "expected an object of stages, each with busy_s, waiting_s and blocked_s in seconds")
+    return None
+
+
+def _usable_runs(root: Path, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The run records the page can show. A record that is not one (edited by hand, or
+    from another tool) is left out with a warning rather than refusing the whole page:
+    the other runs' figures are still worth seeing, and `render verify` judges the manifest."""
+    runs = []
+    for number, run in enumerate(read_runs(root), start=1):
+        problem = _run_problem(run)
+        if problem is None:
+            runs.append(run)
+        else:
+            warn(f"{root / MANIFEST_NAME}: run record {number} left out of the report: {problem}")
+    return runs
+
+
+# Field names (split at '_', '-' and '.') whose values are secrets: shown as ***. A name ending
+# in _env or _file (key_env, secret_env) names where a secret is kept and is shown.
+_SECRET_WORDS = frozenset({"key", "keys", "token", "tokens", "password", "passwd", "secret", "secrets",
+                           "credential", "credentials", "auth", "apikey", "signature"})
+_REFERENCE_ENDS = ("_env", "_file")
+MASK = "***"
+
+
+def _job_settings(job: Path) -> str:
+    """The job file's settings as TOML, every secret masked: the parsed file written
+    again, not its text edited, so no way of spelling a value (escapes, inline tables,
+    multi-line strings, comments) lets a secret through. Its comments are not shown."""
+    try:
+        data = tomllib.loads(read_regular(job, "--job", MAX_JOB_BYTES).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise JobError("--job", str(job), "cannot be read as UTF-8 text") from None
+    except (ValueError, RecursionError) as err:   # TOMLDecodeError; nesting too deep to parse
+        raise JobError("--job", str(job), f"invalid TOML: {err}") from None
+    return "\n".join(_toml_lines(_masked(data), [])).strip() + "\n"
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    if lowered.endswith(_REFERENCE_ENDS):
+        return False
+    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z0-9]+", lowered))
+
+
+def _masked(value: Any, secret: bool = False) -> Any:
+    """`value` with every scalar under a secret name replaced by ***, and every URL's
+    credentials (user, password, path, query: webhooks keep their token in the path) too."""
+    if isinstance(value, dict):
+        return {k: _masked(v, secret or _is_secret(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, secret) for v in value]
+    if secret:
+        return MASK
+    return _masked_url(value) if isinstance(value, str) and "://" in value else value
+
+
+def _masked_url(url: str) -> str:
+    """scheme://host[:port], the rest masked: more is hidden than may be secret, never less."""
+    scheme, _, rest = url.partition("://")
+    _userinfo, at, location = rest.rpartition("@")   # the last '@': a password may hold '/', '@', '?'
+    host = re.split(r"[/?#]", location, maxsplit=1)[0]
+    shown = f"{scheme}://{MASK + '@' if at else ''}{host}"
+    return shown + ("/" + MASK if len(location) > len(host) else "")
+
+
+def _toml_lines(table: dict[str, Any], path: list[str]) -> list[str]:
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()
+             if not isinstance(v, dict) and not _table_array(v)]
+    for name, value in table.items():
+        header = ".".join(_toml_key(k) for k in [*path, name])
+        if isinstance(value, dict):
+            lines += ["", f"[{header}]", *_toml_lines(value, [*path, name])]
+        elif _table_array(value):
+            for item in value:
+                lines += ["", f"[[{header}]]", *_toml_lines(item, [*path, name])]
+    return lines
+
+
+def _table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)   # a JSON string is a TOML basic string
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return repr(value)
+
+
+def build_report(root: Path, trace: Path | None = None, job: Path | None = None,
+                 warn: Callable[[str], None] = lambda line: None) -> str:
+    """The page. The inputs given by name (trace, job) are read and checked first, so a
+    bad one is refused before any work."""
+    events = _trace_events(trace) if trace is not None else None
+    settings = _job_settings(job) if job is not None else None
+    runs = _usable_runs(root, warn)
     records = read_records(root)
     if not runs and not records:
         raise FramefarmError(f"{root}: no manifest records here; render into it first")
@@ -145,21 +319,18 @@ def build_report(root: Path, trace: Path | None = None, job: Path | None = None)
              "<h2>Frames over time</h2>", _frames_over_time(frames)]
     if runs:
         parts += ["<h2>Stages</h2>", _stages(runs[-1])]
-    if trace is not None:
-        parts += [f"<h2>Timeline ({html.escape(trace.name)})</h2>", _trace_summary(trace)]
-    if job is not None:
-        try:
-            text = job.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise FramefarmError(f"--job {job}: cannot be read ({err})") from err
-        parts += [f"<h2>Job ({html.escape(job.name)})</h2>", f"<pre>{html.escape(text)}</pre>"]
+    if trace is not None and events is not None:
+        parts += [f"<h2>Timeline ({html.escape(trace.name)})</h2>", _trace_summary(events)]
+    if job is not None and settings is not None:
+        parts += [f"<h2>Job ({html.escape(job.name)}, secrets masked)</h2>", f"<pre>{html.escape(settings)}</pre>"]
     title = html.escape("framefarm report: " + (", ".join(shots) or root.name))
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_report(root: Path, dest: Path, trace: Path | None = None, job: Path | None = None) -> None:
-    page = build_report(root, trace, job)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(dest)
+def write_report(root: Path, dest: Path, trace: Path | None = None, job: Path | None = None,
+                 warn: Callable[[str], None] = lambda line: None) -> None:
+    """The page, checked to be writable at `dest` first and published whole (a temporary
+    file renamed into place, removed if the write fails)."""
+    check_destination(dest, "--output")
+    publish_bytes(dest, build_report(root, trace, job, warn).encode("utf-8"))

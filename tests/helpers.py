@@ -299,6 +299,24 @@ def render(*args: str, cwd: Path | None = None, timeout: float = 240) -> subproc
                                *filter(None, [os.environ.get("PYTHONPATH")])])})
 
 
+def render_bounded(*args: str, memory_gib: int = 4, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`render` as a user runs it, held to `memory_gib` of address space and `timeout`
+    seconds: a regression that reads a FIFO forever or /dev/zero into memory fails the
+    test (a timeout, a MemoryError) instead of hanging it or starving the machine."""
+    import resource
+
+    limit = memory_gib << 30
+
+    def bound() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], text=True, capture_output=True,
+                          timeout=timeout, preexec_fn=bound,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).resolve().parent.parent),
+                               *filter(None, [os.environ.get("PYTHONPATH")])])})
+
+
 @contextlib.contextmanager
 def running_monitor(queue_url: str, *extra: str, token: str | None = None, host: str = "127.0.0.1"
                     ) -> Iterator[str]:

@@ -30,7 +30,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "stages": {"errors", "config", "colour", "kernels", "watermark", "gpu", "files", "models", "decode", "flow"},
     "run": {"errors", "config", "colour", "watermark", "gpu", "files", "models", "decode", "flow", "plan", "stages"},
     "summary": {"plan", "run"},
-    "report": {"errors", "files"},
+    "report": {"errors", "config", "files"},
     "workers": {"errors", "config", "gpu", "files", "flow", "models", "plan", "run", "summary"},
     "cli": {"errors", "config", "gpu", "files", "watermark", "plan", "run", "summary", "report", "workers"},
 }

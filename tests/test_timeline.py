@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import render
+from test_bad_input import assert_rejected
 
 from pipeline.config.cost import Cost, price
 from pipeline.files.manifest import read_runs
+from pipeline.flow.trace import Trace
 
 
 def spans_by_track(trace: dict) -> dict[str, list[dict]]:
@@ -54,6 +57,30 @@ def test_the_trace_has_a_span_per_frame_in_every_stage_and_no_track_overlaps(
     counters = {e["name"] for e in trace["traceEvents"] if e["ph"] == "C"}
     assert "ring slots in use" in counters and "decode output queue" in counters
     assert trace["otherData"]["shot"] == "test"
+
+
+def test_a_trace_file_that_cannot_be_written_is_refused_before_any_frame(
+        write_job: Callable[..., Path], job_dir: Path) -> None:
+    job = write_job()
+    (job_dir / "traces").mkdir()
+    os.mkfifo(job_dir / "trace.fifo")
+    cases = [(job_dir / "traces", "is a directory"),
+             (job_dir / "no-such-folder" / "t.json", "does not exist"),
+             (job / "t.json", "is not a folder"),                  # the folder is the job file
+             (job_dir / "trace.fifo", "not a regular file"),       # a rename would replace it
+             (job_dir / ("t" * 300 + ".json"), "cannot be written")]
+    for trace_file, why in cases:
+        result = render("run", str(job), "--device", "cpu", "-q", "--trace", str(trace_file))
+        assert_rejected(result.returncode, result.stderr, "--trace", str(trace_file)[:60], why)
+        assert not (job_dir / "out").exists(), f"{trace_file}: frames were rendered before the refusal"
+    assert sorted(p.name for p in job_dir.iterdir()) == ["job.toml", "latents", "trace.fifo", "traces"]
+
+
+def test_a_trace_write_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "t.json").mkdir()   # the rename onto it fails, after the temporary file is written
+    with pytest.raises(OSError):
+        Trace().write(tmp_path / "t.json", {"shot": "x"})
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
 
 
 def test_a_run_record_says_what_was_not_measured_on_the_cpu(write_job: Callable[..., Path], job_dir: Path) -> None:

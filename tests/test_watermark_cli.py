@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import render
+from helpers import render, render_bounded
 from PIL import Image
 from test_bad_input import assert_rejected
 from test_watermark_unit import KEY, PAYLOAD, encode_clip, marked, picture
@@ -76,6 +76,23 @@ def test_every_kind_of_file_is_read(files: dict[str, Path], monkeypatch: pytest.
     assert SECRET not in out + err
 
 
+def test_suffixes_are_matched_whatever_their_case(frame: np.ndarray, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """An .EXR went to the PNG reader (FFmpeg), which shows a linear EXR's values as they
+    are stored, not converted for display: a different picture, a different verdict."""
+    lower, upper = tmp_path / "f.exr", tmp_path / "F.EXR"
+    lower.write_bytes(encode_exr(frame.astype(np.float32) / 255, "linear"))
+    upper.write_bytes(lower.read_bytes())
+    monkeypatch.setenv("WM_KEY", SECRET)
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY", "--json",
+                              str(lower), str(upper))
+    assert code == 0, err
+    as_lower, as_upper = json.loads(out)
+    assert as_lower["payload"] == PAYLOAD
+    assert {k: v for k, v in as_upper.items() if k != "file"} == {k: v for k, v in as_lower.items() if k != "file"}
+
+
 def test_text_verdicts_and_exit_status(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
     key_file = tmp_path / "key.txt"
@@ -119,6 +136,59 @@ def test_missing_file_and_bad_options_are_one_line(files: dict[str, Path], tmp_p
     code, _out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "NO_SUCH_WM_KEY",
                                str(files["png"]))
     assert_rejected(code, err, "--key-env", "NO_SUCH_WM_KEY")
+
+
+def test_a_key_file_that_is_no_regular_file_or_too_big_is_refused_unread(files: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """A FIFO blocked the read forever and /dev/zero filled memory (a subprocess held to
+    4 GiB and 60 s fails here instead); a directory and an oversized file are refused too."""
+    import os
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.key"
+    big.write_text("k" * (64 * 1024 + 1))
+    cases = [(fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+             (tmp_path, "is a directory"), (big, "over 64 KiB")]
+    for path, why in cases:
+        result = render_bounded("watermark", "verify", "--key-file", str(path), str(files["png"]))
+        assert_rejected(result.returncode, result.stderr, "--key-file", str(path), why)
+        assert result.stdout == ""
+
+
+def test_every_file_gets_its_verdict_when_some_cannot_be_read(files: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """An unreadable file stopped the check at it: the files after it got no verdict and
+    --json printed nothing. Now each file has its line (or JSON object), then exit 2."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture at all")
+    given = [files["png"], tmp_path / "nope.png", broken, tmp_path, files["plain"]]
+    monkeypatch.setenv("WM_KEY", SECRET)
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY",
+                              *map(str, given))
+    assert_rejected(code, err, "3 of 5 file(s) cannot be read", "1 of 5 file(s) carry no watermark")
+    lines = out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(path) for path in given]
+    assert "watermark found" in lines[0] and "no watermark" in lines[4]
+    assert lines[1].endswith("no such file") and "cannot be read as an image" in lines[2]
+    assert lines[3].endswith("is a directory, not a file")   # was "no such file"
+
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key-env", "WM_KEY", "--json",
+                              *map(str, given))
+    assert_rejected(code, err, "3 of 5 file(s) cannot be read")
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(path) for path in given]
+    assert [r["found"] for r in results] == [True, False, False, False, False]
+    assert ["error" in r for r in results] == [False, True, True, True, False]
+    assert SECRET not in out + err
+
+
+def test_an_empty_key_is_refused_not_replaced_by_the_default(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_main(monkeypatch, capsys, "watermark", "verify", "--key", "", str(files["png"]))
+    assert_rejected(code, err, "--key", "empty")
+    assert out == ""
 
 
 def test_non_utf8_payload_is_one_line(files: dict[str, Path]) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.config.given_files import read_regular
 from pipeline.errors import JobError
 
 MAX_KEY = 4096
+MAX_KEY_FILE = 64 << 10   # a key is at most MAX_KEY characters; a bigger file is not a key file
 
 
 def key_from_env(name: str, field: str) -> str:
@@ -20,10 +22,11 @@ def key_from_env(name: str, field: str) -> str:
 
 
 def key_from_file(path: Path, field: str) -> str:
+    data = read_regular(path, field, MAX_KEY_FILE)   # a FIFO or /dev/zero: refused, not read
     try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise JobError(field, str(path), f"cannot be read as a UTF-8 text file ({type(err).__name__})") from None
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise JobError(field, str(path), "cannot be read as a UTF-8 text file (UnicodeDecodeError)") from None
     if not key:
         raise JobError(field, str(path), "the file is empty")
     return _checked(key, field)

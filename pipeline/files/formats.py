@@ -33,7 +33,8 @@ def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_trans
 def read_frame(path: Path) -> np.ndarray:
     """A frame file's display-referred pixels: uint8 or uint16 (H, W, 3) for PNG, float32
     for EXR (linear EXR converted back)."""
-    return exr.read_exr_display(path) if path.suffix == ".exr" else png.read_png(path, native=True)
+    # case-insensitive: a frame.EXR from another tool is an EXR, not a broken PNG
+    return exr.read_exr_display(path) if path.suffix.lower() == ".exr" else png.read_png(path, native=True)
 
 
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:

@@ -13,11 +13,14 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import JobError
 
 TEMP_SUFFIX = ".part"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
@@ -58,6 +61,32 @@ def publish_bytes(dest: Path, data: bytes | memoryview, *, then: Callable[[Publi
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def check_destination(dest: Path, field: str) -> None:
+    """Refuse, before any work is done, a file name that a file cannot be published to:
+    a directory, a FIFO or device (a rename would replace /dev/null), a folder that does
+    not exist or cannot be written. A probe file is made and removed to find out."""
+    try:
+        mode: int | None = dest.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as err:   # a name too long, a symlink loop
+        raise JobError(field, str(dest), f"cannot be written there ({err.strerror or type(err).__name__})") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise JobError(field, str(dest), "is a directory; give a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise JobError(field, str(dest), "is not a regular file (a FIFO, device or socket); give a file name")
+    folder = dest.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise JobError(field, str(dest), f"its folder {folder} {what}; give a file in an existing folder")
+    probe = folder / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as err:
+        raise JobError(field, str(dest), f"cannot be written there ({err.strerror or type(err).__name__})") from None
 
 
 def failed_write(err: OSError, tmp: Path) -> bool:

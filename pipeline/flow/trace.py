@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,13 @@ class Trace:
         """The trace as JSON, written whole (a temporary file renamed into place)."""
         data = {"traceEvents": self.events(), "displayTimeUnit": "ms", "otherData": metadata}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):   # a full disk, a directory in the way: no temporary file left
+                tmp.unlink()
+            raise
 
 
 def gpu_work(trace: Trace | None, track: str, name: str,
