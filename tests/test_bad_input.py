@@ -4,6 +4,7 @@ through a real subprocess to prove the same holds for the installed command."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,14 @@ def test_toml_syntax_error_subprocess(job_dir: Path) -> None:
 
 def test_missing_job_file(reject: Callable[..., None], job_dir: Path) -> None:
     reject(job_dir / "nope.toml", "job file", "no such file")
+
+
+def test_a_job_file_that_is_no_regular_file_is_refused_unread(reject: Callable[..., None], job_dir: Path) -> None:
+    fifo = job_dir / "shot.toml"
+    os.mkfifo(fifo)        # reading it would wait forever for a writer
+    reject(fifo, "job file", "not a regular file")
+    reject(Path("/dev/zero"), "job file", "not a regular file")   # reading it would fill memory
+    reject(job_dir, "job file", "is a directory")
 
 
 def test_unknown_field(reject: Callable[..., None], write_job: Callable[..., Path]) -> None:

@@ -13,18 +13,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.given_files import read_regular
 from pipeline.errors import JobError, MissingField
 
 _REQUIRED: Any = object()
+MAX_TOML_BYTES = 16 << 20   # a job or preset file: text settings, never data
 MAX_DEPTH = 32   # tables and arrays inside one another; a job file needs 4 ([[source.prompts]])
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
+    raw = read_regular(path, what, MAX_TOML_BYTES)   # a FIFO or /dev/zero: refused, unread
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JobError(what, str(path), "no such file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise JobError(what, str(path), f"cannot be read as a TOML text file ({err})") from None
     try:
         data = tomllib.loads(text)
