@@ -93,6 +93,15 @@ class Relayed(FramefarmError):
         super().__init__(message)
 
 
+class TraceNotWritten(FramefarmError):
+    """The run finished and its outputs are published, but its timeline (`--trace`)
+    could not be written (a full disk, the folder removed meanwhile)."""
+
+    def __init__(self, path: Any, cause: OSError) -> None:
+        super().__init__(f"--trace {path}: the timeline could not be written ({cause.strerror or cause}); "
+                         f"the frames are rendered and published, nothing else is lost")
+
+
 class SessionUnavailable(FramefarmError):
     """No render server answers in a session folder (`render session start` did not run
     there, or it stopped)."""

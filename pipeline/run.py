@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +30,7 @@ from pipeline.config.cost import price
 from pipeline.config.job import Job
 from pipeline.config.video import segment_path, segments
 from pipeline.decode.patches.group import decode_group
-from pipeline.errors import FramefarmError, RunInterrupted, StageFailed, leaves
+from pipeline.errors import FramefarmError, RunInterrupted, StageFailed, TraceNotWritten, leaves
 from pipeline.files.exr import COLOUR_TRANSFER
 from pipeline.files.formats import pixel_dtype, read_frame
 from pipeline.files.manifest import Manifest
@@ -86,11 +87,22 @@ def run_plan(plan: Plan, *, on_frame: Callable[[int], None] = lambda frame: None
     import_model_code(plan)
     trace = Trace() if trace_path is not None else None
     try:
-        return trio.run(partial(render, plan, on_frame, trace=trace))
-    finally:
+        report = trio.run(partial(render, plan, on_frame, trace=trace))
+    except BaseException:
         if trace is not None and trace_path is not None:
-            trace.write(trace_path, {"shot": plan.job.shot.name, "job_hash": plan.job_hash,
-                                     "device": str(plan.device)})
+            with suppress(OSError):   # the run's own error is the one to report
+                _write_trace(trace, trace_path, plan)
+        raise
+    if trace is not None and trace_path is not None:
+        try:
+            _write_trace(trace, trace_path, plan)
+        except OSError as err:
+            raise TraceNotWritten(trace_path, err) from None
+    return report
+
+
+def _write_trace(trace: Trace, path: Path, plan: Plan) -> None:
+    trace.write(path, {"shot": plan.job.shot.name, "job_hash": plan.job_hash, "device": str(plan.device)})
 
 
 def import_model_code(plan: Plan) -> None:

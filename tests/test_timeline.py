@@ -15,8 +15,13 @@ from helpers import render
 from test_bad_input import assert_rejected
 
 from pipeline.config.cost import Cost, price
+from pipeline.config.job import load_job
+from pipeline.errors import TraceNotWritten
 from pipeline.files.manifest import read_runs
 from pipeline.flow.trace import Trace
+from pipeline.gpu.device import pick_device
+from pipeline.plan import make_plan
+from pipeline.run import run_plan
 
 
 def spans_by_track(trace: dict) -> dict[str, list[dict]]:
@@ -81,6 +86,16 @@ def test_a_trace_write_that_fails_leaves_no_temporary_file(tmp_path: Path) -> No
     with pytest.raises(OSError):
         Trace().write(tmp_path / "t.json", {"shot": "x"})
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_a_trace_lost_after_the_run_is_one_error_and_the_frames_stay(write_job: Callable[..., Path],
+                                                                     job_dir: Path) -> None:
+    # the folder checked before the run went away during it (or the disk filled)
+    plan = make_plan(load_job(write_job()), pick_device("cpu"))
+    with pytest.raises(TraceNotWritten, match="frames are rendered and published"):
+        run_plan(plan, trace_path=job_dir / "gone" / "t.json")
+    assert render("verify", str(job_dir / "out")).returncode == 0
+    assert len(list((job_dir / "out").rglob("*.png"))) == 6
 
 
 def test_a_run_record_says_what_was_not_measured_on_the_cpu(write_job: Callable[..., Path], job_dir: Path) -> None:
