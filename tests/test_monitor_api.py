@@ -180,3 +180,45 @@ def test_bad_bind_and_a_port_in_use_are_one_line(tmp_path) -> None:
     assert missing.returncode == 2 and "no queue database at this path" in missing.stderr
     assert not (tmp_path / "none.db").exists()
 
+
+
+def raw_post(base: str, path: str, head: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """POST over a bare socket, headers as given, then the chunks (possibly fewer bytes than
+    announced: the monitor must answer without waiting for the rest); status and JSON answer."""
+    import json
+
+    address = urllib.parse.urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nConnection: close\r\n{head}\r\n".encode())
+        for chunk in chunks:
+            conn.sendall(chunk)
+        reply = b""
+        while part := conn.recv(65536):
+            reply += part
+    header, _, body = reply.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(body)
+
+
+def test_hostile_bodies_are_refused_with_400_or_413(tmp_path) -> None:
+    """Bodies that made a 500 (an integer past Python's 4300-digit limit, 100000 nested
+    '['), and bodies too large to be an action's, are refused in one line naming the body."""
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    queue = open_queue(url)
+    queue.submit(spec("a"))
+    before = snapshot(queue)
+    with running_monitor(url, token=TOKEN) as base:
+        status, answer = http("POST", base + "/api/jobs/a/priority", '{"priority": ' + "1" * 5000 + "}", token=TOKEN)
+        assert (status, "the request body holds a number too long" in answer["error"]) == (400, True), answer
+        status, answer = http("POST", base + "/api/jobs/a/requeue", "[" * 100_000, token=TOKEN)
+        assert (status, "the request body is nested too deeply" in answer["error"]) == (400, True), answer
+        # declared too large: refused before a byte of it is read (none is sent)
+        status, answer = raw_post(base, "/api/jobs/a/priority", f"Content-Length: {2 * 1024 * 1024}\r\n", [])
+        assert (status, "the request body is 2097152 bytes; at most 1048576" in answer["error"]) == (413, True)
+        chunk = b" " * 65536   # chunked: no Content-Length to refuse it by, so the stream is counted
+        chunked = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 17   # just past 1 MiB; the rest never comes
+        status, answer = raw_post(base, "/api/jobs/a/priority", "Transfer-Encoding: chunked\r\n", chunked)
+        assert (status, "the request body is over 1048576 bytes" in answer["error"]) == (413, True), answer
+        assert http("POST", base + "/api/jobs/a/priority", {"priority": 5}, token=TOKEN)[0] == 200   # still serving
+    assert snapshot(queue)[0][0]["priority"] == 5 and snapshot(queue)[0][1] == before[0][1]
+    queue.close()

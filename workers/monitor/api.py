@@ -30,6 +30,7 @@ JOB_STATES = ("active", "paused", "done", "cancelled", "failed")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 10_000
 PRIORITY_RANGE = (-100, 100)   # as `render submit --priority`
+MAX_BODY_BYTES = 1024 * 1024   # an action's body is a few bytes of JSON
 
 
 Handler = Callable[[Request, dict[str, Any]], Any]   # (request, JSON body of an action) -> the answer
@@ -231,16 +232,39 @@ def error(status: int, message: str) -> JSONResponse:
 
 async def _body(request: Request) -> dict[str, Any]:
     """The request's JSON object; an empty body is {}."""
-    raw = await request.body()
+    raw = await _read_capped(request)
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(400, f"the request body is not JSON ({err})") from None
+    except ValueError:   # an integer beyond Python's 4300-digit limit for converting text
+        raise BadRequest(400, "the request body holds a number too long to read (over 4300 digits); "
+                              "every field takes a small whole number or true/false") from None
+    except RecursionError:   # arrays or objects nested deeper than the parser's recursion limit
+        raise BadRequest(400, "the request body is nested too deeply to read; send a flat JSON object "
+                              'such as {"priority": 5}') from None
     if not isinstance(body, dict):
         raise BadRequest(400, f"the request body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, refused (413) past MAX_BODY_BYTES: by its Content-Length before reading,
+    and while streaming, for a chunked body that declares none (or declares too little)."""
+    declared = request.headers.get("content-length", "")   # the server (h11) has checked it is digits
+    if declared.isascii() and declared.isdecimal() and (len(declared) > 12 or int(declared) > MAX_BODY_BYTES):
+        raise BadRequest(413, f"the request body is {declared[:40]} bytes; at most {MAX_BODY_BYTES} (1 MiB) are "
+                              "read: an action takes a small JSON object")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, f"the request body is over {MAX_BODY_BYTES} bytes (1 MiB); an action takes a "
+                                  "small JSON object")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _field(body: dict[str, Any], name: str | None, kind: type, *, default: Any = None) -> Any:
