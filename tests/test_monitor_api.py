@@ -107,6 +107,11 @@ def test_bad_requests_are_refused_clearly(farm: tuple[str, TaskQueue]) -> None:
             ("GET", "/api/jobs/nope/tasks", None, 404, "no job 'nope'"),
             ("GET", "/api/jobs/a/tasks/99999/log", None, 404, "job a has no task 99999"),
             ("GET", "/api/jobs/a/tasks/1x/log", None, 400, "'1x' is not a task id"),
+            # ids are ASCII digits below 2**63: int() reads full-width '１', and 2**63 overflowed SQLite (a 500)
+            ("GET", "/api/jobs/a/tasks/%EF%BC%91/log", None, 400, "'１' is not a task id (ASCII digits"),
+            ("GET", f"/api/jobs/a/tasks/{2**63}/log", None, 400, f"'{2**63}' is not a task id"),
+            ("GET", "/api/jobs?limit=%EF%BC%91", None, 400, "limit = '１': expected a whole number"),
+            ("GET", "/api/jobs/a/thumbnails/%EF%BC%91", None, 400, "frame '１' is not a frame number"),
             ("GET", "/api/jobs?state=broken", None, 400, "state = 'broken': expected one of"),
             ("GET", "/api/jobs?limit=-1", None, 400, "limit = '-1'"),
             ("GET", "/api/jobs/" + urllib.parse.quote("../../etc/passwd", safe=""), None, 404, "no API path"),
@@ -170,6 +175,9 @@ def test_bad_bind_and_a_port_in_use_are_one_line(tmp_path) -> None:
     bad = render("monitor", "--queue", url, "--bind", "localhost")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--bind = 'localhost': expected HOST:PORT" in bad.stderr
+    wide = render("monitor", "--queue", url, "--bind", "127.0.0.1:８４７０")   # full-width digits: int() reads them
+    assert wide.returncode == 2 and wide.stderr.count("\n") == 1
+    assert "--bind = '127.0.0.1:８４７０': expected HOST:PORT" in wide.stderr and "ASCII digits" in wide.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

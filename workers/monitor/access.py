@@ -17,6 +17,8 @@ from starlette.requests import Request
 
 from pipeline.errors import JobError
 
+from ..tasks import whole_number
+
 DEFAULT_BIND = "127.0.0.1:8470"
 BIND_FORMS = "HOST:PORT, e.g. 127.0.0.1:8470, 0.0.0.0:8470 or [::1]:8470"
 
@@ -44,9 +46,10 @@ def parse_bind(text: str) -> Bind:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdecimal() or not 0 <= int(port) <= 65535:
-        raise JobError("--bind", text, f"expected {BIND_FORMS} (port 0-65535)")
-    return Bind(host, int(port))
+    number = whole_number(port, 65535)
+    if not sep or not host or number is None:
+        raise JobError("--bind", text, f"expected {BIND_FORMS} (port 0-65535, ASCII digits)")
+    return Bind(host, number)
 
 
 def check_listen(bind: Bind, token: str | None) -> None:

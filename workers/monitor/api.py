@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..status import worker_dict
-from ..tasks import JobStatus, QueueUnavailable, TaskQueue
+from ..tasks import JobStatus, QueueUnavailable, TaskQueue, whole_number
 from .access import Access, Denied
 from .thumbnails import latest_thumbnails
 
@@ -104,9 +104,10 @@ class Api:
         if state is not None and state not in JOB_STATES:
             raise BadRequest(400, f"state = {state!r}: expected one of {', '.join(JOB_STATES)}")
         limit_text = request.query_params.get("limit", str(DEFAULT_LIMIT))
-        if not limit_text.isdecimal() or not 1 <= int(limit_text) <= MAX_LIMIT:
-            raise BadRequest(400, f"limit = {limit_text!r}: expected a whole number from 1 to {MAX_LIMIT}")
-        limit = int(limit_text)
+        limit = whole_number(limit_text, MAX_LIMIT)
+        if not limit:   # None (not ASCII digits, or too large) or 0
+            raise BadRequest(400, f"limit = {limit_text[:40]!r}: expected a whole number from 1 to {MAX_LIMIT} "
+                                  "(ASCII digits)")
         # Count frames only for the jobs shown: a large queue's done jobs cost nothing here.
         # "failed" is counted (an active job with dead-lettered tasks and none left to run),
         # so "active" and "failed" look at every stored-active job.
@@ -135,9 +136,9 @@ class Api:
     def task_log(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         job_id = self._known_job(request)
         task_id = request.path_params["task_id"]
-        if not (task_id.isdecimal() and len(task_id) <= 20):
-            raise BadRequest(400, f"task id {task_id!r} is not a task id (a whole number, as /api/jobs/ID/tasks "
-                                  "lists them)")
+        if whole_number(task_id) is None:
+            raise BadRequest(400, f"task id {task_id[:40]!r} is not a task id (ASCII digits, below 2**63, as "
+                                  "/api/jobs/ID/tasks lists them)")
         log = self.queue.task_log(job_id, task_id)
         if log is None:
             raise BadRequest(404, f"job {job_id} has no task {task_id}")
@@ -155,16 +156,16 @@ class Api:
     async def _thumbnail_file(self, request: Request) -> Response:
         """One frame's JPEG, if it is among the job's latest finished frames (as `thumbnails`)."""
         def find(_request: Request, _body: dict[str, Any]) -> Path:
-            frame = request.path_params["frame"]
-            if not (frame.isdecimal() and len(frame) <= 9):
-                raise BadRequest(400, f"frame {frame!r} is not a frame number (a whole number, as "
-                                      "/api/jobs/ID/thumbnails lists them)")
+            frame = whole_number(request.path_params["frame"], 999_999_999)
+            if frame is None:
+                raise BadRequest(400, f"frame {request.path_params['frame'][:40]!r} is not a frame number (ASCII "
+                                      "digits, as /api/jobs/ID/thumbnails lists them)")
             job_id = self._known_job(request)
             spec = self.queue.job(job_id)
             assert spec is not None
-            found = latest_thumbnails(spec.output_root, spec.name, 1, frame=int(frame))
+            found = latest_thumbnails(spec.output_root, spec.name, 1, frame=frame)
             if not found:
-                raise BadRequest(404, f"job {job_id} has no thumbnail of frame {int(frame)} among its latest "
+                raise BadRequest(404, f"job {job_id} has no thumbnail of frame {frame} among its latest "
                                       "finished frames")
             return Path(found[0]["path"])
 
