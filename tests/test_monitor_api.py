@@ -230,3 +230,21 @@ def test_hostile_bodies_are_refused_with_400_or_413(tmp_path) -> None:
         assert http("POST", base + "/api/jobs/a/priority", {"priority": 5}, token=TOKEN)[0] == 200   # still serving
     assert snapshot(queue)[0][0]["priority"] == 5 and snapshot(queue)[0][1] == before[0][1]
     queue.close()
+
+
+def test_a_token_no_header_can_carry_is_refused_at_start(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token with whitespace or non-ASCII characters was accepted, and then no request
+    could ever match it (headers drop outer whitespace and arrive as Latin-1)."""
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    open_queue(url).submit(spec("a"))
+    for token in ("s3cret token", " padded", "t\u00f6k\u00e9n-secret", "tab\there"):
+        monkeypatch.setenv("FRAMEFARM_MONITOR_TOKEN", token)
+        from_env = render("monitor", "--queue", url, "--bind", f"127.0.0.1:{free_port()}", timeout=60)
+        monkeypatch.delenv("FRAMEFARM_MONITOR_TOKEN")
+        from_option = render("monitor", "--queue", url, "--bind", f"127.0.0.1:{free_port()}", "--token", token,
+                             timeout=60)   # without the check, the monitor starts and serves
+        for refused in (from_env, from_option):
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+            assert refused.stderr.startswith("error: --token (or $FRAMEFARM_MONITOR_TOKEN) = '(not shown)': "
+                                             "expected printable ASCII without spaces"), refused.stderr
+            assert token.strip() not in refused.stderr

@@ -52,6 +52,15 @@ def parse_bind(text: str) -> Bind:
     return Bind(host, number)
 
 
+def check_token(token: str | None) -> None:
+    """Refuse at start a token no request could send: it travels in an HTTP header, which
+    drops leading and trailing whitespace and reaches the app as Latin-1, so a token with
+    whitespace or non-ASCII characters would never match. The token itself is not shown."""
+    if token and not (token.isascii() and token.isprintable() and not any(c.isspace() for c in token)):
+        raise JobError("--token (or $FRAMEFARM_MONITOR_TOKEN)", "(not shown)", "expected printable ASCII without "
+                       "spaces: it is sent as 'Authorization: Bearer TOKEN', which cannot carry other characters")
+
+
 def check_listen(bind: Bind, token: str | None) -> None:
     """Refuse to serve the farm's controls beyond this host without a token."""
     if not bind.loopback and not token:
