@@ -539,3 +539,110 @@ def test_a_bad_webhook_is_refused_in_one_line(farm_job: Callable[..., Path], tmp
                           ({"webhook": "http://127.0.0.1/h"}, "notify.secret_env")):
         result = render("submit", str(farm_job(notify=notify)), "--queue", f"sqlite:///{tmp_path / 'q.db'}")
         assert result.returncode == 2 and field in result.stderr and "\n" not in result.stderr.strip(), result.stderr
+
+
+@pytest.mark.parametrize(("url", "shown", "words"), [
+    ("https://hook:hunter2@pipeline.example/ff", "'https://***@pipeline.example/ff'", "must not hold user:password"),
+    ("http://hook:hunter2/x@pipeline.example/ff", "'http://***@pipeline.example/ff'", "a port from 0 to 65535"),
+    ("http://pipeline.example:99999/ff", "'http://pipeline.example:99999/ff'", "a port from 0 to 65535"),
+    ("http://[::1/ff", "'http://[::1/ff'", "IPv6 host in [brackets]"),
+    ("http://pipeline example/ff", "'http://pipeline example/ff'", "without spaces or control characters"),
+    ("http:///ff", "'http:///ff'", "URL with a host"),
+])
+def test_a_webhook_a_worker_could_not_post_to_is_refused_at_submit(
+        url: str, shown: str, words: str, farm_job: Callable[..., Path], tmp_path: Path) -> None:
+    """Each of these was queued and failed only when the job ended, in the worker (a
+    traceback for most); a password was echoed. Now: exit 2, one line, password masked."""
+    result = render("submit", str(farm_job(notify={"webhook": url, "secret_env": "X"})), "--queue",
+                    f"sqlite:///{tmp_path / 'q.db'}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: notify.webhook = {shown}: " in result.stderr and words in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr and not (tmp_path / "q.db").exists()
+
+
+class DripReceiver:
+    """A webhook receiver that never finishes answering: one byte every 0.2 s, for ever."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1_000_000:
+                if self.stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+EVENT = {"event": "job.done", "job": "j1"}
+
+
+def test_a_webhook_url_that_cannot_be_used_is_logged_once_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    """A job queued before submit checked its URL: post() raised ValueError or InvalidURL
+    in the worker's thread (a traceback); now one line each, no retry, password masked."""
+    from workers.webhook import post
+
+    for url in ("http://[::1/hook", "http://pipe line.example/hook", "http://hook:hunter 2@pipeline.example/",
+                "http://pipeline.example/h\u00e9"):
+        caplog.clear()
+        assert post(url, "secret", EVENT) is False
+        [line] = [record.getMessage() for record in caplog.records]
+        assert "webhook job.done for job j1 not sent: its URL cannot be used" in line, line
+        assert "hunter" not in line
+
+
+def test_a_slow_drip_receiver_cannot_hold_the_hook(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A socket timeout bounds each read only: a byte every 0.2 s held post() for ever."""
+    import threading
+
+    from workers import webhook
+
+    monkeypatch.setattr(webhook, "TIMEOUT_S", 1.0)
+    monkeypatch.setattr(webhook, "ATTEMPTS", 1)
+    receiver = DripReceiver()
+    result: list[bool] = []
+    sender = threading.Thread(target=lambda: result.append(webhook.post(receiver.url, "secret", EVENT)), daemon=True)
+    sender.start()
+    sender.join(60)   # a guard, not a measurement: without the deadline this never ends
+    receiver.close()
+    assert not sender.is_alive() and result == [False]
+    assert "attempt 1 failed: no whole answer within 1 s" in caplog.text
+
+
+def test_a_hook_in_flight_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    """The sending thread was not a daemon: a process that ended while a receiver dripped
+    its answer never exited."""
+    receiver = DripReceiver()
+    code = ("import sys; from workers.webhook import send_in_background\n"
+            f"send_in_background({receiver.url!r}, 'FF_HOOK_SECRET', {EVENT!r})\n"
+            "print('sent')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={
+            **os.environ, "FF_HOOK_SECRET": "s", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    finally:
+        receiver.close()
+    assert (done.returncode, done.stdout) == (0, "sent\n"), done.stderr

@@ -6,8 +6,11 @@ path it used. Only `submit` and `worker` create a queue file; `status`, `requeue
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,3 +134,63 @@ def test_a_queue_file_of_the_first_schema_opens_and_gains_the_new_columns(tmp_pa
     assert not queue.fail(task, "w1", "boom", block_after=1)
     assert queue.status("j1")[0].blocked == [{"worker": "w1", "failures": 1}]
     queue.close()
+
+
+class NotRedis:
+    """A TCP service on 127.0.0.1 that is not Redis: it answers every read with `reply`."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:   # closed: the test is over
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"hello\r\n",
+                                   b"+OK\r\n", b":1\r\n"])
+def test_a_redis_url_on_a_server_that_is_not_redis_is_one_line(reply: bytes, tmp_path: Path) -> None:
+    """redis-py's InvalidResponse (or its handshake's AttributeError) was a traceback. A
+    wrong port is configuration, as a refused password: exit 2, the URL's password masked."""
+    pytest.importorskip("redis")
+    service = NotRedis(reply)
+    url = f"redis://:hunter2@127.0.0.1:{service.port}/0"
+    try:
+        with pytest.raises(JobError) as caught:
+            open_queue(url)
+        line = one_error_line(render("status", "--queue", url))
+        worker = render("worker", "--queue", url, "--device", "cpu", "--output-root", str(tmp_path),
+                        "--model-root", str(tmp_path))
+    finally:
+        service.close()
+    shown = f"--queue = 'redis://***@127.0.0.1:{service.port}/0': the server there answered something that is not " \
+            "the Redis protocol"
+    assert shown in str(caught.value) and shown in line and "hunter2" not in line
+    assert "Traceback" not in worker.stderr and worker.returncode == 2 and shown in worker.stderr, worker.stderr
+
+
+def test_an_unreachable_redis_stays_exit_1(tmp_path: Path) -> None:
+    """Unreachable is weather (Redis restarting, the network down), not bad input: one
+    line, exit 1, as before; a worker waits for it instead of exiting."""
+    pytest.importorskip("redis")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = render("status", "--queue", f"redis://:hunter2@127.0.0.1:{port}/0")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: the queue cannot be reached: Redis at redis://***@127.0.0.1:{port}/0" in result.stderr

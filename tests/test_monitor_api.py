@@ -107,6 +107,11 @@ def test_bad_requests_are_refused_clearly(farm: tuple[str, TaskQueue]) -> None:
             ("GET", "/api/jobs/nope/tasks", None, 404, "no job 'nope'"),
             ("GET", "/api/jobs/a/tasks/99999/log", None, 404, "job a has no task 99999"),
             ("GET", "/api/jobs/a/tasks/1x/log", None, 400, "'1x' is not a task id"),
+            # ids are ASCII digits below 2**63: int() reads full-width '１', and 2**63 overflowed SQLite (a 500)
+            ("GET", "/api/jobs/a/tasks/%EF%BC%91/log", None, 400, "'１' is not a task id (ASCII digits"),
+            ("GET", f"/api/jobs/a/tasks/{2**63}/log", None, 400, f"'{2**63}' is not a task id"),
+            ("GET", "/api/jobs?limit=%EF%BC%91", None, 400, "limit = '１': expected a whole number"),
+            ("GET", "/api/jobs/a/thumbnails/%EF%BC%91", None, 400, "frame '１' is not a frame number"),
             ("GET", "/api/jobs?state=broken", None, 400, "state = 'broken': expected one of"),
             ("GET", "/api/jobs?limit=-1", None, 400, "limit = '-1'"),
             ("GET", "/api/jobs/" + urllib.parse.quote("../../etc/passwd", safe=""), None, 404, "no API path"),
@@ -170,6 +175,9 @@ def test_bad_bind_and_a_port_in_use_are_one_line(tmp_path) -> None:
     bad = render("monitor", "--queue", url, "--bind", "localhost")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--bind = 'localhost': expected HOST:PORT" in bad.stderr
+    wide = render("monitor", "--queue", url, "--bind", "127.0.0.1:８４７０")   # full-width digits: int() reads them
+    assert wide.returncode == 2 and wide.stderr.count("\n") == 1
+    assert "--bind = '127.0.0.1:８４７０': expected HOST:PORT" in wide.stderr and "ASCII digits" in wide.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -180,3 +188,63 @@ def test_bad_bind_and_a_port_in_use_are_one_line(tmp_path) -> None:
     assert missing.returncode == 2 and "no queue database at this path" in missing.stderr
     assert not (tmp_path / "none.db").exists()
 
+
+
+def raw_post(base: str, path: str, head: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """POST over a bare socket, headers as given, then the chunks (possibly fewer bytes than
+    announced: the monitor must answer without waiting for the rest); status and JSON answer."""
+    import json
+
+    address = urllib.parse.urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nConnection: close\r\n{head}\r\n".encode())
+        for chunk in chunks:
+            conn.sendall(chunk)
+        reply = b""
+        while part := conn.recv(65536):
+            reply += part
+    header, _, body = reply.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(body)
+
+
+def test_hostile_bodies_are_refused_with_400_or_413(tmp_path) -> None:
+    """Bodies that made a 500 (an integer past Python's 4300-digit limit, 100000 nested
+    '['), and bodies too large to be an action's, are refused in one line naming the body."""
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    queue = open_queue(url)
+    queue.submit(spec("a"))
+    before = snapshot(queue)
+    with running_monitor(url, token=TOKEN) as base:
+        status, answer = http("POST", base + "/api/jobs/a/priority", '{"priority": ' + "1" * 5000 + "}", token=TOKEN)
+        assert (status, "the request body holds a number too long" in answer["error"]) == (400, True), answer
+        status, answer = http("POST", base + "/api/jobs/a/requeue", "[" * 100_000, token=TOKEN)
+        assert (status, "the request body is nested too deeply" in answer["error"]) == (400, True), answer
+        # declared too large: refused before a byte of it is read (none is sent)
+        status, answer = raw_post(base, "/api/jobs/a/priority", f"Content-Length: {2 * 1024 * 1024}\r\n", [])
+        assert (status, "the request body is 2097152 bytes; at most 1048576" in answer["error"]) == (413, True)
+        chunk = b" " * 65536   # chunked: no Content-Length to refuse it by, so the stream is counted
+        chunked = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 17   # just past 1 MiB; the rest never comes
+        status, answer = raw_post(base, "/api/jobs/a/priority", "Transfer-Encoding: chunked\r\n", chunked)
+        assert (status, "the request body is over 1048576 bytes" in answer["error"]) == (413, True), answer
+        assert http("POST", base + "/api/jobs/a/priority", {"priority": 5}, token=TOKEN)[0] == 200   # still serving
+    assert snapshot(queue)[0][0]["priority"] == 5 and snapshot(queue)[0][1] == before[0][1]
+    queue.close()
+
+
+def test_a_token_no_header_can_carry_is_refused_at_start(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token with whitespace or non-ASCII characters was accepted, and then no request
+    could ever match it (headers drop outer whitespace and arrive as Latin-1)."""
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    open_queue(url).submit(spec("a"))
+    for token in ("s3cret token", " padded", "t\u00f6k\u00e9n-secret", "tab\there"):
+        monkeypatch.setenv("FRAMEFARM_MONITOR_TOKEN", token)
+        from_env = render("monitor", "--queue", url, "--bind", f"127.0.0.1:{free_port()}", timeout=60)
+        monkeypatch.delenv("FRAMEFARM_MONITOR_TOKEN")
+        from_option = render("monitor", "--queue", url, "--bind", f"127.0.0.1:{free_port()}", "--token", token,
+                             timeout=60)   # without the check, the monitor starts and serves
+        for refused in (from_env, from_option):
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+            assert refused.stderr.startswith("error: --token (or $FRAMEFARM_MONITOR_TOKEN) = '(not shown)': "
+                                             "expected printable ASCII without spaces"), refused.stderr
+            assert token.strip() not in refused.stderr

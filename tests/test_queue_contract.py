@@ -492,6 +492,11 @@ def test_task_logs_keep_each_attempt_and_their_last_64_kib(queue: TaskQueue) -> 
     assert queue.task_log("j1", second) == ("é" * LOG_CHARS + "the end\n")[-LOG_CHARS:]
     queue.store_log("j1", "999", "nobody's")                        # no such task: nothing stored
     assert queue.task_log("j1", "999") is None and queue.task_log("nope", first) is None
+    # ids are ASCII digits below 2**63: full-width digits name no task, nor does a number SQLite cannot hold
+    wide = "".join(chr(ord("０") + int(digit)) for digit in first)
+    queue.store_log("j1", wide, "not this task's\n")
+    assert queue.task_log("j1", wide) is None and queue.task_log("j1", str(2**63)) is None
+    assert queue.task_log("j1", first) == "--- attempt 1\nframe 1: out of memory\n--- attempt 2 ✓\n"
 
 
 def test_a_webhook_event_is_claimed_once_across_threads(queue: TaskQueue) -> None:

@@ -13,7 +13,8 @@ queue's types.
 
 Errors: connection loss, timeouts, a server still loading its data and a read-only
 replica during a failover raise `QueueUnavailable` (the worker backs off and retries);
-a refused password raises `JobError` (retrying cannot fix it). Messages name the URL
+a refused password, or a server that does not speak Redis's protocol when the queue is
+opened (a wrong port), raises `JobError` (retrying cannot fix it). Messages name the URL
 only through `redact` (workers/tasks.py: every credential, in the userinfo or in the
 query, masked); the password lives only in redis-py's connection pool.
 """
@@ -54,6 +55,10 @@ from .tasks import (
 _UNAVAILABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 # Configuration, not weather: retrying forever with a wrong password helps nobody.
 _REFUSED: tuple[type[Exception], ...] = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+# At open, a server that is not Redis (an HTTP server, another service on the port): the
+# configuration again. redis-py's parser raises InvalidResponse on bytes that are not RESP,
+# and its handshake AttributeError or TypeError on a RESP reply of the wrong shape.
+_NOT_REDIS: tuple[type[Exception], ...] = (redis.exceptions.InvalidResponse, AttributeError, TypeError)
 
 
 def _script(name: str) -> str:
@@ -114,7 +119,12 @@ class RedisQueue:
                            "redis://host:port/N with N a database number (0-15 on a default server)")
         try:
             with self._talk():
-                self._client.ping()  # fail at open, not at the first lease
+                try:
+                    self._client.ping()  # fail at open, not at the first lease
+                except _NOT_REDIS:
+                    self._client.close()
+                    raise JobError("--queue", self._where, "the server there answered something that is not "
+                                   "the Redis protocol; is another service on that port?") from None
         except redis.ResponseError as err:  # the server refused the connection's setup, e.g. SELECT 99999
             self._client.close()
             db = self._client.connection_pool.connection_kwargs.get("db", 0)
@@ -136,6 +146,8 @@ class RedisQueue:
                            "'?', '#' and '%' in it) or as ?password=") from None
         except _UNAVAILABLE as err:
             raise QueueUnavailable(f"Redis at {self._where}: {type(err).__name__}: {err}") from None
+        except redis.exceptions.InvalidResponse:   # after open: a reply garbled on the way, or the server replaced
+            raise QueueUnavailable(f"Redis at {self._where}: the reply was not the Redis protocol") from None
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)

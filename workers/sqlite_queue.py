@@ -40,6 +40,7 @@ from .tasks import (
     TaskRow,
     WorkerStatus,
     job_status,
+    whole_number,
 )
 
 _SCHEMA = """
@@ -398,16 +399,18 @@ class SqliteQueue:
             return count
 
     def store_log(self, job_id: str, task_id: str, text: str) -> None:
+        number = whole_number(task_id)   # None, not an id: `id = NULL` matches no task, nothing is stored
         with self._write() as db:
-            if db.execute("SELECT 1 FROM tasks WHERE id = ? AND job_id = ?", (int(task_id), job_id)).fetchone():
+            if db.execute("SELECT 1 FROM tasks WHERE id = ? AND job_id = ?", (number, job_id)).fetchone():
                 db.execute("""INSERT INTO task_logs (task_id, log) VALUES (?, substr(?, -?))
                               ON CONFLICT (task_id) DO UPDATE SET log = substr(log || excluded.log, -?)""",
-                           (int(task_id), text, LOG_CHARS, LOG_CHARS))
+                           (number, text, LOG_CHARS, LOG_CHARS))
 
     def task_log(self, job_id: str, task_id: str) -> str | None:
+        # not an id (None): `t.id = NULL` matches no row, so the answer is None, as for an unknown id
         row = self._db().execute("""SELECT t.id, l.log FROM tasks t LEFT JOIN task_logs l ON l.task_id = t.id
                                     WHERE t.id = ? AND t.job_id = ?""",
-                                 (int(task_id) if task_id.isdecimal() else -1, job_id)).fetchone()
+                                 (whole_number(task_id), job_id)).fetchone()
         return None if row is None else row[1] or ""
 
     def set_priority(self, job_id: str, priority: int) -> bool:

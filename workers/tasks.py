@@ -37,6 +37,21 @@ ERROR_CHARS = 2000
 # leases it held have expired too and its tasks go to other workers), and dropped from
 # the queue once it is older than WORKER_DROP_S. A worker that exits cleanly removes
 # itself at once.
+# The largest id a queue stores: SQLite's integers are signed 64-bit.
+ID_MAX = 2**63 - 1
+
+
+def whole_number(text: str, high: int = ID_MAX) -> int | None:
+    """`text` as a whole number from 0 to `high`, else None. ASCII digits only:
+    str.isdecimal() also takes '１２' (full-width) and other scripts' digits, which
+    int() reads, so an id a user never typed would match; and a number is checked
+    for length before int() converts it (Python refuses past 4300 digits)."""
+    if not (text.isascii() and text.isdecimal()) or len(text) > len(str(high)):
+        return None
+    value = int(text)
+    return value if value <= high else None
+
+
 HEARTBEAT_MISSES = 3
 WORKER_DROP_S = 3600.0
 

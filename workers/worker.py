@@ -70,7 +70,7 @@ from . import task_log
 from .metrics import WorkerMetrics
 from .queue import open_queue
 from .tasks import TASK_FRAMES, TASK_SEGMENT, TASK_VIDEO, JobSpec, JobStatus, QueueUnavailable, Task, TaskQueue
-from .webhook import send_in_background
+from .webhook import finish_sending, send_in_background
 
 log = logging.getLogger("framefarm.worker")
 T = TypeVar("T")
@@ -165,6 +165,7 @@ async def serve(config: WorkerConfig) -> WorkerState:
     with contextlib.suppress(QueueUnavailable):  # a clean exit: off the list at once (else shown gone, then dropped)
         await trio.to_thread.run_sync(queue.remove_worker, config.name)
     await trio.to_thread.run_sync(queue.close)
+    await trio.to_thread.run_sync(finish_sending)   # a hook just claimed goes out; a stuck one no longer holds the exit
     log.info("worker %s stopped: %d task(s), %d frame(s), %d failure(s)", config.name,
              state.tasks_done, state.frames_done, state.tasks_failed)
     return state

@@ -9,6 +9,7 @@ working directory, so the same job renders wherever it is run.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
@@ -400,13 +401,41 @@ def read_notify(data: dict[str, Any]) -> Notify | None:
 def _notify(t: Table) -> Notify:
     url, secret_env = t.string("webhook", max_len=2048), t.string("secret_env", max_len=128)
     t.done()
-    scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https") or not rest.split("/")[0]:
-        raise JobError("notify.webhook", url, "expected an http:// or https:// URL with a host")
+    _check_webhook(url)
     if not _ENV_NAME.fullmatch(secret_env):
         raise JobError("notify.secret_env", secret_env, "expected an environment variable's name (letters, "
                        "digits, _): the workers read the HMAC secret from it")
     return Notify(webhook=url, secret_env=secret_env)
+
+
+def _check_webhook(url: str) -> None:
+    """Refuse, at submit, a URL the worker could not POST to when the job ends. Every
+    message shows the URL with its user:password masked."""
+    shown = _masked(url)
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        raise JobError("notify.webhook", shown, "expected ASCII without spaces or control characters "
+                       "(percent-encode the rest; a non-ASCII host name in its xn-- form)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _port = parts.hostname, parts.port   # .port raises for a port that is not 0-65535
+    except ValueError:   # not its text: a password holding '/' would be read as the port
+        raise JobError("notify.webhook", shown, "expected an http:// or https:// URL with a host, a port from 0 "
+                       "to 65535 if any, and an IPv6 host in [brackets]") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise JobError("notify.webhook", shown, "expected an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        # The HMAC signature is the hook's authentication; a password here would be stored in
+        # the queue with the job's text and shown wherever the job file is.
+        raise JobError("notify.webhook", shown, "must not hold user:password credentials: the receiver checks "
+                       "X-Framefarm-Signature (HMAC with the secret in secret_env) instead; remove them")
+
+
+def _masked(url: str) -> str:
+    """The URL with all before its last '@' masked: a user:password, even one holding an
+    unencoded '/' or '?', is never shown (as workers.tasks.redact, more rather than less)."""
+    scheme, sep, rest = url.partition("://")
+    _userinfo, at, after = rest.rpartition("@")
+    return f"{scheme}{sep}***@{after}" if at else url
 
 
 OCIO_BUILTIN = "ocio://"

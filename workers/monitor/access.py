@@ -17,6 +17,8 @@ from starlette.requests import Request
 
 from pipeline.errors import JobError
 
+from ..tasks import whole_number
+
 DEFAULT_BIND = "127.0.0.1:8470"
 BIND_FORMS = "HOST:PORT, e.g. 127.0.0.1:8470, 0.0.0.0:8470 or [::1]:8470"
 
@@ -44,9 +46,19 @@ def parse_bind(text: str) -> Bind:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdecimal() or not 0 <= int(port) <= 65535:
-        raise JobError("--bind", text, f"expected {BIND_FORMS} (port 0-65535)")
-    return Bind(host, int(port))
+    number = whole_number(port, 65535)
+    if not sep or not host or number is None:
+        raise JobError("--bind", text, f"expected {BIND_FORMS} (port 0-65535, ASCII digits)")
+    return Bind(host, number)
+
+
+def check_token(token: str | None) -> None:
+    """Refuse at start a token no request could send: it travels in an HTTP header, which
+    drops leading and trailing whitespace and reaches the app as Latin-1, so a token with
+    whitespace or non-ASCII characters would never match. The token itself is not shown."""
+    if token and not (token.isascii() and token.isprintable() and not any(c.isspace() for c in token)):
+        raise JobError("--token (or $FRAMEFARM_MONITOR_TOKEN)", "(not shown)", "expected printable ASCII without "
+                       "spaces: it is sent as 'Authorization: Bearer TOKEN', which cannot carry other characters")
 
 
 def check_listen(bind: Bind, token: str | None) -> None:

@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..status import worker_dict
-from ..tasks import JobStatus, QueueUnavailable, TaskQueue
+from ..tasks import JobStatus, QueueUnavailable, TaskQueue, whole_number
 from .access import Access, Denied
 from .thumbnails import latest_thumbnails
 
@@ -30,6 +30,7 @@ JOB_STATES = ("active", "paused", "done", "cancelled", "failed")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 10_000
 PRIORITY_RANGE = (-100, 100)   # as `render submit --priority`
+MAX_BODY_BYTES = 1024 * 1024   # an action's body is a few bytes of JSON
 
 
 Handler = Callable[[Request, dict[str, Any]], Any]   # (request, JSON body of an action) -> the answer
@@ -103,9 +104,10 @@ class Api:
         if state is not None and state not in JOB_STATES:
             raise BadRequest(400, f"state = {state!r}: expected one of {', '.join(JOB_STATES)}")
         limit_text = request.query_params.get("limit", str(DEFAULT_LIMIT))
-        if not limit_text.isdecimal() or not 1 <= int(limit_text) <= MAX_LIMIT:
-            raise BadRequest(400, f"limit = {limit_text!r}: expected a whole number from 1 to {MAX_LIMIT}")
-        limit = int(limit_text)
+        limit = whole_number(limit_text, MAX_LIMIT)
+        if not limit:   # None (not ASCII digits, or too large) or 0
+            raise BadRequest(400, f"limit = {limit_text[:40]!r}: expected a whole number from 1 to {MAX_LIMIT} "
+                                  "(ASCII digits)")
         # Count frames only for the jobs shown: a large queue's done jobs cost nothing here.
         # "failed" is counted (an active job with dead-lettered tasks and none left to run),
         # so "active" and "failed" look at every stored-active job.
@@ -134,9 +136,9 @@ class Api:
     def task_log(self, request: Request, _body: dict[str, Any]) -> dict[str, Any]:
         job_id = self._known_job(request)
         task_id = request.path_params["task_id"]
-        if not (task_id.isdecimal() and len(task_id) <= 20):
-            raise BadRequest(400, f"task id {task_id!r} is not a task id (a whole number, as /api/jobs/ID/tasks "
-                                  "lists them)")
+        if whole_number(task_id) is None:
+            raise BadRequest(400, f"task id {task_id[:40]!r} is not a task id (ASCII digits, below 2**63, as "
+                                  "/api/jobs/ID/tasks lists them)")
         log = self.queue.task_log(job_id, task_id)
         if log is None:
             raise BadRequest(404, f"job {job_id} has no task {task_id}")
@@ -154,16 +156,16 @@ class Api:
     async def _thumbnail_file(self, request: Request) -> Response:
         """One frame's JPEG, if it is among the job's latest finished frames (as `thumbnails`)."""
         def find(_request: Request, _body: dict[str, Any]) -> Path:
-            frame = request.path_params["frame"]
-            if not (frame.isdecimal() and len(frame) <= 9):
-                raise BadRequest(400, f"frame {frame!r} is not a frame number (a whole number, as "
-                                      "/api/jobs/ID/thumbnails lists them)")
+            frame = whole_number(request.path_params["frame"], 999_999_999)
+            if frame is None:
+                raise BadRequest(400, f"frame {request.path_params['frame'][:40]!r} is not a frame number (ASCII "
+                                      "digits, as /api/jobs/ID/thumbnails lists them)")
             job_id = self._known_job(request)
             spec = self.queue.job(job_id)
             assert spec is not None
-            found = latest_thumbnails(spec.output_root, spec.name, 1, frame=int(frame))
+            found = latest_thumbnails(spec.output_root, spec.name, 1, frame=frame)
             if not found:
-                raise BadRequest(404, f"job {job_id} has no thumbnail of frame {int(frame)} among its latest "
+                raise BadRequest(404, f"job {job_id} has no thumbnail of frame {frame} among its latest "
                                       "finished frames")
             return Path(found[0]["path"])
 
@@ -231,16 +233,39 @@ def error(status: int, message: str) -> JSONResponse:
 
 async def _body(request: Request) -> dict[str, Any]:
     """The request's JSON object; an empty body is {}."""
-    raw = await request.body()
+    raw = await _read_capped(request)
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(400, f"the request body is not JSON ({err})") from None
+    except ValueError:   # an integer beyond Python's 4300-digit limit for converting text
+        raise BadRequest(400, "the request body holds a number too long to read (over 4300 digits); "
+                              "every field takes a small whole number or true/false") from None
+    except RecursionError:   # arrays or objects nested deeper than the parser's recursion limit
+        raise BadRequest(400, "the request body is nested too deeply to read; send a flat JSON object "
+                              'such as {"priority": 5}') from None
     if not isinstance(body, dict):
         raise BadRequest(400, f"the request body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, refused (413) past MAX_BODY_BYTES: by its Content-Length before reading,
+    and while streaming, for a chunked body that declares none (or declares too little)."""
+    declared = request.headers.get("content-length", "")   # the server (h11) has checked it is digits
+    if declared.isascii() and declared.isdecimal() and (len(declared) > 12 or int(declared) > MAX_BODY_BYTES):
+        raise BadRequest(413, f"the request body is {declared[:40]} bytes; at most {MAX_BODY_BYTES} (1 MiB) are "
+                              "read: an action takes a small JSON object")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, f"the request body is over {MAX_BODY_BYTES} bytes (1 MiB); an action takes a "
+                                  "small JSON object")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _field(body: dict[str, Any], name: str | None, kind: type, *, default: Any = None) -> Any:

@@ -10,12 +10,13 @@ import uvicorn
 from pipeline.errors import JobError
 
 from ..status import open_existing
-from .access import Access, check_listen, parse_bind
+from .access import Access, check_listen, check_token, parse_bind
 from .app import build_app
 
 
 def serve(queue_url: str, bind_text: str, token: str | None) -> None:
     bind = parse_bind(bind_text)
+    check_token(token)
     check_listen(bind, token)
     queue = open_existing(queue_url)
     # Bind here, not inside uvicorn, so a port in use is one line naming --bind (exit 2).
