@@ -232,6 +232,9 @@ def report(outdir: Path, dest: Path | None, trace_path: Path | None, job_file: P
     if not (outdir / MANIFEST_NAME).is_file():
         raise JobError("OUTDIR", str(outdir), f"has no {MANIFEST_NAME}; expected a render output root")
     dest = dest or outdir.resolve().with_name(outdir.resolve().name + "-report.html")
+    if dest.resolve().is_relative_to(outdir.resolve()):
+        raise JobError("--output", str(dest), "is inside OUTDIR, where every file needs a manifest record "
+                                              "(render verify would flag the page); put it beside OUTDIR")
     write_report(outdir, dest, trace_path, job_file, warn=lambda line: click.echo(f"warning: {line}", err=True))
     click.echo(f"wrote {dest}")
 

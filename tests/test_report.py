@@ -130,7 +130,8 @@ def test_a_trace_that_is_json_but_no_timeline_is_one_line(content: str, tmp_path
 def test_an_output_that_is_a_directory_or_in_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     root = output_root(tmp_path)
     (tmp_path / "pages").mkdir()
-    for dest, why in [(tmp_path / "pages", "is a directory"), (tmp_path / "nope" / "r.html", "does not exist")]:
+    for dest, why in [(tmp_path / "pages", "is a directory"), (tmp_path / "nope" / "r.html", "does not exist"),
+                      (root / "r.html", "is inside OUTDIR")]:   # verify would then flag the page
         result = render("report", str(root), "-o", str(dest))
         assert_rejected(result.returncode, result.stderr, "--output", str(dest), why)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["manifest.jsonl", "out", "pages"]
