@@ -1,9 +1,10 @@
 """Frame files read a few ahead of the one being used, in threads.
 
 A video made from published frames (a resumed run, the farm's video and segment tasks)
-reads each PNG back before encoding it. Read on the encoder's thread, decoding the PNG
-cost about as much as encoding the frame; PyAV decodes with the GIL released, so a few
-threads reading ahead leave the encoder the only thing on the critical path.
+reads each PNG back before encoding it. Read on the encoder's thread, the farm's ProRes
+video task took 330 ms a 1080p frame where the encode alone takes 71-85 ms
+(benchmarks/RESULTS.md); PyAV decodes with the GIL released, so a few threads reading
+ahead leave the encoder alone on the critical path.
 """
 
 from __future__ import annotations
