@@ -30,7 +30,7 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from video_encode import natural_frames, spec, swscale
+from video_encode import natural_frames, open_stream, spec, swscale
 
 from pipeline.config.video import VIDEO_CODECS
 
@@ -38,15 +38,7 @@ SETTINGS = {"slice_1": ("SLICE", 1), "slice_auto": ("SLICE", 0), "frame_auto": (
 
 
 def encode_ms(name: str, frames: list[av.VideoFrame], work: Path, thread_type: str, thread_count: int) -> float:
-    video = spec(name)
-    container = av.open(str(work / video.path), "w", format=video.container)
-    options = dict(video.options)
-    if video.crf is not None:
-        options.update(crf=str(video.crf), preset=video.preset or "veryfast")
-    if video.encoder == "libx265":
-        options["x265-params"] = "log-level=error"
-    stream = container.add_stream(video.encoder, rate=Fraction(24), options=options)
-    stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, video.pixel_format
+    container, stream = open_stream(spec(name), work, frames[0].width, frames[0].height)
     stream.codec_context.thread_type, stream.codec_context.thread_count = thread_type, thread_count
     start = 0.0
     for pts, frame in enumerate(frames * 2):

@@ -21,6 +21,7 @@ import time
 from datetime import date
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -67,11 +68,8 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def host_case(name: str, frames: list[np.ndarray], work: Path) -> dict[str, float]:
-    video = spec(name)
-    height, width, _ = frames[0].shape
-    convert = timed(lambda: [swscale(f, video) for f in frames], 2)
-    converted = [swscale(f, video) for f in frames]
+def open_stream(video: VideoOutput, work: Path, width: int, height: int) -> tuple[Any, Any]:
+    """A container in `work` and the codec's stream, with the codec's fixed options."""
     container = av.open(str(work / video.path), "w", format=video.container)
     options = dict(video.options)
     if video.crf is not None:
@@ -80,6 +78,15 @@ def host_case(name: str, frames: list[np.ndarray], work: Path) -> dict[str, floa
         options["x265-params"] = "log-level=error"
     stream = container.add_stream(video.encoder, rate=Fraction(24), options=options)
     stream.width, stream.height, stream.pix_fmt = width, height, video.pixel_format
+    return container, stream
+
+
+def host_case(name: str, frames: list[np.ndarray], work: Path) -> dict[str, float]:
+    video = spec(name)
+    height, width, _ = frames[0].shape
+    convert = timed(lambda: [swscale(f, video) for f in frames], 2)
+    converted = [swscale(f, video) for f in frames]
+    container, stream = open_stream(video, work, width, height)
     encode_times = []
     for pts, frame in enumerate(converted * 2):   # the first pass warms the encoder's lookahead
         frame.pts, frame.time_base = pts, Fraction(1, 24)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.given_files import read_regular
+from pipeline.config.urls import MASK
 from pipeline.errors import FramefarmError, JobError, MissingField
 from pipeline.files.manifest import MANIFEST_NAME, read_records, read_runs, verify
 from pipeline.files.publish import check_destination, publish_bytes
@@ -216,7 +217,6 @@ def _usable_runs(root: Path, warn: Callable[[str], None]) -> list[dict[str, Any]
 _SECRET_WORDS = frozenset({"key", "keys", "token", "tokens", "password", "passwd", "secret", "secrets",
                            "credential", "credentials", "auth", "apikey", "signature"})
 _REFERENCE_ENDS = ("_env", "_file")
-MASK = "***"
 
 
 def _job_settings(job: Path) -> str:

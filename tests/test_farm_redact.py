@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import free_port, redis_server_port, render
 
+from pipeline.config.urls import redact
 from pipeline.errors import JobError
-from workers.tasks import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr@t/pw"          # '@' and '/': the two that used to leak

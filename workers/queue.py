@@ -70,9 +70,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config.urls import redact
 from pipeline.errors import JobError
 
-from .tasks import TaskQueue, redact
+from .tasks import TaskQueue
 
 SQLITE_FORMS = "sqlite:///ABSOLUTE/PATH/farm.db or sqlite:RELATIVE/PATH/farm.db"
 URL_FORMS = f"{SQLITE_FORMS}, redis://[USER:PASSWORD@]host:port/db or rediss://..."

@@ -15,7 +15,7 @@ Errors: connection loss, timeouts, a server still loading its data and a read-on
 replica during a failover raise `QueueUnavailable` (the worker backs off and retries);
 a refused password, or a server that does not speak Redis's protocol when the queue is
 opened (a wrong port), raises `JobError` (retrying cannot fix it). Messages name the URL
-only through `redact` (workers/tasks.py: every credential, in the userinfo or in the
+only through `redact` (pipeline/config/urls.py: every credential, in the userinfo or in the
 query, masked); the password lives only in redis-py's connection pool.
 """
 
@@ -32,6 +32,7 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
+from pipeline.config.urls import redact
 from pipeline.errors import JobError
 
 from .tasks import (
@@ -47,7 +48,6 @@ from .tasks import (
     TaskRow,
     WorkerStatus,
     job_status,
-    redact,
 )
 
 # Transient: the worker backs off and tries again (BusyLoadingError is a ConnectionError:

@@ -22,6 +22,7 @@ from pipeline.config.formats import EXR_COMPRESSIONS, EXR_TRANSFERS, FRAME_FORMA
 from pipeline.config.schema import Table, read_toml
 from pipeline.config.secret import MAX_KEY, key_from_env, key_from_file
 from pipeline.config.tuning import Tuning, load_tuning
+from pipeline.config.urls import redact
 from pipeline.config.video import (
     CONTAINERS,
     MXF_RATES,
@@ -411,7 +412,7 @@ def _notify(t: Table) -> Notify:
 def _check_webhook(url: str) -> None:
     """Refuse, at submit, a URL the worker could not POST to when the job ends. Every
     message shows the URL with its user:password masked."""
-    shown = _masked(url)
+    shown = redact(url)
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         raise JobError("notify.webhook", shown, "expected ASCII without spaces or control characters "
                        "(percent-encode the rest; a non-ASCII host name in its xn-- form)")
@@ -428,14 +429,6 @@ def _check_webhook(url: str) -> None:
         # the queue with the job's text and shown wherever the job file is.
         raise JobError("notify.webhook", shown, "must not hold user:password credentials: the receiver checks "
                        "X-Framefarm-Signature (HMAC with the secret in secret_env) instead; remove them")
-
-
-def _masked(url: str) -> str:
-    """The URL with all before its last '@' masked: a user:password, even one holding an
-    unencoded '/' or '?', is never shown (as workers.tasks.redact, more rather than less)."""
-    scheme, sep, rest = url.partition("://")
-    _userinfo, at, after = rest.rpartition("@")
-    return f"{scheme}{sep}***@{after}" if at else url
 
 
 OCIO_BUILTIN = "ocio://"

@@ -2,9 +2,10 @@
 
 A video made from published frames (a resumed run, the farm's video and segment tasks)
 reads each PNG back before encoding it. Read on the encoder's thread, the farm's ProRes
-video task took 330 ms a 1080p frame where the encode alone takes 71-85 ms
-(benchmarks/RESULTS.md); PyAV decodes with the GIL released, so a few threads reading
-ahead leave the encoder alone on the critical path.
+video task took 330 ms a 1080p frame, where the encoder alone takes 71-85 ms on a natural
+1080p frame (benchmarks/RESULTS.md). A few threads reading ahead take the reads off the
+encoder's path; what that gains on a many-core host is benchmarks/video_from_files.py's
+to say (not yet run on the GPU machine).
 """
 
 from __future__ import annotations
