@@ -1,11 +1,14 @@
-"""PNG encoders at 4K, one thread: framefarm's writer over ISA-L against FFmpeg's level 1.
+"""PNG encoders at 4K, one thread: framefarm's writers (fpng for 8-bit, the container
+over ISA-L for both depths) against FFmpeg's level 1, and reading the files back.
 
     python benchmarks/png_writer.py [--frames 5] [--out benchmarks/results/png_writer.json]
 
 Content: a natural-looking frame (smooth gradients and waves with a little grain, what a
 decoder makes) and uniform noise, 8- and 16-bit, 3840x2160. Figures per encoder:
 frames/s on one core (median of --frames encodes after a warm-up), bytes, and the ratio
-to FFmpeg's level 1 for both. Every file is decoded back and compared with the frame.
+to FFmpeg's level 1 for both; then the read back of each file as the product reads
+frames for a video (`read_png`: fpng's decoder for fpng's files, PyAV for the rest)
+against PyAV alone. Every file is decoded back and compared with the frame.
 CPU only; not collected by pytest.
 """
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.files.png import encode_png_ffmpeg, encode_png_isal
+from pipeline.files.png import _fpng, encode_png_ffmpeg, encode_png_fpng, encode_png_isal, read_png
 
 
 def natural(height: int, width: int, deep: bool) -> np.ndarray:
@@ -56,6 +59,32 @@ def time_encoder(encode, pixels: np.ndarray, frames: int) -> tuple[float, bytes]
     return statistics.median(times), data
 
 
+def time_reads(data: bytes, deep: bool, frames: int) -> dict[str, float]:
+    """ms to read the file back: the product's read_png against PyAV alone."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"png_writer_{os.getpid()}.png"
+    path.write_bytes(data)
+    try:
+        figures = {}
+        for name, read in (("read_png_ms", lambda: read_png(path, native=True)),
+                           ("pyav_read_ms", lambda: decoded(path.read_bytes(), deep))):
+            read()
+            times = []
+            for _ in range(frames):
+                start = time.perf_counter()
+                read()
+                times.append(time.perf_counter() - start)
+            figures[name] = round(statistics.median(times) * 1000, 1)
+        return figures
+    finally:
+        path.unlink()
+
+
+def _written(data: bytes) -> Path:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"png_writer_check_{os.getpid()}.png"
+    path.write_bytes(data)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=5)
@@ -72,20 +101,29 @@ def main() -> None:
             pixels = content(args.height, args.width, deep)
             name = f"{content.__name__}_{16 if deep else 8}bit"
             ffmpeg_s, ffmpeg_data = time_encoder(encode_png_ffmpeg, pixels, args.frames)
-            ours_s, ours_data = time_encoder(encode_png_isal, pixels, args.frames)
-            for data in (ffmpeg_data, ours_data):
-                assert np.array_equal(decoded(data, deep), pixels), f"{name}: a file does not decode to the frame"
-            case = {
-                "ffmpeg_level1_fps_per_core": round(1 / ffmpeg_s, 3), "ffmpeg_level1_bytes": len(ffmpeg_data),
-                "isal_fps_per_core": round(1 / ours_s, 3), "isal_bytes": len(ours_data),
-                "speed_over_ffmpeg": round(ffmpeg_s / ours_s, 2),
-                "size_over_ffmpeg": round(len(ours_data) / len(ffmpeg_data), 3),
-            }
+            case: dict = {"ffmpeg_level1_fps_per_core": round(1 / ffmpeg_s, 3),
+                          "ffmpeg_level1_bytes": len(ffmpeg_data),
+                          "ffmpeg_file": time_reads(ffmpeg_data, deep, args.frames)}
+            line = (f"{name:14s} ffmpeg l1 {case['ffmpeg_level1_fps_per_core']:6.2f} fps/core "
+                    f"{len(ffmpeg_data) / 1e6:6.2f} MB")
+            ours = {"isal": encode_png_isal}
+            if not deep and _fpng is not None:   # fpng writes 8-bit only
+                ours["fpng"] = lambda pixels, _level: encode_png_fpng(pixels)
+            for encoder, encode in ours.items():
+                seconds, data = time_encoder(encode, pixels, args.frames)
+                assert np.array_equal(decoded(data, deep), pixels), f"{name}: {encoder}'s file is not the frame"
+                assert np.array_equal(read_png(_written(data), native=True), pixels), f"{name}: read_png"
+                case |= {f"{encoder}_fps_per_core": round(1 / seconds, 3), f"{encoder}_bytes": len(data),
+                         f"{encoder}_speed_over_ffmpeg": round(ffmpeg_s / seconds, 2),
+                         f"{encoder}_size_over_ffmpeg": round(len(data) / len(ffmpeg_data), 3),
+                         f"{encoder}_file": time_reads(data, deep, args.frames)}
+                line += (f" | {encoder} {1 / seconds:6.2f} fps/core {len(data) / 1e6:6.2f} MB "
+                         f"x{case[f'{encoder}_speed_over_ffmpeg']} speed x{case[f'{encoder}_size_over_ffmpeg']} size"
+                         f" read {case[f'{encoder}_file']['read_png_ms']} ms (PyAV "
+                         f"{case[f'{encoder}_file']['pyav_read_ms']})")
+            assert np.array_equal(decoded(ffmpeg_data, deep), pixels), f"{name}: FFmpeg's file is not the frame"
             results["cases"][name] = case
-            print(f"{name:14s} ffmpeg l1 {case['ffmpeg_level1_fps_per_core']:6.2f} fps/core "
-                  f"{len(ffmpeg_data) / 1e6:6.2f} MB | isal {case['isal_fps_per_core']:6.2f} fps/core "
-                  f"{len(ours_data) / 1e6:6.2f} MB | x{case['speed_over_ffmpeg']} speed, "
-                  f"x{case['size_over_ffmpeg']} size", flush=True)
+            print(line, flush=True)
     results["load_average_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

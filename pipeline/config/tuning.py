@@ -35,7 +35,7 @@ class Tuning:
     whole_up_blocks: int    # decoder up blocks whose resnets run on the whole frame before tiling
     tiling: bool            # diffusers' enable_tiling() for frames too large to decode whole
     png_compression: int    # zlib level 0-9; 1 is about 3x faster than 6 for ~10% more bytes
-    png_encoder: str        # "isal" or "ffmpeg" (files.png)
+    png_encoder: str        # "fpng", "isal" or "ffmpeg" (files.png)
     video_codec: str
     video_crf: int
     video_preset: str
@@ -128,7 +128,7 @@ def _parse(t: Table) -> Tuning:
         whole_up_blocks=t.integer("whole_up_blocks", lo=0, hi=3),
         tiling=t.boolean("tiling"),
         png_compression=t.integer("png_compression", lo=0, hi=9),
-        png_encoder=t.string("png_encoder", choices=("isal", "ffmpeg")),
+        png_encoder=t.string("png_encoder", choices=("fpng", "isal", "ffmpeg")),
         video_codec=t.string("video_codec", choices=VIDEO_CODECS),
         video_crf=t.integer("video_crf", lo=0, hi=51),
         video_preset=t.string(

@@ -22,7 +22,7 @@ def pixel_dtype(output: Output) -> torch.dtype:
 
 
 def encode(fmt: FrameFormat, pixels: np.ndarray, png_compression: int, exr_transfer: str = "linear",
-           png_encoder: str = "isal", exr_compression: str = "zip16",
+           png_encoder: str = "fpng", exr_compression: str = "zip16",
            exr_attributes: Sequence[exr.Attribute] = (),
            exr_chromaticities: tuple[float, ...] | None = exr.BT709_CHROMATICITIES) -> bytes | memoryview:
     if fmt.name == "exr":

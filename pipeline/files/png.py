@@ -1,19 +1,26 @@
 """PNG frames, 8-bit (RGB) and 16-bit (RGB, big-endian samples).
 
-Two encoders (tuning.png_encoder):
-- "isal" (default): the PNG container written here around a zlib stream from ISA-L
+Three encoders (tuning.png_encoder):
+- "fpng" (default): 8-bit frames at compression level 1 through fpng (Rich Geldreich's
+  fast PNG writer, vendored in native/ behind our binding `_fpng`, which releases the
+  GIL): about 2.5x ISA-L's speed at 4K for files ~15 % larger, still within 1.10x of
+  FFmpeg's level 1 (benchmarks/RESULTS.md, 'Fast lossless PNG'). Its files are read
+  back by fpng's own decoder (3x PyAV's). 16-bit frames, other levels, and a machine
+  where the binding was not built (no C++ compiler at install) use ISA-L.
+- "isal": the PNG container written here around a zlib stream from ISA-L
   (`isal`, Intel's deflate library, the fastest kept deflate for level-1 work): every row
   filtered with PNG's Sub filter in one vectorised numpy pass (the difference from the
   pixel to its left), the whole image compressed in one call that releases the GIL.
   Measured in benchmarks/png_writer.py (benchmarks/RESULTS.md, 'Fast lossless PNG'):
   several times FFmpeg's level 1 per core, files no larger.
 - "ffmpeg": PyAV's encoder (FFmpeg's), which also releases the GIL.
-Either file decodes to the same pixels; tests/test_png.py reads both back with PyAV
+Every file decodes to the same pixels; tests/test_png.py reads them back with PyAV
 and Pillow.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import threading
@@ -31,23 +38,50 @@ try:
 except ImportError:  # a machine without the wheel: FFmpeg's encoder, said once
     igzip_lib = isal_zlib = None  # type: ignore[assignment]
 
+try:
+    from pipeline.files import _fpng  # type: ignore[attr-defined]
+except ImportError:  # built at install when a C++ compiler is there (pyproject.toml)
+    _fpng = None
+
 log = logging.getLogger(__name__)
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_ENCODERS = ("isal", "ffmpeg")
+PNG_ENCODERS = ("fpng", "isal", "ffmpeg")
 _SUB = 1   # PNG filter type: each byte minus the byte one pixel to its left
+# The product's largest frame (16384 x 16384, FFmpeg's own limit): a file declaring more
+# is left to PyAV, which refuses it, rather than have fpng allocate for it.
+_MOST_PIXELS = 16384 * 16384
 _local = threading.local()
-_warned: list[bool] = []
+_warned: set[str] = set()
 
 
-def encode_png(pixels: np.ndarray, compression: int, encoder: str = "isal") -> bytes | memoryview:
+def encode_png(pixels: np.ndarray, compression: int, encoder: str = "fpng") -> bytes | memoryview:
     """RGB (H, W, 3) uint8 or uint16 -> PNG bytes of that depth; `compression` 0-9 as
-    zlib's levels (0: stored; ISA-L has levels 1-3: 1 -> 1, 2-5 -> 2, 6-9 -> 3)."""
-    if encoder == "isal" and isal_zlib is not None:
-        return encode_png_isal(pixels, compression)
-    if encoder == "isal" and not _warned:
-        _warned.append(True)
-        log.warning("the isal package is not installed: PNG frames use FFmpeg's encoder (slower)")
+    zlib's levels (0: stored; fpng has one level, used for 1; ISA-L has levels 1-3:
+    1 -> 1, 2-5 -> 2, 6-9 -> 3)."""
+    if encoder == "fpng" and pixels.dtype == np.uint8 and compression == 1:
+        if _fpng is not None:
+            return encode_png_fpng(pixels)
+        _warn_once("fpng", "framefarm's fpng binding was not built (no C++ compiler at install): "
+                           "8-bit PNG frames use ISA-L (about 2.5x slower at 4K)")
+    if encoder in ("fpng", "isal"):
+        if isal_zlib is not None:
+            return encode_png_isal(pixels, compression)
+        _warn_once("isal", "the isal package is not installed: PNG frames use FFmpeg's encoder (slower)")
     return encode_png_ffmpeg(pixels, compression)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def encode_png_fpng(pixels: np.ndarray) -> bytes:
+    """8-bit RGB (H, W, 3) -> PNG bytes through fpng (filter Up, its own Huffman tables);
+    the GIL is released while it works."""
+    assert _fpng is not None
+    height, width, channels = pixels.shape
+    return cast(bytes, _fpng.encode(np.ascontiguousarray(pixels), width, height, channels, False))
 
 
 def encode_png_isal(pixels: np.ndarray, compression: int) -> bytes:
@@ -70,6 +104,15 @@ def encode_png_isal(pixels: np.ndarray, compression: int) -> bytes:
                                   flag=igzip_lib.COMP_ZLIB, hist_bits=8)
     header = struct.pack(">IIBBBBB", width, height, 16 if deep else 8, 2, 0, 0, 0)   # RGB, no interlace
     return b"".join([SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", idat), *_chunk(b"IEND", b"")])
+
+
+def _fpng_may_read(data: bytes) -> bool:
+    """A PNG whose IHDR declares at most the product's largest frame (fpng's decoder
+    returns None itself for every file it did not write)."""
+    if len(data) < 24 or data[:8] != SIGNATURE or data[12:16] != b"IHDR":
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width * height <= _MOST_PIXELS
 
 
 def _chunk(kind: bytes, payload: bytes) -> tuple[bytes, bytes, bytes]:
@@ -111,8 +154,16 @@ def encode_png_ffmpeg(pixels: np.ndarray, compression: int) -> bytes | memoryvie
 
 
 def read_png(path: Path, *, native: bool = False) -> np.ndarray:
-    """PNG file -> RGB uint8 (H, W, 3); with `native`, 16-bit files come back as uint16."""
-    with av.open(str(path)) as container:
+    """PNG file -> RGB uint8 (H, W, 3); with `native`, 16-bit files come back as uint16.
+    Files fpng wrote are read by fpng's decoder (3x PyAV's at 4K, the GIL released);
+    every other PNG by PyAV."""
+    data = path.read_bytes()
+    if _fpng is not None and _fpng_may_read(data):
+        decoded = _fpng.decode(data)
+        if decoded is not None:
+            buffer, width, height = decoded
+            return np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+    with av.open(io.BytesIO(data), mode="r") as container:
         frame = next(container.decode(video=0))
         deep = frame.format.name.startswith(("rgb48", "rgba64"))
         return frame.to_ndarray(format="rgb48le" if native and deep else "rgb24")

@@ -48,7 +48,7 @@ class FrameOutputs:
     # the render there (a farm task that is no longer this worker's). None: always publish.
     may_publish: Callable[[], bool] | None = None
     exr_transfer: str = "linear"          # output.exr_transfer
-    png_encoder: str = "isal"             # tuning.png_encoder
+    png_encoder: str = "fpng"             # tuning.png_encoder
     exr_compression: str = "zip16"        # output.exr_compression
     fps: int = 24                         # shot.fps (EXR frames say it)
     exr_chromaticities: tuple[float, ...] | None = BT709_CHROMATICITIES   # None: unknown, not written
